@@ -1,0 +1,68 @@
+"""The node API: the small subset of rclpy every td3_drive node is written against.
+
+A node is a class whose constructor takes a :class:`NodeContext` and only does
+wiring: declare parameters, create publishers/subscriptions/timers, and in each
+callback call core code and publish.  ``runtime.local`` implements the context
+in-process (lockstep, deterministic); ``runtime.ros`` implements it with rclpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+
+@dataclass(frozen=True)
+class QoS:
+    """What rclpy's QoSProfile needs from us: history depth, reliability, durability."""
+
+    depth: int = 10
+    reliable: bool = True
+    transient_local: bool = False
+
+
+#: camera-like streams we consume (rclpy's qos_profile_sensor_data: best effort, keep last 5)
+SENSOR_QOS = QoS(depth=5, reliable=False)
+#: the bridge's default for everything it publishes, and ours for controls and events
+RELIABLE_QOS = QoS(depth=10, reliable=True)
+#: last value kept for late joiners: actor weights, the route, episode starts
+LATCHED_QOS = QoS(depth=1, reliable=True, transient_local=True)
+
+
+class Publisher(Protocol):
+    def publish(self, msg: Any) -> None: ...
+
+
+class Logger(Protocol):
+    def debug(self, msg: str) -> None: ...
+    def info(self, msg: str) -> None: ...
+    def warning(self, msg: str) -> None: ...
+    def error(self, msg: str) -> None: ...
+
+
+class NodeContext(Protocol):
+    """Everything a node may touch.  Type names are ROS 2 names ('sensor_msgs/msg/Image')."""
+
+    name: str
+
+    def create_publisher(self, type_name: str, topic: str, qos: QoS = RELIABLE_QOS) -> Publisher: ...
+
+    def create_subscription(
+        self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS = RELIABLE_QOS
+    ) -> None: ...
+
+    def create_timer(self, period_s: float, callback: Callable[[], None]) -> None: ...
+
+    def parameter(self, name: str, default: Any, description: str = "") -> Any:
+        """Declare a parameter (typed by its default) and return its value."""
+        ...
+
+    @property
+    def logger(self) -> Logger: ...
+
+    def now(self) -> float:
+        """Current (simulation) time in seconds."""
+        ...
+
+    def new(self, type_name: str, **fields: Any) -> Any:
+        """A message of that type; fields not given get their ROS defaults."""
+        ...

@@ -1,0 +1,116 @@
+"""Every topic name and message type in one place: the CARLA bridge's and ours.
+
+Bridge topics follow carla-ros-bridge (ROS 2) for a vehicle with ``role_name``
+(default ``ego_vehicle``).  Ours live under ``/td3``; both get the optional
+namespace prefix used for multi-vehicle scale-out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGE = "sensor_msgs/msg/Image"
+ODOMETRY = "nav_msgs/msg/Odometry"
+FLOAT32 = "std_msgs/msg/Float32"
+FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
+UINT8_ARRAY = "std_msgs/msg/UInt8MultiArray"
+HEADER = "std_msgs/msg/Header"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+PATH = "nav_msgs/msg/Path"
+CONTROL = "carla_msgs/msg/CarlaEgoVehicleControl"
+VEHICLE_STATUS = "carla_msgs/msg/CarlaEgoVehicleStatus"
+COLLISION = "carla_msgs/msg/CarlaCollisionEvent"
+LANE_INVASION = "carla_msgs/msg/CarlaLaneInvasionEvent"
+CARLA_STATUS = "carla_msgs/msg/CarlaStatus"
+CLOCK = "rosgraph_msgs/msg/Clock"
+DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
+
+FEATURE_STATS = ("l2_norm", "l2_norm_max", "mean", "std", "min", "max", "dead_fraction")
+
+
+def _join(namespace: str, name: str) -> str:
+    namespace = namespace.strip("/")
+    return f"/{namespace}{name}" if namespace else name
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one vehicle pipeline."""
+
+    role_name: str = "ego_vehicle"
+    namespace: str = ""
+
+    def _carla(self, leaf: str) -> str:
+        return f"/carla/{self.role_name}/{leaf}"
+
+    def _td3(self, leaf: str) -> str:
+        return _join(self.namespace, f"/td3/{leaf}")
+
+    # --- published by the CARLA bridge (or the embedded simulator) ---
+    @property
+    def camera(self) -> str:
+        return self._carla("rgb_front/image")
+
+    @property
+    def odometry(self) -> str:
+        return self._carla("odometry")
+
+    @property
+    def speedometer(self) -> str:
+        return self._carla("speedometer")
+
+    @property
+    def vehicle_status(self) -> str:
+        return self._carla("vehicle_status")
+
+    @property
+    def collision(self) -> str:
+        return self._carla("collision")
+
+    @property
+    def lane_invasion(self) -> str:
+        return self._carla("lane_invasion")
+
+    @property
+    def route(self) -> str:
+        return self._carla("waypoints")
+
+    carla_status: str = "/carla/status"
+    clock: str = "/clock"
+
+    # --- published by us ---
+    @property
+    def control(self) -> str:
+        return self._carla("vehicle_control_cmd")
+
+    @property
+    def observation_image(self) -> str:
+        """mono8, the frame stack side by side (84 x 4*84): view it in rqt_image_view."""
+        return self._td3("observation/image")
+
+    @property
+    def observation_state(self) -> str:
+        """JointState whose names label the kinematic vector (plottable in rqt_plot)."""
+        return self._td3("observation/state")
+
+    @property
+    def episode_start(self) -> str:
+        """Header: stamp = first tick of the new episode, frame_id = episode number."""
+        return self._td3("episode_start")
+
+    @property
+    def reset_request(self) -> str:
+        """Header: frame_id = why the episode ended (collision, off_route, timeout, ...)."""
+        return self._td3("reset_request")
+
+    #: one trainer broadcasts to every vehicle pipeline, so weights are never namespaced
+    actor_weights: str = "/td3/actor_weights"
+
+    @property
+    def reward(self) -> str:
+        return self._td3("reward")
+
+    def features(self, encoder: str, stat: str) -> str:
+        """/td3/features/<actor|critic>/<stat>; stat 'vector' is the raw feature vector."""
+        return self._td3(f"features/{encoder}/{stat}")
+
+    diagnostics: str = "/diagnostics"
