@@ -16,6 +16,7 @@ from typing import Any, Callable
 from td3_drive.runtime import messages
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
 
+CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 Tap = Callable[[str, str, Any, float], None]
 
 
@@ -123,6 +124,9 @@ class LocalRuntime:
             raise TypeError(f"topic {topic} already carries {bound}, cannot also carry {type_name}")
 
     def _enqueue(self, topic: str, type_name: str, msg: Any) -> None:
+        if type_name == CLOCK_TYPE:
+            # use_sim_time: the simulator's /clock is the graph's clock, as with the CARLA bridge
+            self.time_s = messages.seconds(msg.clock)
         self._latched[topic] = msg
         self.published_count[topic] = self.published_count.get(topic, 0) + 1
         for tap in self._taps:

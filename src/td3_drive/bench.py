@@ -1,0 +1,124 @@
+"""Benchmarks: ``python -m td3_drive.bench {learner,policy,replay,pipeline,train}``.
+
+Each prints progress to stderr and one JSON object as the last line of stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def _machine(device: str = "cpu") -> dict[str, Any]:
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "mean_ms": round(float(ms.mean()), 4)}
+
+
+def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+def random_batch(batch: int, device: str, state_dim: int = 53, action_dim: int = 2, seed: int = 0):
+    from td3_drive.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    frames = lambda: torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=g)  # noqa: E731
+    return Batch(obs=frames(), state=torch.randn(batch, state_dim, generator=g),
+                 action=torch.rand(batch, action_dim, generator=g) * 2 - 1, reward=torch.randn(batch, 1, generator=g),
+                 discount=torch.full((batch, 1), 0.99), next_obs=frames(),
+                 next_state=torch.randn(batch, state_dim, generator=g))
+
+
+def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.learner import Learner, LearnerConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    learner = Learner(LearnerConfig(encoder_mode=args.encoder, algo=args.algo, augment=args.augment), args.device)
+    batch = random_batch(args.batch, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def step() -> None:
+        learner.update(batch)
+        sync()
+
+    samples = _time_calls(step, args.updates, args.warmup)
+    total = sum(samples)
+    return {"bench": "learner", "updates_per_s": round(args.updates / total, 3), "batch": args.batch,
+            "encoder": args.encoder, "algo": args.algo, "device": args.device, "augment": args.augment,
+            **_percentiles(samples), "machine": _machine(args.device)}
+
+
+def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.inference import ActorRunner
+    from td3_drive.learner import LearnerConfig
+
+    torch.set_num_threads(args.threads or 1)
+    runner = ActorRunner(LearnerConfig().actor_architecture(), device=args.device, backend=args.backend,
+                         threads=args.threads or 1)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (4, 84, 84), dtype=np.uint8)
+    state = rng.standard_normal(53).astype(np.float32)
+    samples = _time_calls(lambda: runner(obs, state), args.iterations, 50)
+    return {"bench": "policy", "backend": runner.backend, "device": str(runner.device), "batch": 1,
+            **_percentiles(samples), "machine": _machine(args.device)}
+
+
+def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive import replay
+
+    return {"bench": "replay", **replay.measure(capacity=args.capacity, batch_size=args.batch),
+            "machine": _machine()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m td3_drive.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="which", required=True)
+    p = sub.add_parser("learner", help="TD3 updates per second on random batches")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--encoder", choices=["separate", "shared"], default="separate")
+    p.add_argument("--algo", choices=["td3", "ddpg"], default="td3")
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--updates", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p = sub.add_parser("policy", help="batch-1 actor latency")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=2000)
+    p = sub.add_parser("replay", help="bytes per transition and sampling time")
+    p.add_argument("--capacity", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args(argv)
+    result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay}[args.which](args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Batch-1 actor inference for the policy node: action + the 512-d features.
+
+At batch 1 the cost is framework overhead, not FLOPs.  On CPU the actor is
+exported to ONNX and run by ONNX Runtime (measured p99 ~0.5 ms vs ~1.1 ms eager
+PyTorch on the 2-core dev machine); on CUDA, or without onnxruntime, PyTorch runs
+it directly.  Weight hot-swaps rebuild the session (tens of ms, once per swap).
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from td3_drive.models import Actor, build_actor
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "onnxruntime", "torch")
+
+
+class _ActionAndFeatures(nn.Module):
+    def __init__(self, actor: Actor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.actor.encoder(obs)
+        return self.actor.head(features, state), features
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class ActorRunner:
+    """Runs the actor on one observation; ``load_state_dict`` swaps weights."""
+
+    def __init__(self, architecture: dict[str, Any], device: str = "auto", backend: str = "auto",
+                 threads: int = 1) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}")
+        self.architecture = architecture
+        self.device = resolve_device(device)
+        self.threads = threads
+        self.actor = build_actor(architecture).to(self.device).eval()
+        if backend == "auto":
+            backend = "onnxruntime" if self.device.type == "cpu" and _has_onnxruntime() else "torch"
+        self.backend = backend
+        self._session = None
+        self._rebuild()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.actor.load_state_dict(state_dict, strict=True)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self.backend != "onnxruntime":
+            return
+        import onnxruntime as ort
+
+        obs = torch.zeros(1, self.architecture["frame_stack"], 84, 84, dtype=torch.uint8)
+        state = torch.zeros(1, self.architecture["state_dim"])
+        buffer = io.BytesIO()
+        with torch.no_grad():
+            torch.onnx.export(_ActionAndFeatures(self.actor.cpu()), (obs, state), buffer, dynamo=False,
+                              input_names=["obs", "state"], output_names=["action", "features"], opset_version=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, obs: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """obs uint8 (k, 84, 84), state float32 (state_dim,) -> action (action_dim,), features (512,)."""
+        if self._session is not None:
+            action, features = self._session.run(
+                None, {"obs": obs[None], "state": np.asarray(state, dtype=np.float32)[None]})
+            return action[0], features[0]
+        with torch.inference_mode():
+            o = torch.from_numpy(np.ascontiguousarray(obs)).to(self.device)[None]
+            s = torch.from_numpy(np.asarray(state, dtype=np.float32)).to(self.device)[None]
+            features = self.actor.encoder(o)
+            action = self.actor.head(features, s)
+            return action[0].cpu().numpy(), features[0].cpu().numpy()
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True

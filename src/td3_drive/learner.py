@@ -1,0 +1,310 @@
+"""TD3 (and DDPG, as a configuration of it) on pixels + kinematic state.
+
+Read top to bottom: :class:`LearnerConfig` names the hyperparameters as in the
+TD3 paper; :class:`Learner` owns the networks, their targets and optimizers;
+:meth:`Learner.update` is one gradient step on a replay batch.
+
+Encoder modes
+  ``separate`` (default, as Stable-Baselines3): the actor and the critic each own
+      an encoder.  The actor objective is -Q1(critic_encoder(s), pi(actor_encoder(s)))
+      -- the critic is always queried on features of its *own* encoder, the ones it
+      was trained on.  (The failed system fed it actor-encoder features; its actor
+      Q reached +14,000 while the critic's own estimate was -24.)
+  ``shared`` (DrQ-v2): one encoder trained by the critic loss; the actor works on
+      detached features; the encoder has no target copy and next observations are
+      encoded by the online encoder without gradients.
+
+Cost: encoder passes dominate an update on CPU, so each batch is encoded once
+per network: the critic's features of ``obs`` are reused (detached) by the actor
+loss, exactly as DrQ-v2 reuses them.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from td3_drive.models import FEATURE_DIM, Actor, ActorHead, CriticHeads, Encoder, feature_stats
+
+if TYPE_CHECKING:  # only for annotations: the learner takes any object with these fields
+    from td3_drive.replay import Batch
+
+log = logging.getLogger(__name__)
+
+ALGOS = ("td3", "ddpg")
+ENCODER_MODES = ("separate", "shared")
+
+
+@dataclass
+class LearnerConfig:
+    """Hyperparameters (TD3 paper names and defaults unless noted)."""
+
+    algo: str = "td3"  # "ddpg" forces num_q=1, policy_noise=0, policy_freq=1
+    encoder_mode: str = "separate"
+    layer_norm: bool = True
+    gamma: float = 0.99
+    tau: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    num_q: int = 2
+    lr_cnn: float = 1e-4
+    lr_mlp: float = 3e-4
+    max_grad_norm_actor: float | None = 10.0  # None disables clipping
+    max_grad_norm_critic: float | None = 10.0
+    augment: bool = False  # DrQ random shift, pad 4
+    augment_pad: int = 4
+    frame_stack: int = 4
+    state_dim: int = 53
+    action_dim: int = 2
+    hidden: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
+        if self.algo == "ddpg":
+            self.num_q, self.policy_noise, self.noise_clip, self.policy_freq = 1, 0.0, 0.0, 1
+        self.hidden = tuple(self.hidden)
+        if self.policy_freq < 1 or self.num_q < 1 or not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
+            raise ValueError(f"invalid learner config: {self}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "LearnerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown learner config keys: {sorted(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    def actor_architecture(self) -> dict[str, Any]:
+        """What a policy must match to load this learner's actor weights."""
+        return {
+            "frame_stack": self.frame_stack, "state_dim": self.state_dim, "action_dim": self.action_dim,
+            "layer_norm": self.layer_norm, "hidden": list(self.hidden), "feature_dim": FEATURE_DIM,
+        }
+
+
+def random_shift(obs: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ augmentation: replicate-pad by ``pad`` and crop back at a random offset per sample."""
+    n, c, h, w = obs.shape
+    padded = F.pad(obs.float(), (pad, pad, pad, pad), mode="replicate").to(obs.dtype)
+    shift = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator, device="cpu").to(obs.device)
+    rows = (torch.arange(h, device=obs.device)[None, :] + shift[:, :1])  # (n, h)
+    cols = (torch.arange(w, device=obs.device)[None, :] + shift[:, 1:])  # (n, w)
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def polyak_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        t_params = list(target.parameters())
+        torch._foreach_lerp_(t_params, list(source.parameters()), tau)
+
+
+def _grad_norm(params: list[nn.Parameter], max_norm: float | None) -> tuple[float, float]:
+    """Total gradient norm before and after clipping (inf/nan before means: skip the step)."""
+    before = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    before_f = float(before)
+    after = min(before_f, max_norm) if max_norm else before_f
+    return before_f, after
+
+
+def _all_finite(modules: Iterable[nn.Module]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+@dataclass
+class HealthCounters:
+    """Updates skipped by the health guard, by reason."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+    consecutive_bad: int = 0
+    poisoned: bool = False  # a parameter became non-finite: never export again
+
+    def bad(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.consecutive_bad += 1
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+
+class Learner:
+    """Networks, targets, optimizers and the TD3 update."""
+
+    def __init__(self, config: LearnerConfig | None = None, device: str | torch.device = "cpu", seed: int = 0):
+        self.config = cfg = config or LearnerConfig()
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.num_updates = 0
+        self.num_actor_updates = 0
+        self.health = HealthCounters()
+
+        def encoder() -> Encoder:
+            return Encoder(cfg.frame_stack, FEATURE_DIM, cfg.layer_norm)
+
+        self.critic_encoder = encoder()
+        self.critic_heads = CriticHeads(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.num_q, cfg.hidden)
+        self.actor_encoder = encoder() if cfg.encoder_mode == "separate" else self.critic_encoder
+        self.actor_head = ActorHead(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.hidden)
+        # Targets: encoders have target copies only in separate mode (DrQ-v2 has none).
+        self.critic_heads_target = copy.deepcopy(self.critic_heads)
+        self.actor_head_target = copy.deepcopy(self.actor_head)
+        if cfg.encoder_mode == "separate":
+            self.critic_encoder_target = copy.deepcopy(self.critic_encoder)
+            self.actor_encoder_target = copy.deepcopy(self.actor_encoder)
+        for module in self.modules().values():
+            module.to(self.device)
+        for module in self.target_modules():
+            module.requires_grad_(False)
+
+        self.critic_optimizer = torch.optim.Adam([
+            {"params": self.critic_encoder.parameters(), "lr": cfg.lr_cnn, "name": "critic_cnn"},
+            {"params": self.critic_heads.parameters(), "lr": cfg.lr_mlp, "name": "critic_mlp"},
+        ])
+        actor_groups = [{"params": self.actor_head.parameters(), "lr": cfg.lr_mlp, "name": "actor_mlp"}]
+        if cfg.encoder_mode == "separate":
+            actor_groups.insert(0, {"params": self.actor_encoder.parameters(), "lr": cfg.lr_cnn, "name": "actor_cnn"})
+        self.actor_optimizer = torch.optim.Adam(actor_groups)
+        self._critic_params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
+        self._actor_params = [p for g in self.actor_optimizer.param_groups for p in g["params"]]
+
+    # ------------------------------------------------------------------ modules
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network by a stable name (checkpoint keys)."""
+        named = {
+            "critic_encoder": self.critic_encoder, "critic_heads": self.critic_heads,
+            "actor_head": self.actor_head,
+            "critic_heads_target": self.critic_heads_target, "actor_head_target": self.actor_head_target,
+        }
+        if self.config.encoder_mode == "separate":
+            named.update(
+                actor_encoder=self.actor_encoder,
+                critic_encoder_target=self.critic_encoder_target,
+                actor_encoder_target=self.actor_encoder_target,
+            )
+        return named
+
+    def target_modules(self) -> list[nn.Module]:
+        return [m for name, m in self.modules().items() if name.endswith("_target")]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_optimizer, "actor": self.actor_optimizer}
+
+    def actor(self) -> Actor:
+        """The deployable actor (shares parameters with the learner; copy before export)."""
+        return Actor(self.actor_encoder, self.actor_head)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.actor_head(self.actor_encoder(obs.to(self.device)), state.to(self.device))
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One TD3 step.  Returns scalar metrics; actor metrics only when the actor updated."""
+        cfg = self.config
+        self.num_updates += 1
+        obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
+        if cfg.augment:
+            obs = random_shift(obs, cfg.augment_pad, self.generator)
+            next_obs = random_shift(next_obs, cfg.augment_pad, self.generator)
+        state, next_state = batch.state.to(self.device), batch.next_state.to(self.device)
+        action, reward, discount = batch.action.to(self.device), batch.reward.to(self.device), batch.discount.to(self.device)
+
+        # --- critic: y = r + discount * min_i Q_i'(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))
+        with torch.no_grad():
+            if cfg.encoder_mode == "separate":
+                next_actor_features = self.actor_encoder_target(next_obs)
+                next_critic_features = self.critic_encoder_target(next_obs)
+            else:
+                next_actor_features = next_critic_features = self.critic_encoder(next_obs)
+            noise = torch.randn(action.shape, generator=self.generator).to(self.device) * cfg.policy_noise
+            noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
+            next_action = (self.actor_head_target(next_actor_features, next_state) + noise).clamp(-1.0, 1.0)
+            target_qs = self.critic_heads_target(next_critic_features, next_state, next_action)
+            target_q = torch.min(torch.cat(target_qs, dim=1), dim=1, keepdim=True).values
+            y = reward + discount * target_q
+
+        critic_features = self.critic_encoder(obs)
+        qs = self.critic_heads(critic_features, state, action)
+        critic_loss = sum(F.mse_loss(q, y) for q in qs)
+        metrics: dict[str, float] = {
+            "train/critic_loss": critic_loss.item(), "q/q1": qs[0].detach().mean().item(), "q/target": y.mean().item(),
+        }
+        if not self._step(self.critic_optimizer, critic_loss, self._critic_params, cfg.max_grad_norm_critic,
+                          critic_features, "critic", metrics):
+            return metrics
+
+        # --- actor (delayed): maximise Q1 of the critic's OWN features of the same observation
+        if self.num_updates % cfg.policy_freq == 0:
+            detached_critic_features = critic_features.detach()
+            actor_features = (
+                self.actor_encoder(obs) if cfg.encoder_mode == "separate" else detached_critic_features
+            )
+            pi = self.actor_head(actor_features, state)
+            actor_q = self.critic_heads.q1(detached_critic_features, state, pi)
+            actor_loss = -actor_q.mean()
+            metrics.update({"train/actor_loss": actor_loss.item(), "q/actor_q": actor_q.detach().mean().item(),
+                            "train/action_abs_mean": pi.detach().abs().mean().item()})
+            if not self._step(self.actor_optimizer, actor_loss, self._actor_params, cfg.max_grad_norm_actor,
+                              actor_features, "actor", metrics):
+                return metrics
+            self.num_actor_updates += 1
+            for target, source in self._target_pairs():
+                polyak_(target, source, cfg.tau)
+        self.health.consecutive_bad = 0
+        return metrics
+
+    def _target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.critic_heads_target, self.critic_heads), (self.actor_head_target, self.actor_head)]
+        if self.config.encoder_mode == "separate":
+            pairs += [(self.critic_encoder_target, self.critic_encoder),
+                      (self.actor_encoder_target, self.actor_encoder)]
+        return pairs
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
+        max_norm: float | None, features: torch.Tensor, side: str, metrics: dict[str, float],
+    ) -> bool:
+        """Backward + guarded optimizer step.  False (and nothing changed) if anything is non-finite."""
+        for key, value in feature_stats(features).items():
+            metrics[f"features/{side}/{key}"] = value
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss.item()) or not math.isfinite(metrics[f"features/{side}/l2_norm_max"]):
+            return self._skip(f"{side}_nonfinite_loss_or_features", metrics)
+        loss.backward()
+        before, after = _grad_norm(params, max_norm)
+        metrics[f"grad/{side}_norm_before_clip"], metrics[f"grad/{side}_norm_after_clip"] = before, after
+        if not math.isfinite(before):
+            optimizer.zero_grad(set_to_none=True)
+            return self._skip(f"{side}_nonfinite_grad", metrics)
+        optimizer.step()
+        return True
+
+    def _skip(self, reason: str, metrics: dict[str, float]) -> bool:
+        self.health.bad(reason)
+        metrics["health/skipped_updates"] = float(self.health.total_skipped)
+        log.warning("update %d skipped: %s (%d skipped so far)", self.num_updates, reason, self.health.total_skipped)
+        return False
+
+    def parameters_finite(self) -> bool:
+        """Checked before exporting weights; a learner that ever held non-finite weights never exports."""
+        if not self.health.poisoned and not _all_finite(self.modules().values()):
+            self.health.poisoned = True
+            log.error("non-finite parameters detected: weight export disabled until rollback")
+        return not self.health.poisoned

@@ -1,0 +1,150 @@
+"""Networks: the LayerNorm CNN encoder, the actor and the twin critic.
+
+Encoder (the user's analysis, ../shared/reference/cnn-layernorm-analysis.md):
+uint8 (B, 4, 84, 84) scaled to [0, 1] inside, then
+Conv(32, 8, s4) -> LN([32,20,20]) -> LReLU(0.01) -> Conv(64, 4, s2) -> LN([64,9,9]) -> LReLU
+-> Conv(64, 3, s1) -> LN([64,7,7]) -> LReLU -> Linear(3136, 512) -> LN(512) -> LReLU.
+LayerNorm re-centres and re-scales every layer, so feature norms stay bounded
+whatever the weights do; ``layer_norm=False`` is the failing seed architecture,
+kept for the ablation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FRAME_SIZE = 84
+FEATURE_DIM = 512
+LEAKY_SLOPE = 0.01
+
+
+def _space_to_depth(x: torch.Tensor, r: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+def strided_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` computed as a stride-1 convolution on space-to-depth input.
+
+    A k x k convolution with stride r (k and the input size divisible by r) equals
+    a (k/r) x (k/r) stride-1 convolution over r*r-times more channels.  Same
+    parameters, same result up to float rounding, but oneDNN's backward pass for
+    the stride-4 8x8 first layer is ~6x slower than for the equivalent 2x2 one on
+    CPU, and that layer dominated the whole TD3 update.  (Its forward pass is
+    slower, so it is used only when gradients are needed.)
+    """
+    r = conv.stride[0]
+    k = conv.kernel_size[0]
+    if r == 1 or k % r or x.shape[-1] % r or x.shape[-2] % r:
+        return conv(x)
+    o, c = conv.weight.shape[:2]
+    weight = conv.weight.reshape(o, c, k // r, r, k // r, r).permute(0, 1, 3, 5, 2, 4).reshape(o, c * r * r, k // r, k // r)
+    return F.conv2d(_space_to_depth(x, r), weight, conv.bias)
+
+
+class Encoder(nn.Module):
+    """Pixels -> 512-d features.  Input uint8 (or float already in [0, 255])."""
+
+    def __init__(self, frame_stack: int = 4, feature_dim: int = FEATURE_DIM, layer_norm: bool = True) -> None:
+        super().__init__()
+        self.frame_stack, self.feature_dim, self.layer_norm = frame_stack, feature_dim, layer_norm
+        self.conv1 = nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=4, stride=2)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3, stride=1)
+        self.fc = nn.Linear(64 * 7 * 7, feature_dim)
+
+        def norm(shape: list[int]) -> nn.Module:
+            return nn.LayerNorm(shape) if layer_norm else nn.Identity()
+
+        self.ln1, self.ln2, self.ln3 = norm([32, 20, 20]), norm([64, 9, 9]), norm([64, 7, 7])
+        self.ln4 = norm([feature_dim])
+        for layer in (self.conv1, self.conv2, self.conv3, self.fc):
+            nn.init.kaiming_normal_(layer.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # in-place scaling: `obs.float() / 255` allocates twice and cost 20x more here
+        x = obs.to(torch.float32).mul_(1.0 / 255.0)
+        # the space-to-depth form only pays off when a backward pass follows
+        conv1 = strided_conv(x, self.conv1) if torch.is_grad_enabled() else self.conv1(x)
+        x = F.leaky_relu(self.ln1(conv1), LEAKY_SLOPE)
+        x = F.leaky_relu(self.ln2(self.conv2(x)), LEAKY_SLOPE)
+        x = F.leaky_relu(self.ln3(self.conv3(x)), LEAKY_SLOPE)
+        return F.leaky_relu(self.ln4(self.fc(x.flatten(1))), LEAKY_SLOPE)
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ActorHead(nn.Module):
+    """[features, kinematic state] -> action in [-1, 1]."""
+
+    def __init__(self, feature_dim: int, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        self.net = mlp(feature_dim + state_dim, hidden, action_dim)
+
+    def forward(self, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(torch.cat([features, state], dim=1)))
+
+
+class CriticHeads(nn.Module):
+    """``num_q`` independent Q heads on [features, state, action] (2 for TD3, 1 for DDPG)."""
+
+    def __init__(
+        self, feature_dim: int, state_dim: int, action_dim: int, num_q: int = 2, hidden: tuple[int, ...] = (256, 256)
+    ) -> None:
+        super().__init__()
+        self.qs = nn.ModuleList(mlp(feature_dim + state_dim + action_dim, hidden, 1) for _ in range(num_q))
+
+    def forward(self, features: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
+        x = torch.cat([features, state, action], dim=1)
+        return [q(x) for q in self.qs]
+
+    def q1(self, features: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.qs[0](torch.cat([features, state, action], dim=1))
+
+
+class Actor(nn.Module):
+    """The deployable policy: encoder + actor head.  This is what the policy node runs."""
+
+    def __init__(self, encoder: Encoder, head: ActorHead) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(obs), state)
+
+
+def build_actor(architecture: dict) -> Actor:
+    """An actor for an architecture dict (``LearnerConfig.actor_architecture()``)."""
+    encoder = Encoder(architecture["frame_stack"], architecture["feature_dim"], architecture["layer_norm"])
+    head = ActorHead(architecture["feature_dim"], architecture["state_dim"], architecture["action_dim"],
+                     tuple(architecture["hidden"]))
+    return Actor(encoder, head)
+
+
+@torch.no_grad()
+def feature_stats(features: torch.Tensor) -> dict[str, float]:
+    """Statistics of a (B, D) feature batch, as logged and published per encoder.
+
+    l2_norm is the mean per-sample L2 norm (the number that reached 7e12 in the
+    failed system); dead_fraction is the share of units never positive in the batch.
+    """
+    f = features.detach().float()
+    norms = f.norm(dim=1)
+    return {
+        "l2_norm": norms.mean().item(),
+        "l2_norm_max": norms.max().item(),
+        "mean": f.mean().item(),
+        "std": f.std(unbiased=False).item(),
+        "min": f.min().item(),
+        "max": f.max().item(),
+        "dead_fraction": (f.amax(dim=0) <= 0).float().mean().item(),
+    }

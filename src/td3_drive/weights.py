@@ -1,0 +1,101 @@
+"""Actor weights as bytes: what the trainer publishes and the policy hot-swaps.
+
+Format: a safetensors blob of the actor's state dict whose metadata carries a
+format tag, a version (the learner's update count) and the architecture.  The
+receiver checks size, header, metadata, names, shapes and dtypes from the JSON
+header *before* any tensor is built, then that every value is finite.  Nothing
+here can execute code (safetensors, no pickle).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from td3_drive.models import Actor, build_actor
+
+FORMAT = "td3_drive.actor.v1"
+MAX_WEIGHT_BYTES = 64 * 1024 * 1024  # the actor is ~7 MB; anything far larger is not ours
+MAX_HEADER_BYTES = 1024 * 1024
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+class WeightsRejected(ValueError):
+    """Weights that must not be loaded; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class ActorWeights:
+    state_dict: dict[str, torch.Tensor]
+    version: int
+    architecture: dict[str, Any]
+
+
+def encode_actor(actor: Actor, version: int, architecture: dict[str, Any]) -> bytes:
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in actor.state_dict().items()}
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise WeightsRejected("non_finite", f"refusing to export non-finite {name}")
+    metadata = {"format": FORMAT, "version": str(int(version)), "architecture": json.dumps(architecture, sort_keys=True)}
+    return save_safetensors(state, metadata=metadata)
+
+
+def _expected_layout(architecture: dict[str, Any]) -> dict[str, tuple[str, list[int]]]:
+    reference = build_actor(architecture).state_dict()
+    return {k: (_DTYPES[v.dtype], list(v.shape)) for k, v in reference.items()}
+
+
+def _read_header(data: bytes) -> dict[str, Any]:
+    if len(data) < 8:
+        raise WeightsRejected("truncated", f"{len(data)} bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise WeightsRejected("bad_header", f"header length {header_len} for {len(data)} bytes")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsRejected("bad_header", str(exc)) from None
+    if not isinstance(header, dict):
+        raise WeightsRejected("bad_header", "header is not an object")
+    return header
+
+
+def decode_actor(data: bytes, expected_architecture: dict[str, Any], max_bytes: int = MAX_WEIGHT_BYTES) -> ActorWeights:
+    """Validate and decode actor weights; raises :class:`WeightsRejected` with a reason."""
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise WeightsRejected("oversized", f"{len(data)} bytes > cap {max_bytes}")
+    header = _read_header(data)
+    metadata = header.pop("__metadata__", None) or {}
+    if metadata.get("format") != FORMAT:
+        raise WeightsRejected("wrong_format", f"format {metadata.get('format')!r}")
+    try:
+        version = int(metadata["version"])
+        architecture = json.loads(metadata["architecture"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsRejected("bad_metadata", str(exc)) from None
+    if architecture != expected_architecture:
+        raise WeightsRejected("wrong_architecture", f"{architecture} != {expected_architecture}")
+    expected = _expected_layout(expected_architecture)
+    layout = {k: (v.get("dtype"), v.get("shape")) for k, v in header.items() if isinstance(v, dict)}
+    if layout != expected:
+        missing, extra = set(expected) - set(layout), set(layout) - set(expected)
+        raise WeightsRejected("wrong_architecture", f"tensor layout differs (missing {sorted(missing)[:3]}, "
+                                                    f"extra {sorted(extra)[:3]})")
+    try:
+        state = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error types on corrupt offsets
+        raise WeightsRejected("bad_data", str(exc)) from None
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise WeightsRejected("non_finite", name)
+    return ActorWeights(state, version, architecture)
