@@ -36,7 +36,7 @@ setup(
         "rosbags>=0.10",
     ],
     extras_require={
-        "sim": ["highway-env>=1.10", "gymnasium>=1.0"],
+        "sim": ["highway-env>=1.12", "gymnasium>=1.0"],
         "eval": ["matplotlib>=3.7", "scipy>=1.10"],
         "fast": ["onnx>=1.16", "onnxruntime>=1.18"],
         "dev": [
@@ -57,6 +57,7 @@ setup(
             "camera_preprocessor = td3_drive.runtime.ros:camera_preprocessor_main",
             "policy = td3_drive.runtime.ros:policy_main",
             "trainer = td3_drive.runtime.ros:trainer_main",
+            "carla_episode_manager = td3_drive.runtime.ros:carla_episode_manager_main",
         ],
     },
     zip_safe=False,

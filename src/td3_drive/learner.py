@@ -108,6 +108,16 @@ def random_shift(obs: torch.Tensor, pad: int, generator: torch.Generator) -> tor
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+def smoothed_target_action(pi_next: torch.Tensor, noise: torch.Tensor, noise_clip: float) -> torch.Tensor:
+    """TD3 target policy smoothing: clip(pi'(s') + clip(noise, -c, c), -1, 1)."""
+    return (pi_next + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
+
+
+def td3_target(reward: torch.Tensor, discount: torch.Tensor, next_qs: list[torch.Tensor]) -> torch.Tensor:
+    """Clipped double-Q target r + discount * min_i Q_i'.  ``discount`` already holds gamma^n * (1 - terminated)."""
+    return reward + discount * torch.min(torch.cat(next_qs, dim=1), dim=1, keepdim=True).values
+
+
 def polyak_(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
         t_params = list(target.parameters())
@@ -226,20 +236,7 @@ class Learner:
         state, next_state = batch.state.to(self.device), batch.next_state.to(self.device)
         action, reward, discount = batch.action.to(self.device), batch.reward.to(self.device), batch.discount.to(self.device)
 
-        # --- critic: y = r + discount * min_i Q_i'(s', clip(pi'(s') + clip(eps, -c, c), -1, 1))
-        with torch.no_grad():
-            if cfg.encoder_mode == "separate":
-                next_actor_features = self.actor_encoder_target(next_obs)
-                next_critic_features = self.critic_encoder_target(next_obs)
-            else:
-                next_actor_features = next_critic_features = self.critic_encoder(next_obs)
-            noise = torch.randn(action.shape, generator=self.generator).to(self.device) * cfg.policy_noise
-            noise = noise.clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_action = (self.actor_head_target(next_actor_features, next_state) + noise).clamp(-1.0, 1.0)
-            target_qs = self.critic_heads_target(next_critic_features, next_state, next_action)
-            target_q = torch.min(torch.cat(target_qs, dim=1), dim=1, keepdim=True).values
-            y = reward + discount * target_q
-
+        y = self.critic_target(next_obs, next_state, reward, discount)
         critic_features = self.critic_encoder(obs)
         qs = self.critic_heads(critic_features, state, action)
         critic_loss = sum(F.mse_loss(q, y) for q in qs)
@@ -269,6 +266,21 @@ class Learner:
                 polyak_(target, source, cfg.tau)
         self.health.consecutive_bad = 0
         return metrics
+
+    @torch.no_grad()
+    def critic_target(self, next_obs: torch.Tensor, next_state: torch.Tensor, reward: torch.Tensor,
+                      discount: torch.Tensor) -> torch.Tensor:
+        """y = r + discount * min_i Q_i'(s', clip(pi'(s') + clip(eps, -c, c), -1, 1)), eps ~ N(0, sigma)."""
+        cfg = self.config
+        if cfg.encoder_mode == "separate":
+            next_actor_features = self.actor_encoder_target(next_obs)
+            next_critic_features = self.critic_encoder_target(next_obs)
+        else:
+            next_actor_features = next_critic_features = self.critic_encoder(next_obs)
+        pi_next = self.actor_head_target(next_actor_features, next_state)
+        noise = torch.randn(pi_next.shape, generator=self.generator).to(self.device) * cfg.policy_noise
+        next_action = smoothed_target_action(pi_next, noise, cfg.noise_clip)
+        return td3_target(reward, discount, self.critic_heads_target(next_critic_features, next_state, next_action))
 
     def _target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         pairs = [(self.critic_heads_target, self.critic_heads), (self.actor_head_target, self.actor_head)]

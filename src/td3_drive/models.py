@@ -89,6 +89,11 @@ class ActorHead(nn.Module):
     def __init__(self, feature_dim: int, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
         super().__init__()
         self.net = mlp(feature_dim + state_dim, hidden, action_dim)
+        # Start near a = 0 (DDPG's small final-layer init): a randomly sloped first
+        # critic otherwise drives tanh into saturation, where its gradient vanishes
+        # and the policy stays stuck at full lock.
+        nn.init.uniform_(self.net[-1].weight, -3e-3, 3e-3)
+        nn.init.uniform_(self.net[-1].bias, -3e-3, 3e-3)
 
     def forward(self, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(torch.cat([features, state], dim=1)))

@@ -1,0 +1,150 @@
+"""Classical baseline: PID speed control + Pure Pursuit steering on the route.
+
+Outputs the TD3 action a = (steer, throttle_or_brake) in [-1, 1]^2, mapped to
+CarlaEgoVehicleControl by ``control.action_to_control_fields`` exactly like the
+policy's, so both drivers are compared through the same actuator path.
+
+Steering sign: CARLA's ``steer`` is positive for a RIGHT turn (carla.VehicleControl;
+the bridge's ackermann controller negates the ROS steering angle for the same reason),
+while our geometry is ROS REP-103 (yaw counter-clockwise, a left turn has a positive
+steering angle).  So steer = -delta / max_steer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from td3_drive.observation import VehiclePose, project_on_route
+
+__all__ = ["PID", "ClassicalConfig", "PurePursuitPID", "point_at_arc_length"]
+
+
+class PID:
+    """PID on (setpoint - measurement) with output limits and conditional-integration anti-windup.
+
+    The derivative acts on the measurement, not the error, so a setpoint change or a reset
+    gives no derivative kick.  The integral only grows while the output is not saturated
+    (or the error pulls it back out of saturation), and ki * integral never exceeds the
+    output range on its own.
+    """
+
+    def __init__(self, kp: float, ki: float, kd: float = 0.0,
+                 out_min: float = -1.0, out_max: float = 1.0) -> None:
+        if out_min >= out_max:
+            raise ValueError("out_min must be < out_max")
+        self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
+        self.out_min, self.out_max = float(out_min), float(out_max)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the integral and the previous measurement."""
+        self.integral = 0.0
+        self._prev_measurement: float | None = None
+
+    def update(self, setpoint: float, measurement: float, dt: float) -> float:
+        """One control step of ``dt`` seconds; returns the output in [out_min, out_max]."""
+        if not (math.isfinite(dt) and dt > 0.0):
+            raise ValueError(f"dt must be finite and > 0, got {dt}")
+        error = setpoint - measurement
+        p = self.kp * error
+        d = 0.0
+        if self._prev_measurement is not None:
+            d = -self.kd * (measurement - self._prev_measurement) / dt
+        self._prev_measurement = measurement
+
+        candidate = self.integral + error * dt
+        u = p + self.ki * candidate + d
+        pushing_up, pushing_down = u >= self.out_max and error > 0, u <= self.out_min and error < 0
+        if not (pushing_up or pushing_down):
+            self.integral = candidate
+        if self.ki > 0.0:  # the I term alone may not hold the output past a limit
+            self.integral = min(max(self.integral, self.out_min / self.ki), self.out_max / self.ki)
+        return min(max(p + self.ki * self.integral + d, self.out_min), self.out_max)
+
+
+@dataclass
+class ClassicalConfig:
+    """Parameters of the PID + Pure Pursuit baseline (SI units)."""
+
+    #: m/s; 30 km/h, the failed predecessor's baseline speed
+    target_speed: float = 30.0 / 3.6
+    #: PID gains on the speed error (m/s) -> throttle_or_brake in [-1, 1]
+    kp: float = 0.5
+    ki: float = 0.1
+    kd: float = 0.0
+    #: m; Tesla Model 3 (the bridge's default ego vehicle)
+    wheelbase: float = 2.875
+    #: rad; max front wheel angle, steer = +-1 (CARLA's default for most cars: 70 deg)
+    max_steer: float = math.radians(70.0)
+    #: m; from the odometry position back to the rear axle, where Pure Pursuit's geometry
+    #: holds (CARLA's vehicle origin is near the bounding-box centre: about half the wheelbase)
+    rear_axle_offset: float = 2.875 / 2.0
+    #: s; lookahead distance ld = lookahead_gain * v + lookahead_min
+    lookahead_gain: float = 0.5
+    #: m
+    lookahead_min: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.wheelbase <= 0 or self.max_steer <= 0 or self.lookahead_min <= 0 or self.lookahead_gain < 0:
+            raise ValueError(f"invalid classical controller config: {self}")
+
+
+def point_at_arc_length(route: np.ndarray, s: float) -> np.ndarray:
+    """Point of the (N, 2) polyline at arc length ``s`` from its start.
+
+    Beyond the end, the last segment is extended (so the lookahead keeps pointing along the
+    route's final direction instead of collapsing onto the end point); before the start, the
+    start point.
+    """
+    route = np.asarray(route, dtype=np.float64)
+    seg = np.diff(route, axis=0)
+    lengths = np.hypot(seg[:, 0], seg[:, 1])
+    cum = np.concatenate(([0.0], np.cumsum(lengths)))
+    if s >= cum[-1]:
+        last = np.flatnonzero(lengths > 0.0)[-1]
+        return route[-1] + seg[last] / lengths[last] * (s - cum[-1])
+    return np.array([np.interp(s, cum, route[:, 0]), np.interp(s, cum, route[:, 1])])
+
+
+class PurePursuitPID:
+    """The classical driver: ``reset()`` per episode, ``act(pose, route, dt)`` per tick."""
+
+    def __init__(self, config: ClassicalConfig | None = None) -> None:
+        self.config = config or ClassicalConfig()
+        c = self.config
+        self.pid = PID(c.kp, c.ki, c.kd, -1.0, 1.0)
+
+    def reset(self) -> None:
+        """New episode: clear the PID state (Pure Pursuit is stateless)."""
+        self.pid.reset()
+
+    def steering_angle(self, pose: VehiclePose, route: np.ndarray) -> float:
+        """Pure Pursuit front-wheel angle (rad, REP-103: positive = left), before limits.
+
+        Target: the route point ld = k * v + ld_min further along the route than the rear
+        axle's projection; delta = atan(2 L sin(alpha) / d), alpha the target's bearing in
+        the vehicle frame and d its distance from the rear axle (= ld on a straight route
+        with the car on it).
+        """
+        c = self.config
+        cos_y, sin_y = math.cos(pose.yaw), math.sin(pose.yaw)
+        rear = VehiclePose(pose.x - c.rear_axle_offset * cos_y, pose.y - c.rear_axle_offset * sin_y,
+                           pose.yaw, pose.speed)
+        proj = project_on_route(rear, route)
+        lookahead = c.lookahead_gain * max(pose.speed, 0.0) + c.lookahead_min
+        target = point_at_arc_length(route, proj.s_along + lookahead)
+        dx, dy = target[0] - rear.x, target[1] - rear.y
+        forward, left = cos_y * dx + sin_y * dy, -sin_y * dx + cos_y * dy  # world -> vehicle frame
+        dist = math.hypot(forward, left)
+        if dist < 1e-6:
+            return 0.0
+        return math.atan(2.0 * c.wheelbase * (left / dist) / dist)
+
+    def act(self, pose: VehiclePose, route: np.ndarray, dt: float) -> np.ndarray:
+        """Action (2,) float32 in [-1, 1]: [steer (CARLA sign: + = right), throttle_or_brake]."""
+        delta = self.steering_angle(pose, np.asarray(route, dtype=np.float64))
+        steer = min(max(-delta / self.config.max_steer, -1.0), 1.0)
+        pedal = self.pid.update(self.config.target_speed, pose.speed, dt)
+        return np.array([steer, pedal], dtype=np.float32)

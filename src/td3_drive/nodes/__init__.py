@@ -1,0 +1,1 @@
+"""ROS nodes: wiring only (subscribe, call core code, publish)."""

@@ -1,0 +1,113 @@
+"""classical_controller: the PID + Pure Pursuit baseline as a drop-in for the policy node.
+
+Subscribes odometry, the route (latched) and the front camera; on each camera image,
+i.e. once per simulator tick exactly like the policy, publishes one
+CarlaEgoVehicleControl stamped with the image's stamp.  The image content is unused:
+the camera is only the tick.  Until odometry and a route have arrived (or when the
+pose is stale), it publishes a full brake so a lockstep simulator keeps ticking.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from td3_drive import topics as T
+from td3_drive.classical import ClassicalConfig, PurePursuitPID
+from td3_drive.control import BRAKE, action_to_control_fields
+from td3_drive.observation import InvalidMessage, VehiclePose, pose_from_odometry, route_from_path
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.runtime.messages import seconds
+
+NODE_NAME = "classical_controller"
+
+
+class ClassicalControllerNode:
+    """Wiring only: messages -> PurePursuitPID -> CarlaEgoVehicleControl."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        defaults = ClassicalConfig()
+        p = ctx.parameter
+        topics = T.Topics(role_name=p("role_name", "ego_vehicle", "CARLA ego vehicle role name"),
+                          namespace=p("namespace", "", "prefix of our /td3 topics"))
+        self.config = ClassicalConfig(
+            target_speed=p("target_speed", defaults.target_speed, "m/s (default 30 km/h)"),
+            kp=p("kp", defaults.kp, "speed PID proportional gain (per m/s)"),
+            ki=p("ki", defaults.ki, "speed PID integral gain (per m)"),
+            kd=p("kd", defaults.kd, "speed PID derivative gain (per m/s^2)"),
+            wheelbase=p("wheelbase", defaults.wheelbase, "m"),
+            max_steer=math.radians(p("max_steer_deg", round(math.degrees(defaults.max_steer), 6),
+                                     "front wheel angle at steer = 1 (deg)")),
+            rear_axle_offset=p("rear_axle_offset", defaults.rear_axle_offset,
+                               "m from the odometry position back to the rear axle"),
+            lookahead_gain=p("lookahead_gain", defaults.lookahead_gain, "s; ld = gain * v + min"),
+            lookahead_min=p("lookahead_min", defaults.lookahead_min, "m"),
+        )
+        #: s; dt for the first tick of an episode and whenever image stamps do not increase
+        self.nominal_dt: float = p("nominal_dt", 0.05, "s, CARLA fixed_delta_seconds")
+        #: s; brake instead of steering on a pose older than this (<= 0: never)
+        self.max_pose_age: float = p("max_pose_age", 0.5, "s between odometry and image stamps")
+
+        self.controller = PurePursuitPID(self.config)
+        self.pose: VehiclePose | None = None
+        self.pose_stamp = 0.0
+        self.route: np.ndarray | None = None
+        self._last_stamp: float | None = None
+        #: dropped inputs per reason (InvalidMessage.reason, or why a tick braked)
+        self.drops: dict[str, int] = {}
+        self.published = 0
+
+        self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
+        ctx.create_subscription(T.ODOMETRY, topics.odometry, self._on_odometry, RELIABLE_QOS)
+        ctx.create_subscription(T.PATH, topics.route, self._on_route, LATCHED_QOS)
+        ctx.create_subscription(T.HEADER, topics.episode_start, self._on_episode_start, LATCHED_QOS)
+        ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        count = self.drops.get(reason, 0) + 1
+        self.drops[reason] = count
+        if count & (count - 1) == 0:  # rate limit: log the 1st, 2nd, 4th, 8th, ... occurrence
+            self.ctx.logger.warning(f"{NODE_NAME}: {reason} x{count} {detail}".rstrip())
+
+    def _on_odometry(self, msg: Any) -> None:
+        try:
+            self.pose = pose_from_odometry(msg)
+            self.pose_stamp = seconds(msg.header.stamp)
+        except InvalidMessage as exc:
+            self._drop(exc.reason, str(exc))
+
+    def _on_route(self, msg: Any) -> None:
+        try:
+            self.route = route_from_path(msg)  # an invalid new route keeps the previous one
+        except InvalidMessage as exc:
+            self._drop(exc.reason, str(exc))
+
+    def _on_episode_start(self, msg: Any) -> None:
+        self.controller.reset()
+        self._last_stamp = None
+
+    def _on_image(self, msg: Any) -> None:
+        stamp = seconds(msg.header.stamp)
+        dt = self.nominal_dt
+        if self._last_stamp is not None and stamp > self._last_stamp:
+            dt = stamp - self._last_stamp
+        self._last_stamp = stamp
+
+        fields = dict(BRAKE)
+        if self.pose is None or self.route is None:
+            self._drop("no_odometry" if self.pose is None else "no_route")
+        elif self.max_pose_age > 0 and stamp - self.pose_stamp > self.max_pose_age:
+            self._drop("stale_odometry", f"{stamp - self.pose_stamp:.3f} s old")
+        else:
+            try:
+                fields, valid = action_to_control_fields(self.controller.act(self.pose, self.route, dt))
+                if not valid:
+                    self._drop("non_finite_action")
+            except (InvalidMessage, ValueError) as exc:  # never crash the control loop
+                self._drop(getattr(exc, "reason", "controller_error"), str(exc))
+                fields = dict(BRAKE)
+        header = self.ctx.new(T.HEADER, stamp=msg.header.stamp)
+        self._control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
+        self.published += 1

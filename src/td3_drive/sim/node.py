@@ -1,0 +1,243 @@
+"""SimulatorNode: the embedded racetrack published with the CARLA ROS bridge's topics.
+
+Lockstep like the bridge with ``synchronous_mode_wait_for_vehicle_control_command``:
+:meth:`SimulatorNode.start` publishes the first tick, and from then on the world
+ticks exactly once per control command received, then publishes that tick.  A
+``reset_request`` turns the next tick into the first tick of a new episode
+(seed = base seed + episode number, so every episode can be replayed alone).
+
+Within one tick we publish /clock first (LocalRuntime takes its time from it, as
+use_sim_time nodes do), then status, route and episode start, then the vehicle
+topics, and the camera last: the local runtime delivers in FIFO order, so a node
+triggered by the camera has already received everything else of that tick.
+With real DDS there is no such order; nodes match messages by their equal stamps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from td3_drive import topics as T
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext
+from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
+from td3_drive.topics import Topics
+
+_PARAMETER_DOCS = {
+    "env_id": "highway-env racetrack id",
+    "image_width": "camera image width [px]",
+    "image_height": "camera image height [px]",
+    "camera_scaling": "camera resolution [px/m] (top-down chase camera)",
+    "camera_ego_row": "ego position in the image as a fraction of its height",
+    "dt": "tick length = CARLA fixed_delta_seconds [s]",
+    "simulation_frequency": "highway-env integration rate [Hz]",
+    "other_vehicles": "number of IDM vehicles",
+    "route_length_m": "route length [m]; 0 = one lap",
+    "route_spacing_m": "route waypoint spacing [m]",
+    "max_steer_rad": "front wheel angle at steer = 1 [rad]",
+    "max_accel": "acceleration at throttle = 1 from standstill [m/s^2]",
+    "max_decel": "deceleration at brake = 1 [m/s^2]",
+    "max_speed": "speed where throttle stops accelerating [m/s]",
+    "coast_decel": "deceleration without throttle [m/s^2]",
+    "initial_speed": "ego speed at episode start [m/s]",
+    "seed": "base seed; episode k uses seed + k",
+}
+
+
+def _quaternion(ctx: NodeContext, yaw: float) -> Any:
+    return ctx.new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
+
+
+class SimulatorNode:
+    """Publishes the racetrack as the CARLA bridge would; ticks once per control command."""
+
+    def __init__(self, ctx: NodeContext, config: SimConfig | None = None) -> None:
+        self.ctx = ctx
+        base = config or SimConfig()
+        values = {
+            f.name: ctx.parameter(f.name, getattr(base, f.name), _PARAMETER_DOCS.get(f.name, ""))
+            for f in fields(SimConfig)
+        }
+        self.config = SimConfig(**values)
+        role = ctx.parameter("role_name", "ego_vehicle", "CARLA role name of the ego vehicle")
+        namespace = ctx.parameter("namespace", "", "prefix of the /td3 topics (scale-out)")
+        self.topics = Topics(role_name=role, namespace=namespace)
+        self.role_name = role
+        self.sim = RacetrackSim(self.config)
+        # tick time in integer nanoseconds, so /clock advances by exactly dt per tick
+        self._dt_ns = int(round(self.config.dt * 1e9))
+
+        tp = self.topics
+        self._pub_clock = ctx.create_publisher(T.CLOCK, tp.clock, RELIABLE_QOS)
+        self._pub_status = ctx.create_publisher(T.CARLA_STATUS, tp.carla_status, RELIABLE_QOS)
+        self._pub_route = ctx.create_publisher(T.PATH, tp.route, LATCHED_QOS)
+        self._pub_episode = ctx.create_publisher(T.HEADER, tp.episode_start, LATCHED_QOS)
+        self._pub_odom = ctx.create_publisher(T.ODOMETRY, tp.odometry, RELIABLE_QOS)
+        self._pub_speed = ctx.create_publisher(T.FLOAT32, tp.speedometer, RELIABLE_QOS)
+        self._pub_vstatus = ctx.create_publisher(T.VEHICLE_STATUS, tp.vehicle_status, RELIABLE_QOS)
+        self._pub_collision = ctx.create_publisher(T.COLLISION, tp.collision, RELIABLE_QOS)
+        self._pub_invasion = ctx.create_publisher(T.LANE_INVASION, tp.lane_invasion, RELIABLE_QOS)
+        self._pub_camera = ctx.create_publisher(T.IMAGE, tp.camera, RELIABLE_QOS)
+        ctx.create_subscription(T.CONTROL, tp.control, self._on_control, RELIABLE_QOS)
+        ctx.create_subscription(T.HEADER, tp.reset_request, self._on_reset_request, RELIABLE_QOS)
+
+        # counters (read by tests, diagnostics and the CLI)
+        self.ticks = 0  # world ticks published, episode starts included
+        self.episodes = 0  # episodes started
+        self.episode = -1  # number of the current episode
+        self.resets_by_reason: dict[str, int] = {}
+        self.reset_requests = 0
+        self.controls_received = 0
+        self.controls_clamped = 0
+        self.controls_rejected = 0
+        self.collisions = 0
+        self.lane_invasions = 0
+        self.started = False
+        self.last_frame: SimFrame | None = None
+        self._pending_reset: str | None = None
+        self._applied = (0.0, 0.0, 0.0)
+        self._hand_brake = False
+        self._last_control_warning_s = -math.inf
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Publish the first tick of the first episode (call once, after all nodes are wired)."""
+        if self.started:
+            return
+        self.started = True
+        self._begin_episode()
+
+    def _begin_episode(self) -> None:
+        self.episode += 1
+        self.episodes += 1
+        self._applied, self._hand_brake = (0.0, 0.0, 0.0), False
+        frame = self.sim.reset(self.config.seed + self.episode)
+        self._publish_tick(frame, episode_start=True)
+
+    # --- callbacks --------------------------------------------------------------------
+    def _on_reset_request(self, msg: Any) -> None:
+        self.reset_requests += 1
+        if self._pending_reset is None:  # several requests before the next tick: one reset
+            self._pending_reset = msg.frame_id or "unspecified"
+
+    def _on_control(self, msg: Any) -> None:
+        if not self.started:
+            self.ctx.logger.warning("control before start(): starting the first episode instead")
+            self.start()
+            return
+        self.controls_received += 1
+        if self._pending_reset is not None:
+            reason, self._pending_reset = self._pending_reset, None
+            self.resets_by_reason[reason] = self.resets_by_reason.get(reason, 0) + 1
+            self._begin_episode()
+            return
+        brake = 1.0 if msg.hand_brake else msg.brake
+        applied, verdict = sanitize_control(msg.throttle, msg.steer, brake, self._applied)
+        if verdict != "ok":
+            if verdict == "clamped":
+                self.controls_clamped += 1
+            else:
+                self.controls_rejected += 1
+            if self.ctx.now() - self._last_control_warning_s >= 1.0:  # at most once per sim second
+                self._last_control_warning_s = self.ctx.now()
+                self.ctx.logger.warning(
+                    f"invalid control (throttle={msg.throttle}, steer={msg.steer}, brake={msg.brake}): "
+                    f"{self.controls_clamped} clamped, {self.controls_rejected} rejected so far"
+                )
+        self._applied, self._hand_brake = applied, bool(msg.hand_brake)
+        self._publish_tick(self.sim.step(*applied), episode_start=False)
+
+    # --- publishing --------------------------------------------------------------------
+    def _publish_tick(self, frame: SimFrame, episode_start: bool) -> None:
+        ctx, tp = self.ctx, self.topics
+        self.ticks += 1
+        self.last_frame = frame
+        t_ns = self.ticks * self._dt_ns
+
+        def header(frame_id: str) -> Any:
+            return ctx.new(T.HEADER, stamp=stamp_ns(ctx, t_ns), frame_id=frame_id)
+
+        self._pub_clock.publish(ctx.new(T.CLOCK, clock=stamp_ns(ctx, t_ns)))
+        self._pub_status.publish(ctx.new(
+            T.CARLA_STATUS, frame=self.ticks, fixed_delta_seconds=self.config.dt,
+            synchronous_mode=True, synchronous_mode_running=True,
+        ))
+        if episode_start:
+            self._pub_route.publish(self._route_message(header("map")))
+            self._pub_episode.publish(header(str(self.episode)))
+
+        q = _quaternion(ctx, frame.yaw)
+        c, s = math.cos(frame.yaw), math.sin(frame.yaw)
+        position = ctx.new("geometry_msgs/msg/Point", x=frame.x, y=frame.y)
+        # twist in the child (vehicle) frame, as nav_msgs/Odometry specifies
+        linear = ctx.new("geometry_msgs/msg/Vector3", x=c * frame.vx + s * frame.vy, y=-s * frame.vx + c * frame.vy)
+        twist = ctx.new(
+            "geometry_msgs/msg/Twist", linear=linear, angular=ctx.new("geometry_msgs/msg/Vector3", z=frame.yaw_rate)
+        )
+        odom = ctx.new(
+            T.ODOMETRY,
+            header=header("map"),
+            child_frame_id=self.role_name,
+            pose=ctx.new(
+                "geometry_msgs/msg/PoseWithCovariance",
+                pose=ctx.new("geometry_msgs/msg/Pose", position=position, orientation=q),
+            ),
+            twist=ctx.new("geometry_msgs/msg/TwistWithCovariance", twist=twist),
+        )
+        self._pub_odom.publish(odom)
+        self._pub_speed.publish(ctx.new(T.FLOAT32, data=frame.speed))
+        throttle, steer, brake = frame.control
+        control = ctx.new(
+            T.CONTROL, header=header(self.role_name), throttle=throttle, steer=steer, brake=brake,
+            hand_brake=self._hand_brake, reverse=False, gear=1, manual_gear_shift=False,
+        )
+        accel = ctx.new("geometry_msgs/msg/Vector3", x=frame.ax, y=frame.ay)  # map frame, as the bridge reports
+        self._pub_vstatus.publish(ctx.new(
+            T.VEHICLE_STATUS, header=header("map"), velocity=frame.speed,
+            acceleration=ctx.new("geometry_msgs/msg/Accel", linear=accel), orientation=q, control=control,
+        ))
+        if frame.collision:
+            self.collisions += 1
+            ix, iy, iz = frame.normal_impulse
+            self._pub_collision.publish(ctx.new(
+                T.COLLISION, header=header(f"{self.role_name}/collision"), other_actor_id=frame.other_actor_id,
+                normal_impulse=ctx.new("geometry_msgs/msg/Vector3", x=ix, y=iy, z=iz),
+            ))
+        if frame.lane_invasion:
+            self.lane_invasions += 1
+            self._pub_invasion.publish(ctx.new(
+                T.LANE_INVASION, header=header(f"{self.role_name}/lane_invasion"),
+                crossed_lane_markings=np.asarray(frame.lane_invasion, dtype=np.int32),
+            ))
+        image = frame.image_bgra
+        self._pub_camera.publish(ctx.new(
+            T.IMAGE, header=header(f"{self.role_name}/rgb_front"), height=image.shape[0], width=image.shape[1],
+            encoding="bgra8", is_bigendian=0, step=image.shape[1] * 4, data=np.ascontiguousarray(image).reshape(-1),
+        ))
+
+    def _route_message(self, path_header: Any) -> Any:
+        ctx = self.ctx
+        points = self.sim.route()
+        tangent = np.diff(points, axis=0, append=points[-1:] + (points[-1:] - points[-2:-1]))
+        yaws = np.arctan2(tangent[:, 1], tangent[:, 0])
+        poses = [
+            ctx.new(
+                "geometry_msgs/msg/PoseStamped", header=path_header,
+                pose=ctx.new(
+                    "geometry_msgs/msg/Pose", position=ctx.new("geometry_msgs/msg/Point", x=float(x), y=float(y)),
+                    orientation=_quaternion(ctx, float(yaw)),
+                ),
+            )
+            for (x, y), yaw in zip(points, yaws)
+        ]
+        return ctx.new(T.PATH, header=path_header, poses=poses)
+
+
+def stamp_ns(ctx: NodeContext, t_ns: int) -> Any:
+    """builtin_interfaces/Time from integer nanoseconds (exact, unlike float seconds)."""
+    return ctx.new("builtin_interfaces/msg/Time", sec=int(t_ns // 1_000_000_000), nanosec=int(t_ns % 1_000_000_000))
+
+
+__all__ = ["SimulatorNode", "stamp_ns"]

@@ -1,0 +1,179 @@
+import copy
+
+import pytest
+import torch
+
+from td3_drive.learner import (
+    Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target,
+)
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_td3_target_hand_computed():
+    reward = torch.tensor([[1.0], [0.5], [-1.0]])
+    discount = torch.tensor([[0.99], [0.0], [0.99 ** 3]])  # terminated in row 2; 3-step in row 3
+    q1 = torch.tensor([[2.0], [3.0], [-4.0]])
+    q2 = torch.tensor([[1.5], [4.0], [-2.0]])
+    y = td3_target(reward, discount, [q1, q2])
+    expected = torch.tensor([[1.0 + 0.99 * 1.5], [0.5], [-1.0 + 0.99 ** 3 * -4.0]])
+    assert torch.allclose(y, expected)
+    # DDPG: a single critic, no min
+    assert torch.allclose(td3_target(reward, discount, [q2]), reward + discount * q2)
+
+
+def test_target_policy_smoothing_hand_computed():
+    pi = torch.tensor([[0.9, -0.2], [-0.95, 0.0]])
+    noise = torch.tensor([[0.7, -0.1], [-0.3, 0.5]])
+    out = smoothed_target_action(pi, noise, noise_clip=0.5)
+    assert torch.allclose(out, torch.tensor([[1.0, -0.3], [-1.0, 0.5]]))
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_critic_target_matches_formula(mode, small_batch):
+    learner = Learner(LearnerConfig(encoder_mode=mode), seed=0)
+    b = small_batch
+    generator = copy.deepcopy(learner.generator)
+    y = learner.critic_target(b.next_obs, b.next_state, b.reward, b.discount)
+    with torch.no_grad():
+        if mode == "separate":
+            fa, fc = learner.actor_encoder_target(b.next_obs), learner.critic_encoder_target(b.next_obs)
+        else:
+            fa = fc = learner.critic_encoder(b.next_obs)
+        pi = learner.actor_head_target(fa, b.next_state)
+        eps = (torch.randn(pi.shape, generator=generator) * 0.2).clamp(-0.5, 0.5)
+        a = (pi + eps).clamp(-1, 1)
+        q1, q2 = learner.critic_heads_target(fc, b.next_state, a)
+        expected = b.reward + b.discount * torch.minimum(q1, q2)
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo,policy_freq", [("td3", 2), ("td3", 3), ("ddpg", 1)])
+def test_policy_delay(algo, policy_freq, small_batch):
+    learner = Learner(LearnerConfig(algo=algo, policy_freq=policy_freq, encoder_mode="shared"), seed=0)
+    for update in range(1, 7):
+        actor_before, target_before = params(learner.actor_head), params(learner.actor_head_target)
+        critic_before = params(learner.critic_heads)
+        metrics = learner.update(small_batch)
+        actor_step = update % learner.config.policy_freq == 0
+        assert not same(critic_before, params(learner.critic_heads))  # the critic learns every update
+        assert same(actor_before, params(learner.actor_head)) != actor_step
+        assert same(target_before, params(learner.actor_head_target)) != actor_step  # targets move with the actor
+        assert ("train/actor_loss" in metrics) == actor_step
+    assert learner.num_actor_updates == 6 // learner.config.policy_freq
+
+
+def test_ddpg_is_a_configuration():
+    cfg = LearnerConfig(algo="ddpg", policy_freq=5, policy_noise=0.3)
+    assert (cfg.num_q, cfg.policy_freq, cfg.policy_noise) == (1, 1, 0.0)
+    assert len(Learner(cfg).critic_heads.qs) == 1
+    with pytest.raises(ValueError):
+        LearnerConfig(algo="sac")
+    with pytest.raises(ValueError):
+        LearnerConfig(encoder_mode="both")
+
+
+def test_actor_objective_uses_the_critics_own_encoder(small_batch):
+    """Regression test for the failed system: Q1 must see critic-encoder features, never actor-encoder ones."""
+    learner = Learner(LearnerConfig(encoder_mode="separate", policy_freq=1), seed=0)
+    seen: dict[str, torch.Tensor] = {}
+    learner.critic_encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("critic", o.detach().clone()))
+    learner.actor_encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("actor", o.detach().clone()))
+    q1 = learner.critic_heads.q1
+
+    def spy(features, state, action):
+        seen["q1_features"] = features.detach().clone()
+        seen["q1_action_requires_grad"] = action.requires_grad
+        return q1(features, state, action)
+
+    learner.critic_heads.q1 = spy
+    metrics = learner.update(small_batch)
+    assert "train/actor_loss" in metrics
+    assert torch.equal(seen["q1_features"], seen["critic"])
+    assert not torch.allclose(seen["q1_features"], seen["actor"])
+    assert seen["q1_action_requires_grad"]  # the gradient flows into the actor through the action
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_actor_loss_never_updates_the_critic(mode):
+    learner = Learner(LearnerConfig(encoder_mode=mode))
+    actor_params = {id(p) for g in learner.actor_optimizer.param_groups for p in g["params"]}
+    critic_params = {id(p) for g in learner.critic_optimizer.param_groups for p in g["params"]}
+    assert not actor_params & critic_params
+    assert {id(p) for p in learner.actor_head.parameters()} <= actor_params
+    lrs = {g["name"]: g["lr"] for g in learner.actor_optimizer.param_groups + learner.critic_optimizer.param_groups}
+    assert lrs["critic_cnn"] == 1e-4 and lrs["critic_mlp"] == 3e-4 and lrs["actor_mlp"] == 3e-4
+    if mode == "separate":
+        assert lrs["actor_cnn"] == 1e-4
+    else:  # DrQ-v2: the encoder learns from the critic only
+        assert "actor_cnn" not in lrs and learner.actor_encoder is learner.critic_encoder
+
+
+def test_shared_mode_actor_step_leaves_encoder_alone(small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared", policy_freq=1, lr_cnn=0.0), seed=0)
+    before = params(learner.critic_encoder)
+    learner.update(small_batch)  # critic step with lr 0 for the CNN, then an actor step
+    assert same(before, params(learner.critic_encoder))
+
+
+def test_non_finite_batch_is_skipped_and_counted(small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
+    before = params(learner.critic_heads) + params(learner.critic_encoder)
+    small_batch.reward[0] = float("nan")
+    metrics = learner.update(small_batch)
+    assert same(before, params(learner.critic_heads) + params(learner.critic_encoder))
+    assert learner.health.skipped == {"critic_nonfinite_loss_or_features": 1}
+    assert metrics["health/skipped_updates"] == 1
+    assert learner.health.consecutive_bad == 1
+
+
+def test_non_finite_gradients_are_skipped(small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
+    learner.critic_heads.qs[0][0].weight.register_hook(lambda g: g * float("inf"))
+    before = params(learner.critic_heads)
+    learner.update(small_batch)
+    assert same(before, params(learner.critic_heads))
+    assert learner.health.skipped == {"critic_nonfinite_grad": 1}
+
+
+def test_poisoned_weights_are_never_exported():
+    from td3_drive.weights import WeightsRejected, encode_actor
+
+    learner = Learner()
+    assert learner.parameters_finite()
+    with torch.no_grad():
+        learner.actor_head.net[0].weight[0, 0] = float("inf")
+    assert not learner.parameters_finite()
+    with torch.no_grad():
+        learner.actor_head.net[0].weight[0, 0] = 0.0
+    assert not learner.parameters_finite()  # once poisoned, stays poisoned until a rollback
+    with pytest.raises(WeightsRejected):
+        bad = Learner()
+        with torch.no_grad():
+            bad.actor_head.net[0].bias[0] = float("nan")
+        encode_actor(bad.actor(), 1, bad.config.actor_architecture())
+
+
+def test_gradient_clipping_is_logged(small_batch):
+    learner = Learner(LearnerConfig(max_grad_norm_critic=1e-6, max_grad_norm_actor=None, policy_freq=1), seed=0)
+    m = learner.update(small_batch)
+    assert m["grad/critic_norm_before_clip"] > 1e-6 and m["grad/critic_norm_after_clip"] == pytest.approx(1e-6)
+    assert m["grad/actor_norm_after_clip"] == m["grad/actor_norm_before_clip"]
+    assert 0 < m["features/critic/l2_norm"] < 100 and 0 < m["features/actor/l2_norm"] < 100
+
+
+def test_random_shift_is_a_shifted_crop():
+    g = torch.Generator().manual_seed(0)
+    obs = torch.arange(84, dtype=torch.uint8).repeat(2, 1, 84, 1)  # pixel value = column
+    out = random_shift(obs, 4, g)
+    assert out.shape == obs.shape and out.dtype == torch.uint8
+    for n in range(2):
+        shift = int(out[n, 0, 42, 42]) - 42  # interior columns move by one constant offset
+        assert -4 <= shift <= 4
+        assert torch.equal(out[n, 0, 10, 10:74], obs[n, 0, 10, 10 + shift:74 + shift])

@@ -1,0 +1,62 @@
+import json
+import struct
+
+import pytest
+import torch
+
+from td3_drive.learner import Learner, LearnerConfig
+from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor, encode_actor
+
+ARCH = LearnerConfig().actor_architecture()
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    return encode_actor(Learner().actor(), 42, ARCH)
+
+
+def test_round_trip(blob):
+    decoded = decode_actor(blob, ARCH)
+    assert decoded.version == 42 and decoded.architecture == ARCH
+    reference = Learner().actor().state_dict()
+    assert decoded.state_dict.keys() == reference.keys()
+
+
+def reason(data: bytes, arch=ARCH, **kw) -> str:
+    with pytest.raises(WeightsRejected) as info:
+        decode_actor(data, arch, **kw)
+    return info.value.reason
+
+
+def test_rejections(blob):
+    assert reason(b"") == "truncated"
+    assert reason(b"\xff" * 8 + b"{}") == "bad_header"
+    assert reason(struct.pack("<Q", 5) + b"nojsn") == "bad_header"
+    assert reason(blob[: len(blob) // 2]) == "bad_data"
+    assert reason(blob, max_bytes=1000) == "oversized"
+    assert reason(blob, arch={**ARCH, "state_dim": 10}) == "wrong_architecture"
+    other = LearnerConfig(layer_norm=False)
+    assert reason(encode_actor(Learner(other).actor(), 1, other.actor_architecture())) == "wrong_architecture"
+
+
+def test_lying_metadata_is_caught_by_layout():
+    other = LearnerConfig(hidden=(64, 64))
+    data = encode_actor(Learner(other).actor(), 1, ARCH)  # claims the default architecture
+    assert reason(data) == "wrong_architecture"
+
+
+def test_non_finite_values_rejected(blob):
+    header_len = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + header_len])
+    start, _ = header["head.net.0.bias"]["data_offsets"]
+    data = bytearray(blob)
+    data[8 + header_len + start : 8 + header_len + start + 4] = struct.pack("<f", float("nan"))
+    assert reason(bytes(data)) == "non_finite"
+
+
+def test_foreign_format(blob):
+    from safetensors.torch import save
+
+    data = save({"x": torch.zeros(2)}, metadata={"format": "something-else"})
+    assert reason(data) == "wrong_format"
+    assert MAX_WEIGHT_BYTES > len(blob)
