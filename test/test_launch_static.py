@@ -182,13 +182,24 @@ def node_parameters(node: Recorded) -> tuple[list[Path], dict[str, Any]]:
     return files, overrides
 
 
+def dotted(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML maps are dotted parameter names in ROS 2 ({'learner': {'tau': 1}} -> 'learner.tau')."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def yaml_section(path: Path, name: str) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     for key in (name, f"/{name}", "/**", "**"):
         section = data.get(key)
         if section:
             assert set(section) == {"ros__parameters"}, f"{path.name}:{key} must hold only ros__parameters"
-    return dict((data.get(name) or {}).get("ros__parameters", {}))
+    return dotted((data.get(name) or {}).get("ros__parameters", {}) or {})
 
 
 def node_class(executable: str) -> type | None:
@@ -274,21 +285,47 @@ def _check_node_parameters(monkeypatch, launch_file: str, **arguments: str) -> N
 
 @pytest.mark.parametrize("launch_file", ["train.launch.py", "drive.launch.py"])
 def test_every_yaml_and_launch_parameter_is_declared_by_its_node(monkeypatch, launch_file, tmp_path):
+    # every optional argument set, so each override reaches a node that declares it;
     # run_dir points into tmp so building the nodes writes nothing into the repo
-    extra = {"run_dir": str(tmp_path / "run")} if launch_file == "train.launch.py" else {"episodes": "true"}
+    extra = {"run_dir": str(tmp_path / "run"), "device": "cpu"}
+    extra.update({"episodes": "true"} if launch_file == "drive.launch.py" else {"resume": "false"})
     _check_node_parameters(monkeypatch, launch_file, **extra)
 
 
-def test_every_yaml_section_belongs_to_a_launched_node(monkeypatch):
+def test_yaml_sections_for_ros_executables_are_launched(monkeypatch):
+    """A section named after one of our ROS executables must be for a node the launch file starts.
+
+    Other sections (the embedded simulator, evaluator, ...) are for the in-process
+    graph only; ROS ignores parameters of nodes that do not exist.
+    """
+    scripts = set(console_scripts())
     for launch_file, config in (("train.launch.py", "train.yaml"), ("drive.launch.py", "drive.yaml")):
         path = REPO / "config" / config
-        if not path.is_file():
-            pytest.fail(f"config/{config} is missing (launch files load it)")
-        _, actions, _ = evaluate(monkeypatch, launch_file, episodes="true") if launch_file == "drive.launch.py" \
-            else evaluate(monkeypatch, launch_file)
+        assert path.is_file(), f"config/{config} is missing (launch files load it)"
+        extra = {"episodes": "true"} if launch_file == "drive.launch.py" else {}
+        _, actions, _ = evaluate(monkeypatch, launch_file, **extra)
         launched = {n.kwargs["name"] for n, _ in nodes_of(actions)}
         sections = set(yaml.safe_load(path.read_text()) or {})
-        assert sections <= launched | {"/**", "**"}, f"{config}: sections for nodes never launched: {sections - launched}"
+        stray = (sections & scripts) - launched
+        assert not stray, f"{config} configures {stray}, which {launch_file} never starts"
+
+
+def _ros_parameter_value_ok(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, list) and value:
+        kinds = {bool if isinstance(v, bool) else type(v) for v in value}
+        return len(kinds) == 1 and kinds <= {bool, int, float, str}
+    return False
+
+
+def test_config_values_are_ros2_parameter_types():
+    """rcl's YAML parser rejects null values, empty lists and mixed-type lists."""
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        for node, body in (yaml.safe_load(path.read_text()) or {}).items():
+            assert isinstance(body, dict) and set(body) == {"ros__parameters"}, f"{path.name}:{node}"
+            for name, value in dotted(body["ros__parameters"] or {}).items():
+                assert _ros_parameter_value_ok(value), f"{path.name}:{node}.{name} = {value!r} is no ROS 2 parameter"
 
 
 def test_bridge_includes_use_upstream_arguments(monkeypatch):
@@ -332,7 +369,8 @@ def test_empty_arguments_keep_yaml_values_and_strings_stay_strings(monkeypatch):
     _, actions, _ = evaluate(monkeypatch, "train.launch.py", role_name="007")
     trainer = next(n for n, _ in nodes_of(actions) if n.kwargs["name"] == "trainer")
     raw = {k: v for entry in trainer.kwargs["parameters"] if isinstance(entry, dict) for k, v in entry.items()}
-    assert not {"device", "checkpoint", "run_dir", "namespace"} & set(raw)  # empty: YAML decides
+    assert not {"device", "checkpoint", "run_dir", "namespace", "resume"} & set(raw)  # empty: YAML decides
+    assert raw["async_updates"] is True  # the learner never blocks the trainer's subscriptions
     assert isinstance(raw["role_name"], ParameterValue) and raw["role_name"].value == "007"
 
 

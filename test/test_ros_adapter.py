@@ -482,6 +482,7 @@ def test_parameters_typed_by_default_and_described(monkeypatch):
 
     install_fake_rclpy(monkeypatch, overrides={
         "lr": 1, "batch": 128, "device": "cuda", "names": array.array("d", [1.0, 2.0]), "flag": "yes",
+        "count": 2.5,
     })
     node = sys.modules["rclpy.node"].Node("trainer")
     ctx = ros.RosContext(node, converter=ros.MessageConverter(FakeRosidl().cls))
@@ -495,6 +496,8 @@ def test_parameters_typed_by_default_and_described(monkeypatch):
     assert ctx.parameter("spawn_points", []) == [] and node.descriptors["spawn_points"].dynamic_typing
     with pytest.raises(Exception, match="flag"):
         ctx.parameter("flag", True)
+    with pytest.raises(Exception, match="count"):
+        ctx.parameter("count", 1)  # a float for an integer parameter is an error, as in rclpy
 
 
 def test_parameter_type_inference(fake):
@@ -570,7 +573,7 @@ def test_mains_exist_for_every_console_script():
 def real_rclpy():
     rclpy = pytest.importorskip(
         "rclpy", reason="rclpy is not installed here (ROS 2 is neither on PyPI nor in Debian); "
-        "runs inside the ROS 2 image: docker compose run --rm test"
+        "runs inside the ROS 2 image: docker compose -f docker/compose.yaml --profile test run --rm test"
     )
     pytest.importorskip("std_msgs.msg", reason="ROS 2 message packages not sourced")
     rclpy.init()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 IMAGE = "sensor_msgs/msg/Image"
 ODOMETRY = "nav_msgs/msg/Odometry"
 FLOAT32 = "std_msgs/msg/Float32"
+BOOL = "std_msgs/msg/Bool"
 FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
 UINT8_ARRAY = "std_msgs/msg/UInt8MultiArray"
 HEADER = "std_msgs/msg/Header"
@@ -104,6 +105,11 @@ class Topics:
 
     #: one trainer broadcasts to every vehicle pipeline, so weights are never namespaced
     actor_weights: str = "/td3/actor_weights"
+
+    @property
+    def exploration(self) -> str:
+        """Bool: the trainer switches exploration noise off for evaluation episodes."""
+        return self._td3("exploration")
 
     @property
     def reward(self) -> str:

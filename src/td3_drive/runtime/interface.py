@@ -66,3 +66,29 @@ class NodeContext(Protocol):
     def new(self, type_name: str, **fields: Any) -> Any:
         """A message of that type; fields not given get their ROS defaults."""
         ...
+
+
+def stamp(ctx: NodeContext, seconds: float) -> Any:
+    """builtin_interfaces/Time for ``seconds``, built through the context (works on both runtimes)."""
+    sec = int(seconds // 1)
+    return ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=min(999_999_999, int(round((seconds - sec) * 1e9))))
+
+
+def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str, defaults: Any = None) -> Any:
+    """Declare one parameter per dataclass field as ``prefix.field`` and build the dataclass.
+
+    YAML ``prefix: {field: value}`` under ros__parameters is how ROS 2 spells these.
+    Tuples are declared as lists (ROS parameters have no tuples).
+    """
+    import dataclasses
+
+    base = defaults if defaults is not None else cls()
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = getattr(base, f.name)
+        if isinstance(default, tuple):
+            default = list(default)
+        if default is None:  # ROS parameters cannot be None: 0.0 stands for "off"
+            default = 0.0
+        values[f.name] = ctx.parameter(f"{prefix}.{f.name}", default, f"{cls.__name__}.{f.name}")
+    return cls(**values)

@@ -138,24 +138,34 @@ class LocalRuntime:
         self._bind_type(topic, msg.__msgtype__)
         self._enqueue(topic, msg.__msgtype__, msg)
 
-    def spin(self, max_messages: int = 1_000_000) -> int:
-        """Deliver queued messages until the graph is quiet; returns how many were delivered."""
+    def spin(self, max_messages: int = 1_000_000, until: Callable[[], bool] | None = None) -> int:
+        """Deliver queued messages until the graph is quiet (or ``until()`` holds); returns how many.
+
+        A lockstep simulator keeps the graph busy forever, so loops pass ``until``;
+        messages still queued then are delivered by the next spin.  Timers fire as
+        the clock (the simulator's /clock) passes their deadlines.
+        """
         delivered = 0
+        self._fire_due_timers()
         while self._queue:
-            if delivered >= max_messages:
+            if until is not None and until():
+                break
+            if until is None and delivered >= max_messages:
                 raise RuntimeError(f"graph did not settle after {max_messages} messages (publish loop?)")
             topic, msg, only = self._queue.popleft()
             for callback in only if only is not None else list(self._subscribers.get(topic, ())):
                 callback(msg)
             delivered += 1
+            self._fire_due_timers()
         return delivered
 
-    def advance(self, dt_s: float) -> None:
-        """Move the clock, fire due timers in order, and spin."""
-        self.time_s += dt_s
-        for timer in sorted(self._timers, key=lambda t: t.next_s):
+    def _fire_due_timers(self) -> None:
+        for timer in self._timers:
             while timer.next_s <= self.time_s + 1e-12:
                 timer.next_s += timer.period_s
                 timer.callback()
-                self.spin()
+
+    def advance(self, dt_s: float) -> None:
+        """Move the clock (when nothing publishes /clock), fire due timers, and spin."""
+        self.time_s += dt_s
         self.spin()

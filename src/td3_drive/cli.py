@@ -1,0 +1,226 @@
+"""td3-drive: train, drive, play (and eval / compare) on the embedded default.
+
+    td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume]
+    td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid]
+    td3-drive play BAG [--checkpoint PATH]
+
+Each command prints progress on stderr and a JSON summary as the last stdout line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from td3_drive import embedded
+
+log = logging.getLogger("td3_drive")
+
+
+def _parameters(config: str, seed: int | None, overrides: list[str], extra: dict[str, dict[str, Any]]) -> dict:
+    params = embedded.load_parameters(config)
+    for node, values in embedded.load_parameters("embedded").items():
+        params.setdefault(node, {}).update(values)
+    for node, values in extra.items():
+        params.setdefault(node, {}).update(values)
+    if seed is not None:
+        for node in ("trainer", "policy"):
+            params.setdefault(node, {})["seed"] = seed
+        params.setdefault("simulator", {})["seed"] = seed * 1000
+    for item in overrides:  # --set trainer.learner.tau=0.01
+        key, _, value = item.partition("=")
+        node, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"--set expects node.param=value, got {item!r}")
+        params.setdefault(node, {})[name] = _yaml_value(value)
+    return params
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
+                disable=None if sys.stderr.isatty() else False, mininterval=1.0)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = Path(args.run_dir)
+    params = _parameters(args.config, args.seed, args.set, {"trainer": {"run_dir": str(run_dir), "resume": args.resume}})
+    embedded.snapshot_config(run_dir, params, sys.argv)
+    graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir))
+    trainer, policy = graph.nodes["trainer"], graph.nodes["policy"]
+    steps = args.steps if args.steps is not None else int(params.get("trainer", {}).get("total_steps", 5000))
+    start = time.perf_counter()
+    start_steps = trainer.env_steps
+    bar = _progress(steps, "train")
+
+    def on_progress() -> None:
+        bar.n = min(steps, graph.sim.ticks)
+        last = trainer.episode_returns[-1][1] if trainer.episode_returns else float("nan")
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(steps_s=f"{graph.sim.ticks / max(elapsed, 1e-9):.1f}", ret=f"{last:.1f}",
+                        feat_l2=f"{policy.last_feature_l2:.1f}", upd=trainer.learner.num_updates, refresh=False)
+        bar.refresh()
+
+    try:
+        graph.run(steps, on_progress)
+    finally:
+        bar.close()
+        checkpoint = trainer.save_checkpoint()
+        graph.close()
+    wall = time.perf_counter() - start
+    returns = [r for _, r in trainer.episode_returns]
+    return {
+        "command": "train", "run_dir": str(run_dir), "checkpoint": str(checkpoint), "ticks": graph.sim.ticks,
+        "env_steps": trainer.env_steps, "new_env_steps": trainer.env_steps - start_steps,
+        "updates": trainer.learner.num_updates, "episodes": trainer.episodes, "wall_s": round(wall, 1),
+        "steps_per_s": round(graph.sim.ticks / wall, 2),
+        "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
+        "skipped_updates": trainer.learner.health.total_skipped, "drops": _drops(graph),
+    }
+
+
+def _fresh_bag_path(run_dir: Path) -> Path:
+    bag_dir = run_dir / "bag"
+    n = 0
+    while (bag_dir.parent / f"{bag_dir.name}{'' if n == 0 else f'_{n}'}").exists():
+        n += 1
+    return bag_dir.parent / f"{bag_dir.name}{'' if n == 0 else f'_{n}'}"
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None
+
+
+def _drops(graph: embedded.EmbeddedGraph) -> dict[str, dict[str, int]]:
+    return {name: dict(node.drops.counts) for name, node in graph.nodes.items()
+            if hasattr(node, "drops") and hasattr(node.drops, "counts") and node.drops.counts}
+
+
+def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.metrics import summarize
+
+    extra: dict[str, dict[str, Any]] = {}
+    if args.controller == "policy":
+        if not args.checkpoint:
+            raise SystemExit("drive --controller policy needs --checkpoint (a run's checkpoint dir or actor.safetensors)")
+        extra["policy"] = {"checkpoint": str(_resolve_checkpoint(args.checkpoint)), "explore": False}
+    params = _parameters(args.config, args.seed, args.set, extra)
+    graph = embedded.build_graph(params, controller=args.controller, trainer=False, evaluator=True)
+    evaluator = graph.nodes["evaluator"]
+    bar = _progress(args.episodes, "drive")
+    start = time.perf_counter()
+    try:
+        while len(evaluator.episodes) < args.episodes and graph.sim.ticks < args.max_ticks:
+            graph.run(20)
+            bar.n = len(evaluator.episodes)
+            bar.refresh()
+    finally:
+        bar.close()
+        graph.close()
+    episodes = [m.to_dict() for m in evaluator.episodes]
+    return {"command": "drive", "controller": args.controller, "episodes": episodes,
+            "returns": [round(r, 3) for r in evaluator.returns], "summary": summarize(evaluator.episodes),
+            "wall_s": round(time.perf_counter() - start, 1), "drops": _drops(graph)}
+
+
+def _resolve_checkpoint(path: str) -> Path:
+    """A run dir, a checkpoints dir, a checkpoint dir or an actor.safetensors file."""
+    from td3_drive.checkpoint import Checkpointer
+
+    p = Path(path)
+    if p.is_file():
+        return p
+    for directory in (p / "checkpoints", p):
+        latest = Checkpointer(directory).latest()
+        if latest is not None:
+            return latest / "actor.safetensors"
+    if (p / "actor.safetensors").exists():
+        return p / "actor.safetensors"
+    raise SystemExit(f"no checkpoint found at {path}")
+
+
+def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.nodes.policy import PolicyNode
+    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+    from td3_drive.runtime.bag import play_bag
+    from td3_drive.runtime.local import LocalRuntime
+
+    extra = {"policy": {"explore": False}}
+    if args.checkpoint:
+        extra["policy"]["checkpoint"] = str(_resolve_checkpoint(args.checkpoint))
+    params = _parameters(args.config, None, args.set, extra)
+    runtime = LocalRuntime(params)
+    published: dict[str, int] = {}
+    runtime.add_tap(lambda topic, type_name, msg, t: published.__setitem__(topic, published.get(topic, 0) + 1))
+    preprocessor = CameraPreprocessorNode(runtime.context("camera_preprocessor"))
+    policy = PolicyNode(runtime.context("policy"))
+    ours = set(runtime.topic_types()) - {"/td3/actor_weights", "/td3/exploration"}
+    counts = play_bag(args.bag, runtime, topics=None)
+    fed = {t: n for t, n in counts.items() if t not in ours}
+    return {"command": "play", "bag": str(args.bag), "fed": fed,
+            "published": {t: n for t, n in sorted(published.items()) if t in ours},
+            "drops": {"camera_preprocessor": dict(preprocessor.drops.counts), "policy": dict(policy.drops.counts)},
+            "actions": policy.actions}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="td3-drive", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, config: str) -> None:
+        p.add_argument("--config", default=config, help=f"ROS 2 parameter file or name in config/ (default {config})")
+        p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                       help="override a parameter, e.g. trainer.learner.tau=0.01 (repeatable)")
+
+    p = sub.add_parser("train", help="train on the embedded simulator")
+    common(p, "train")
+    p.add_argument("--steps", type=int, default=None, help="simulator ticks to run (default: trainer.total_steps)")
+    p.add_argument("--run-dir", default="runs/latest")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    p.add_argument("--no-bag", action="store_true", help="do not record an MCAP bag of the /td3 topics")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("drive", help="deploy: drive with a checkpoint (or the PID baseline), no learning")
+    common(p, "drive")
+    p.add_argument("--checkpoint", help="run dir, checkpoint dir or actor.safetensors")
+    p.add_argument("--controller", choices=["policy", "pid"], default="policy")
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--max-ticks", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_drive)
+
+    p = sub.add_parser("play", help="feed a rosbag2 (MCAP or sqlite3) through preprocessing + policy")
+    common(p, "drive")
+    p.add_argument("bag", type=Path)
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_play)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    result = args.func(args)
+    print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Dropped-input accounting shared by every node: a counter per reason, rate-limited logs.
+
+Bad input never crashes a node and never passes silently: it is dropped, counted
+under a short reason, logged on the 1st, 2nd, 4th, 8th ... occurrence, and the
+counts are published on /diagnostics (diagnostic_msgs/DiagnosticArray).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from td3_drive import topics as T
+from td3_drive.runtime.interface import NodeContext
+
+
+class DropCounter:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.counts: dict[str, int] = {}
+
+    def drop(self, reason: str, detail: str = "") -> None:
+        count = self.counts.get(reason, 0) + 1
+        self.counts[reason] = count
+        if count & (count - 1) == 0:  # powers of two: loud at first, quiet when it persists
+            self.ctx.logger.warning(f"{self.ctx.name}: dropped input ({reason}) x{count} {detail}".rstrip())
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def status_message(self, stamp: Any, extra: dict[str, Any] | None = None) -> Any:
+        """A DiagnosticArray with one status for this node: level WARN when anything was dropped."""
+        ctx = self.ctx
+        values = [ctx.new("diagnostic_msgs/msg/KeyValue", key=f"dropped/{k}", value=str(v))
+                  for k, v in sorted(self.counts.items())]
+        values += [ctx.new("diagnostic_msgs/msg/KeyValue", key=k, value=str(v)) for k, v in (extra or {}).items()]
+        status = ctx.new(
+            "diagnostic_msgs/msg/DiagnosticStatus", level=1 if self.counts else 0,  # WARN / OK (the rclpy adapter converts byte fields)
+            name=f"td3_drive/{ctx.name}", message=f"{self.total} inputs dropped" if self.counts else "ok",
+            hardware_id="", values=values)
+        return ctx.new(T.DIAGNOSTICS, header=ctx.new(T.HEADER, stamp=stamp), status=[status])

@@ -1,0 +1,141 @@
+"""The embedded default: the real nodes on the in-process runtime against the built-in simulator.
+
+One process, no ROS 2, no CARLA server: the simulator publishes the CARLA
+bridge's topics, and the same camera_preprocessor, policy and trainer classes
+that ``ros2 launch`` starts consume them.  A run directory holds the config
+snapshot, TensorBoard logs, checkpoints and an MCAP bag of the /td3 topics and
+the controls.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from td3_drive.runtime.bag import BagRecorder
+from td3_drive.runtime.local import LocalRuntime
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML dicts -> dotted ROS 2 parameter names ({'learner': {'tau': x}} -> {'learner.tau': x})."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path, or a name in the package's config/ directory ('train' -> config/train.yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
+        if candidate.exists():
+            return candidate
+    try:  # installed package (colcon / ament): share/td3_drive/config
+        from ament_index_python.packages import get_package_share_directory
+
+        candidate = Path(get_package_share_directory("td3_drive")) / "config" / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    except ImportError:
+        pass
+    raise FileNotFoundError(f"config {name_or_path!r} not found (looked in {CONFIG_DIR})")
+
+
+def load_parameters(config: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """A ROS 2 parameter file -> {node_name: {dotted_param: value}} with overrides applied."""
+    raw = yaml.safe_load(Path(find_config(str(config))).read_text()) or {}
+    params = {node: flatten((body or {}).get("ros__parameters", {})) for node, body in raw.items()}
+    for node, values in (overrides or {}).items():
+        params.setdefault(node, {}).update(flatten(values))
+    return params
+
+
+@dataclass
+class EmbeddedGraph:
+    runtime: LocalRuntime
+    nodes: dict[str, Any]
+    recorder: BagRecorder | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sim(self):
+        return self.nodes["simulator"]
+
+    def run(self, ticks: int, on_progress: Callable[[], None] | None = None, every: int = 20) -> None:
+        """Advance the lockstep graph by ``ticks`` simulator ticks."""
+        if not self.sim.started:
+            self.sim.start()
+        target = self.sim.ticks + ticks
+        while self.sim.ticks < target:
+            goal = min(target, self.sim.ticks + every)
+            self.runtime.spin(until=lambda: self.sim.ticks >= goal)
+            if on_progress:
+                on_progress()
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if hasattr(node, "close"):
+                node.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
+                evaluator: bool = False, bag_path: Path | None = None,
+                bag_prefixes: tuple[str, ...] = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd")) -> EmbeddedGraph:
+    """Wire simulator -> camera_preprocessor -> policy|classical_controller (-> trainer | evaluator)."""
+    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+    from td3_drive.sim.node import SimulatorNode
+
+    runtime = LocalRuntime(parameters)
+    recorder = None
+    if bag_path is not None:
+        recorder = BagRecorder(bag_path, prefixes=bag_prefixes)
+        runtime.add_tap(recorder)
+    nodes: dict[str, Any] = {}
+    # subscription order is delivery order: the trainer must see an observation before the
+    # control computed from it, so it is created before the policy
+    nodes["simulator"] = SimulatorNode(runtime.context("simulator"))
+    nodes["camera_preprocessor"] = CameraPreprocessorNode(runtime.context("camera_preprocessor"))
+    if trainer:
+        from td3_drive.nodes.trainer import TrainerNode
+
+        nodes["trainer"] = TrainerNode(runtime.context("trainer"))
+    if evaluator:
+        from td3_drive.nodes.evaluator import EvaluatorNode
+
+        nodes["evaluator"] = EvaluatorNode(runtime.context("evaluator"))
+    if controller == "policy":
+        from td3_drive.nodes.policy import PolicyNode
+
+        nodes["policy"] = PolicyNode(runtime.context("policy"))
+    elif controller == "pid":
+        from td3_drive.nodes.classical_controller import ClassicalControllerNode
+
+        nodes["classical_controller"] = ClassicalControllerNode(runtime.context("classical_controller"))
+    else:
+        raise ValueError(f"controller must be 'policy' or 'pid', got {controller!r}")
+    runtime.spin()  # deliver latched messages (initial weights, exploration flag)
+    return EmbeddedGraph(runtime, nodes, recorder)
+
+
+def snapshot_config(run_dir: Path, parameters: dict[str, dict[str, Any]], argv: list[str] | None = None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nested = {node: {"ros__parameters": values} for node, values in parameters.items()}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
+    if argv is not None:
+        (run_dir / "command.json").write_text(json.dumps({"argv": argv, "time": time.time()}))

@@ -1,0 +1,113 @@
+"""carla_episode_manager: resets the CARLA ego vehicle on request and starts episodes.
+
+Subscribes ``/td3/reset_request`` (std_msgs/Header, frame_id = reason) and
+``/clock``; publishes ``/td3/episode_start`` (std_msgs/Header, stamp = first
+tick of the new episode, frame_id = episode number, latched).  All CARLA work
+is in :mod:`td3_drive.carla_episodes`; this is wiring only.  Nothing touches
+CARLA in the constructor, so the node also builds on the in-process runtime.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from td3_drive import topics as T
+from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, parse_spawn_points
+from td3_drive.runtime import messages
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.topics import Topics
+
+SPAWN_OBJECT_SERVICE = "/carla/spawn_object"
+
+
+class CarlaEpisodeManagerNode:
+    """Wiring around :class:`CarlaEpisodeManager`."""
+
+    def __init__(self, ctx: NodeContext, *, manager: CarlaEpisodeManager | None = None) -> None:
+        self.ctx = ctx
+        p = ctx.parameter
+        role_name = p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle")
+        namespace = p("namespace", "", "prefix for /td3 topics (multi-vehicle scale-out)")
+        config = EpisodeConfig(
+            host=p("carla_host", "localhost", "CARLA server host"),
+            port=p("carla_port", 2000, "CARLA server RPC port"),
+            timeout_s=p("carla_timeout_s", 5.0, "client.set_timeout: bound on every CARLA call (s)"),
+            role_name=role_name,
+            spawn_points=parse_spawn_points(
+                p("spawn_points", [""], "episode start poses 'x,y,z,roll,pitch,yaw' (ROS frame, deg); "
+                  "empty: the map's spawn points")
+            ),
+            spawn_order=p("spawn_order", "cycle", "cycle | random"),
+            seed=p("seed", 0, "seed for spawn_order random"),
+            stall_timeout_s=p("stall_timeout_s", 10.0, "no /clock progress for this long (wall s) -> reset"),
+            retry_interval_s=p("retry_interval_s", 2.0, "wait between reconnect / reset retries (wall s)"),
+            objects_file=p("objects_definition_file", "", "carla_spawn_objects JSON, for respawning the ego"),
+            respawn=p("respawn", True, "respawn the ego (and sensors) if it was destroyed"),
+        )
+        if config.spawn_order not in ("cycle", "random"):
+            raise ValueError(f"spawn_order must be 'cycle' or 'random', got {config.spawn_order!r}")
+        period_s = p("service_period_s", 0.1, "watchdog / reset service period (wall s)")
+        watch_camera = p("watch_camera", False, "also count camera frames as progress (costs a camera copy)")
+        self.topics = Topics(role_name, namespace)
+        self.manager = manager or CarlaEpisodeManager(
+            config, ctx.logger, pseudo_spawner=_bridge_pseudo_spawner(ctx)
+        )
+        self._episode_pub = ctx.create_publisher(T.HEADER, self.topics.episode_start, LATCHED_QOS)
+        ctx.create_subscription(T.HEADER, self.topics.reset_request, self._on_reset_request, RELIABLE_QOS)
+        ctx.create_subscription(T.CLOCK, self.topics.clock, self._on_clock, RELIABLE_QOS)
+        if watch_camera:
+            ctx.create_subscription(T.IMAGE, self.topics.camera, self._on_camera, SENSOR_QOS)
+        # wall clock where the runtime has one: a sim-time timer stops exactly when /clock stalls
+        wall_timer: Callable[[float, Callable[[], None]], None] = getattr(ctx, "create_wall_timer", ctx.create_timer)
+        wall_timer(period_s, self.manager.service)
+
+    def _on_reset_request(self, msg: Any) -> None:
+        reason = msg.frame_id or "unspecified"
+        if self.manager.request_reset(reason, messages.seconds(msg.stamp)):
+            self.ctx.logger.info(f"reset requested: {reason}")
+            self.manager.service()  # act now rather than on the next watchdog tick
+
+    def _on_clock(self, msg: Any) -> None:
+        self._progress(messages.seconds(msg.clock))
+
+    def _on_camera(self, msg: Any) -> None:
+        self._progress(messages.seconds(msg.header.stamp))
+
+    def _progress(self, sim_time: float) -> None:
+        self.manager.on_progress(sim_time)
+        start = self.manager.poll_episode_start()
+        if start is not None:
+            header = self.ctx.new(T.HEADER, stamp=messages.stamp(start.sim_time), frame_id=str(start.episode))
+            self._episode_pub.publish(header)
+            self.ctx.logger.info(f"episode {start.episode} started at t={start.sim_time:.2f} s ({start.reason})")
+
+
+def _bridge_pseudo_spawner(ctx: Any) -> Callable[[dict, int], None] | None:
+    """Respawn bridge-side pseudo sensors (odometry, speedometer) through /carla/spawn_object, if on rclpy."""
+    node = getattr(ctx, "node", None)
+    if node is None:
+        return None
+    try:
+        from carla_msgs.srv import SpawnObject
+        from diagnostic_msgs.msg import KeyValue
+    except ImportError:
+        return None
+    client = node.create_client(SpawnObject, SPAWN_OBJECT_SERVICE)
+
+    def spawn(spec: dict, parent_id: int) -> None:
+        if not client.service_is_ready():
+            ctx.logger.warning(f"{SPAWN_OBJECT_SERVICE} not available: {spec.get('type')} not respawned")
+            return
+        request = SpawnObject.Request()
+        request.type = str(spec.get("type", ""))
+        request.id = str(spec.get("id", ""))
+        request.attach_to = int(parent_id)
+        request.random_pose = False
+        request.transform.orientation.w = 1.0
+        request.attributes = [
+            KeyValue(key=str(k), value=str(v))
+            for k, v in spec.items()
+            if k not in ("type", "id", "spawn_point", "attached_objects")
+        ]
+        client.call_async(request)  # never block a callback on the bridge
+
+    return spawn

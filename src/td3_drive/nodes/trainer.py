@@ -1,0 +1,320 @@
+"""trainer: bridge topics -> transitions -> replay -> TD3 updates -> actor weights.
+
+Transitions are assembled by stamp: the observation at t, the control the policy
+published for t, and the observation, pose and events of t+1 (the reward is
+computed from those).  Termination (collision, off-route, route completed) and
+truncation (timeout) end the episode with a /td3/reset_request; whoever owns
+the world (the embedded simulator, or the CARLA episode manager) resets it and
+announces /td3/episode_start.  Every ``eval_every`` episodes, ``eval_episodes``
+run without exploration noise and without learning.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from td3_drive import topics as T
+from td3_drive.checkpoint import Checkpointer
+from td3_drive.control import control_to_action
+from td3_drive.diagnostics import DropCounter
+from td3_drive.inference import resolve_device
+from td3_drive.learner import Learner, LearnerConfig
+from td3_drive.nodes.policy import observation_from_messages
+from td3_drive.observation import InvalidMessage, pose_from_odometry, route_from_path
+from td3_drive.replay import ReplayBuffer
+from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction, StepEvents
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, dataclass_parameters, stamp
+from td3_drive.runtime.messages import seconds
+from td3_drive.scalars import ScalarLogger
+from td3_drive.weights import encode_actor
+
+NODE_NAME = "trainer"
+
+
+class TrainerNode:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        p = ctx.parameter
+        self.topics = T.Topics(p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
+                               p("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))
+        self.run_dir = Path(p("run_dir", "runs/latest", "checkpoints and TensorBoard logs go here"))
+        self.seed = p("seed", 0, "RNG seed of networks, noise and replay sampling")
+        learner_config = dataclass_parameters(ctx, LearnerConfig, "learner")
+        for name in ("max_grad_norm_actor", "max_grad_norm_critic"):  # 0 means no clipping
+            setattr(learner_config, name, getattr(learner_config, name) or None)
+        self.reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
+        self.batch_size = p("batch_size", 256, "replay batch size")
+        self.learning_starts = p("learning_starts", 1000, "env steps before the first update")
+        self.utd_ratio = p("utd_ratio", 1.0, "gradient updates per env step")
+        self.weights_every = p("weights_every", 100, "publish actor weights every N updates")
+        self.checkpoint_every = p("checkpoint_every", 5000, "env steps between checkpoints (0: only at exit)")
+        self.eval_every = p("eval_every", 0, "training episodes between evaluation rounds (0: never)")
+        self.eval_episodes = p("eval_episodes", 1, "episodes per evaluation round")
+        self.log_interval = p("log_interval", 100, "updates between TensorBoard points")
+        self.async_updates = p("async_updates", False, "learn in a worker thread (ROS); false = in the callback")
+        replay_on_disk = p("replay_on_disk", False, "memory-map the replay buffer under run_dir/replay")
+        self.checkpoint_replay = p("checkpoint_replay", False, "store the replay buffer in checkpoints")
+
+        self.learner = Learner(learner_config, resolve_device(p("device", "auto", "auto | cpu | cuda[:N]")), self.seed)
+        self.replay = ReplayBuffer(
+            p("replay_capacity", 100_000, "transitions kept"), frame_stack=learner_config.frame_stack,
+            state_dim=learner_config.state_dim, action_dim=learner_config.action_dim,
+            n_step=p("n_step", 1, "n-step returns"), gamma=learner_config.gamma,
+            directory=self.run_dir / "replay" if replay_on_disk else None, seed=self.seed)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=p("checkpoint_keep", 3, "checkpoints kept"))
+        self.scalars = ScalarLogger(self.run_dir / "tensorboard", self.log_interval)
+        self.reward_fn = RewardFunction(self.reward_config)
+        self.drops = DropCounter(ctx)
+        self._lock = threading.Lock()  # replay + learner, when updates run in a worker thread
+
+        # episode bookkeeping
+        self.env_steps = 0
+        self.episodes = 0  # finished training episodes
+        self.episode_returns: list[tuple[int, float]] = []  # (env_steps at end, return)
+        self.eval_returns: list[tuple[int, float]] = []
+        self.in_episode = False
+        self.evaluating = False
+        self._eval_left = 0
+        self._episode_start_s: float | None = None
+        self._episode_return = 0.0
+        self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
+        self._episode_steps = 0
+        self._obs_stamp: float | None = None
+        self._action: np.ndarray | None = None
+        self._image: Any = None
+        self._state: Any = None
+        self.pose = None
+        self.route: np.ndarray | None = None
+        self.events = StepEvents()
+
+        tp = self.topics
+        self.reset_pub = ctx.create_publisher(T.HEADER, tp.reset_request, RELIABLE_QOS)
+        self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
+        self.exploration_pub = ctx.create_publisher(T.BOOL, tp.exploration, LATCHED_QOS)
+        self.reward_pub = ctx.create_publisher(T.FLOAT32, tp.reward, RELIABLE_QOS)
+        self.critic_pubs = {s: ctx.create_publisher(T.FLOAT32, tp.features("critic", s), RELIABLE_QOS)
+                            for s in T.FEATURE_STATS}
+        self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
+        ctx.create_subscription(T.HEADER, tp.episode_start, self.on_episode_start, LATCHED_QOS)
+        ctx.create_subscription(T.PATH, tp.route, self.on_route, LATCHED_QOS)
+        ctx.create_subscription(T.ODOMETRY, tp.odometry, self.on_odometry, RELIABLE_QOS)
+        ctx.create_subscription(T.COLLISION, tp.collision, self.on_collision, RELIABLE_QOS)
+        ctx.create_subscription(T.LANE_INVASION, tp.lane_invasion, self.on_lane_invasion, RELIABLE_QOS)
+        ctx.create_subscription(T.CONTROL, tp.control, self.on_control, RELIABLE_QOS)
+        ctx.create_subscription(T.IMAGE, tp.observation_image, self.on_image, RELIABLE_QOS)
+        ctx.create_subscription(T.JOINT_STATE, tp.observation_state, self.on_state, RELIABLE_QOS)
+        ctx.create_timer(1.0, self.publish_diagnostics)
+
+        if p("resume", False, "continue from the newest checkpoint in run_dir"):
+            self.resume()
+        self.exploration_pub.publish(ctx.new(T.BOOL, data=True))
+        self.publish_weights()
+        self._learn_wanted = threading.Event()
+        self._stop = threading.Event()
+        self._worker = None
+        if self.async_updates:
+            self._worker = threading.Thread(target=self._learn_loop, name="td3-learner", daemon=True)
+            self._worker.start()
+
+    # ------------------------------------------------------------------ world state
+    def on_episode_start(self, msg: Any) -> None:
+        self._episode_start_s = seconds(msg.stamp)
+
+    def on_route(self, msg: Any) -> None:
+        try:
+            self.route = route_from_path(msg)
+        except InvalidMessage as exc:
+            self.drops.drop(exc.reason, str(exc))
+
+    def on_odometry(self, msg: Any) -> None:
+        try:
+            self.pose = pose_from_odometry(msg)
+        except InvalidMessage as exc:
+            self.drops.drop(exc.reason, str(exc))
+
+    def on_collision(self, msg: Any) -> None:
+        self.events.collision = True
+
+    def on_lane_invasion(self, msg: Any) -> None:
+        self.events.lane_invasions += 1
+
+    def on_control(self, msg: Any) -> None:
+        if self._obs_stamp is None or seconds(msg.header.stamp) != self._obs_stamp:
+            return  # a control for an observation we did not keep (e.g. after termination)
+        try:
+            self._action = control_to_action(msg)
+        except InvalidMessage as exc:
+            self.drops.drop(exc.reason, str(exc))
+
+    # ------------------------------------------------------------------ transitions
+    def on_image(self, msg: Any) -> None:
+        self._image = msg
+        self._on_observation()
+
+    def on_state(self, msg: Any) -> None:
+        self._state = msg
+        self._on_observation()
+
+    def _on_observation(self) -> None:
+        if self._image is None or self._state is None:
+            return
+        if seconds(self._image.header.stamp) != seconds(self._state.header.stamp):
+            return
+        image, state_msg, self._image, self._state = self._image, self._state, None, None
+        t = seconds(image.header.stamp)
+        try:
+            obs, state = observation_from_messages(image, state_msg, self.learner.config.frame_stack,
+                                                   self.learner.config.state_dim)
+        except ValueError as exc:
+            return self.drops.drop("bad_observation", str(exc))
+        frame = obs[-1]
+        events, self.events = self.events, StepEvents()
+        if self._episode_start_s is not None and t >= self._episode_start_s:
+            self._begin_episode(frame, state)
+            self._obs_stamp, self._action = t, None
+            return
+        if not self.in_episode:
+            return  # waiting for the reset we asked for
+        if self._action is None or self.pose is None or self.route is None:
+            # the control for the previous observation never came: restart the chain so no
+            # transition pairs an observation with someone else's action
+            self.drops.drop("missing_action" if self._action is None else "no_pose_or_route")
+            if not self.evaluating:
+                with self._lock:
+                    self.replay.start_episode(frame, state)
+            self._obs_stamp, self._action = t, None
+            return
+        step = self.reward_fn.step(self.pose, self.route, events)
+        if not self.evaluating:
+            with self._lock:
+                self.replay.add(self._action, step.total, frame, state, step.terminated, step.truncated)
+            self.env_steps += 1
+        self._episode_return += step.total
+        self._episode_steps += 1
+        for key, value in step.components.items():
+            self._episode_components[key] += value
+        self.reward_pub.publish(self.ctx.new(T.FLOAT32, data=float(step.total)))
+        self._obs_stamp, self._action = t, None
+        if step.terminated or step.truncated:
+            self._end_episode(step.reason)
+        elif not self.evaluating:
+            self._after_env_step()
+
+    def _begin_episode(self, frame: np.ndarray, state: np.ndarray) -> None:
+        self._episode_start_s = None
+        self.in_episode = True
+        self._episode_return, self._episode_steps = 0.0, 0
+        self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
+        self.reward_fn.reset(self.pose, self.route)
+        if not self.evaluating:
+            with self._lock:
+                self.replay.start_episode(frame, state)
+
+    def _end_episode(self, reason: str) -> None:
+        self.in_episode = False
+        self.reset_pub.publish(self.ctx.new(T.HEADER, stamp=stamp(self.ctx, self.ctx.now()), frame_id=reason))
+        if self.evaluating:
+            self.eval_returns.append((self.env_steps, self._episode_return))
+            self.scalars.log(self.env_steps, {"eval/return": self._episode_return, "eval/length": self._episode_steps})
+            self._eval_left -= 1
+        else:
+            self.episodes += 1
+            self.episode_returns.append((self.env_steps, self._episode_return))
+            per_step = max(1, self._episode_steps)
+            self.scalars.log(self.env_steps, {
+                "episode/return": self._episode_return, "episode/length": self._episode_steps,
+                **{f"reward/{k}": v / per_step for k, v in self._episode_components.items()},
+                f"episode/end_{reason}": 1.0})
+            if self.eval_every and self.episodes % self.eval_every == 0:
+                self._eval_left = self.eval_episodes
+        evaluating = self._eval_left > 0
+        if evaluating != self.evaluating:
+            self.evaluating = evaluating
+            self.exploration_pub.publish(self.ctx.new(T.BOOL, data=not evaluating))
+        if not self.evaluating:
+            self._after_env_step()
+
+    # ------------------------------------------------------------------ learning
+    def _updates_due(self) -> int:
+        if self.env_steps < self.learning_starts or len(self.replay) < self.batch_size:
+            return 0
+        return int((self.env_steps - self.learning_starts + 1) * self.utd_ratio) - self.learner.num_updates
+
+    def _after_env_step(self) -> None:
+        if self.async_updates:
+            self._learn_wanted.set()
+        else:
+            self.learn(self._updates_due())
+        if self.checkpoint_every and self.env_steps % self.checkpoint_every == 0 and self.env_steps:
+            self.save_checkpoint()
+
+    def learn(self, updates: int) -> None:
+        for _ in range(max(0, updates)):
+            with self._lock:
+                batch = self.replay.sample(self.batch_size, self.learner.device)
+                metrics = self.learner.update(batch)
+            n = self.learner.num_updates
+            self.scalars.log_update(n, metrics)
+            if n % self.log_interval == 0:
+                for stat, pub in self.critic_pubs.items():
+                    key = f"features/critic/{stat}"
+                    if key in metrics:
+                        pub.publish(self.ctx.new(T.FLOAT32, data=float(metrics[key])))
+            if n % self.weights_every == 0:
+                self.publish_weights()
+
+    def _learn_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._learn_wanted.wait(timeout=0.5):
+                self._learn_wanted.clear()
+                self.learn(self._updates_due())
+
+    def publish_weights(self) -> None:
+        if not self.learner.parameters_finite():
+            self.drops.drop("weights_not_exported_non_finite")
+            return
+        data = encode_actor(self.learner.actor(), self.learner.num_updates, self.learner.config.actor_architecture())
+        self.weights_pub.publish(self.ctx.new(T.UINT8_ARRAY, data=np.frombuffer(data, dtype=np.uint8)))
+
+    # ------------------------------------------------------------------ persistence
+    def training_state(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps, "episodes": self.episodes,
+                "episode_returns": self.episode_returns, "eval_returns": self.eval_returns}
+
+    def save_checkpoint(self) -> Path:
+        with self._lock:
+            replay_state = self.replay.state_dict() if self.checkpoint_replay else None
+            path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(), replay_state)
+        self.replay.flush()
+        return path
+
+    def resume(self) -> bool:
+        latest = self.checkpointer.latest()
+        if latest is None:
+            self.ctx.logger.info(f"no checkpoint in {self.checkpointer.directory}: starting fresh")
+            return False
+        checkpoint = self.checkpointer.restore(latest, self.learner)
+        replay_state = Checkpointer.replay_state(checkpoint)
+        if replay_state is not None:
+            self.replay.load_state_dict(replay_state)
+        state = checkpoint.state["state"]
+        self.env_steps, self.episodes = state["env_steps"], state["episodes"]
+        self.episode_returns = [tuple(x) for x in state["episode_returns"]]
+        self.eval_returns = [tuple(x) for x in state["eval_returns"]]
+        self.ctx.logger.info(f"resumed from {latest} at {self.env_steps} env steps")
+        return True
+
+    def publish_diagnostics(self) -> None:
+        self.diagnostics_pub.publish(self.drops.status_message(stamp(self.ctx, self.ctx.now()), {
+            "env_steps": self.env_steps, "updates": self.learner.num_updates,
+            "skipped_updates": self.learner.health.total_skipped}))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+        self.scalars.close()
+        self.replay.flush()
