@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     embedded.snapshot_config(run_dir, params, sys.argv)
     graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir))
     trainer, policy = graph.nodes["trainer"], graph.nodes["policy"]
-    steps = args.steps if args.steps is not None else int(params.get("trainer", {}).get("total_steps", 5000))
+    steps = args.steps if args.steps is not None else trainer.total_steps
     start = time.perf_counter()
     start_steps = trainer.env_steps
     bar = _progress(steps, "train")

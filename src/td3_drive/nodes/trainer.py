@@ -46,6 +46,7 @@ class TrainerNode:
         for name in ("max_grad_norm_actor", "max_grad_norm_critic"):  # 0 means no clipping
             setattr(learner_config, name, getattr(learner_config, name) or None)
         self.reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
+        self.total_steps = p("total_steps", 100_000, "env steps of a training run (td3-drive train default)")
         self.batch_size = p("batch_size", 256, "replay batch size")
         self.learning_starts = p("learning_starts", 1000, "env steps before the first update")
         self.utd_ratio = p("utd_ratio", 1.0, "gradient updates per env step")
