@@ -94,6 +94,86 @@ def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
             "machine": _machine()}
 
 
+def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """800x600 bgra8 camera message -> preprocessing -> policy -> published control, in process."""
+    from td3_drive import topics as T
+    from td3_drive.nodes.policy import PolicyNode
+    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+    from td3_drive.runtime.local import LocalRuntime
+    from td3_drive.runtime.messages import new_message, stamp
+
+    torch.set_num_threads(1)
+    runtime = LocalRuntime({"policy": {"explore": False, "publish_features": not args.no_features}})
+    CameraPreprocessorNode(runtime.context("camera_preprocessor"))
+    PolicyNode(runtime.context("policy"))
+    tp = T.Topics()
+    controls: list[float] = []
+    runtime.add_tap(lambda topic, _t, _m, _s: controls.append(time.perf_counter()) if topic == tp.control else None)
+    route = np.stack([np.linspace(0, 200, 201), np.zeros(201)], axis=1)
+    header = lambda t: new_message(T.HEADER, stamp=stamp(t), frame_id="map")  # noqa: E731
+    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(0.0),
+                         pose=new_message("geometry_msgs/msg/Pose", position=new_message(
+                             "geometry_msgs/msg/Point", x=float(x), y=float(y)),
+                             orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0))) for x, y in route]
+    runtime.publish(tp.route, new_message(T.PATH, header=header(0.0), poses=poses))
+    runtime.publish(tp.episode_start, new_message(T.HEADER, stamp=stamp(0.0)))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, 600 * 800 * 4, dtype=np.uint8)
+    samples = []
+    for i in range(args.iterations + 50):
+        t = 0.05 * (i + 1)
+        odom = new_message(T.ODOMETRY, header=header(t))
+        odom.pose.pose.position.x = 0.4 * i
+        odom.pose.pose.orientation.w = 1.0
+        runtime.publish(tp.odometry, odom)
+        runtime.spin()
+        msg = new_message(T.IMAGE, header=new_message(T.HEADER, stamp=stamp(t), frame_id="rgb_front"), height=600,
+                          width=800, encoding="bgra8", step=3200, data=image)
+        start = time.perf_counter()
+        runtime.publish(tp.camera, msg)
+        runtime.spin()
+        if i >= 50:
+            samples.append(controls[-1] - start)
+    return {"bench": "pipeline", "image": "800x600 bgra8", "features_published": not args.no_features,
+            **_percentiles(samples), "machine": _machine()}
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    """Env steps/s of the embedded training loop at UTD 1, against the learner's own update rate."""
+    from td3_drive import embedded
+    from td3_drive.learner import Learner
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    import tempfile
+
+    run_dir = tempfile.mkdtemp(prefix="td3_bench_train_")
+    params = embedded.load_parameters("train")
+    for node, values in embedded.load_parameters("embedded").items():
+        params.setdefault(node, {}).update(values)
+    params["trainer"].update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
+                              "batch_size": args.batch, "checkpoint_every": 0, "learner.encoder_mode": args.encoder,
+                              "weights_every": 100})
+    params["policy"]["random_steps"] = args.warmup
+    graph = embedded.build_graph(params, bag_path=None)
+    trainer = graph.nodes["trainer"]
+    graph.run(args.warmup + 10)
+    start_ticks, start_updates, start = graph.sim.ticks, trainer.learner.num_updates, time.perf_counter()
+    graph.run(args.steps)
+    wall = time.perf_counter() - start
+    env_steps_per_s = (graph.sim.ticks - start_ticks) / wall
+    updates = trainer.learner.num_updates - start_updates
+    graph.close()
+    # the learner alone, same config and batch size, on random batches
+    learner = Learner(trainer.learner.config)
+    batch = random_batch(args.batch, "cpu")
+    samples = _time_calls(lambda: learner.update(batch), max(10, args.steps // 4), 3)
+    updates_per_s = len(samples) / sum(samples)
+    return {"bench": "train", "env_steps_per_s": round(env_steps_per_s, 3), "updates_in_loop": updates,
+            "learner_updates_per_s": round(updates_per_s, 3),
+            "ratio": round(env_steps_per_s / updates_per_s, 3), "batch": args.batch, "encoder": args.encoder,
+            "utd_ratio": 1.0, "machine": _machine()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m td3_drive.bench", description=__doc__)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -114,8 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("replay", help="bytes per transition and sampling time")
     p.add_argument("--capacity", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=256)
+    p = sub.add_parser("pipeline", help="800x600 bgra8 image message -> published control latency")
+    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--no-features", action="store_true", help="do not publish feature statistics")
+    p = sub.add_parser("train", help="embedded training loop env steps/s at UTD 1 vs learner updates/s")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--encoder", choices=["separate", "shared"], default="shared")
+    p.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay}[args.which](args)
+    result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay,
+              "pipeline": bench_pipeline, "train": bench_train}[args.which](args)
     print(json.dumps(result))
     return 0
 

@@ -132,7 +132,10 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
         graph.close()
     episodes = [m.to_dict() for m in evaluator.episodes]
     return {"command": "drive", "controller": args.controller, "episodes": episodes,
-            "returns": [round(r, 3) for r in evaluator.returns], "summary": summarize(evaluator.episodes),
+            "returns": [round(r, 3) for r in evaluator.returns],
+            # --max-ticks can stop the run before any episode ends: no summary then, not a crash
+            "summary": summarize(evaluator.episodes) if evaluator.episodes else None,
+            "ticks": graph.sim.ticks, "max_ticks_reached": graph.sim.ticks >= args.max_ticks,
             "wall_s": round(time.perf_counter() - start, 1), "drops": _drops(graph)}
 
 
@@ -167,11 +170,12 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
     runtime.add_tap(lambda topic, type_name, msg, t: published.__setitem__(topic, published.get(topic, 0) + 1))
     preprocessor = CameraPreprocessorNode(runtime.context("camera_preprocessor"))
     policy = PolicyNode(runtime.context("policy"))
-    ours = set(runtime.topic_types()) - {"/td3/actor_weights", "/td3/exploration"}
-    counts = play_bag(args.bag, runtime, topics=None)
-    fed = {t: n for t, n in counts.items() if t not in ours}
+    fed = play_bag(args.bag, runtime, topics=None)
+    # the tap also sees every message the bag feeds in (runtime.publish): subtract those, so
+    # "published" is what the nodes published (topic_types() cannot tell: it lists subscriptions too)
+    by_nodes = {t: n - fed.get(t, 0) for t, n in sorted(published.items())}
     return {"command": "play", "bag": str(args.bag), "fed": fed,
-            "published": {t: n for t, n in sorted(published.items()) if t in ours},
+            "published": {t: n for t, n in by_nodes.items() if n > 0},
             "drops": {"camera_preprocessor": dict(preprocessor.drops.counts), "policy": dict(policy.drops.counts)},
             "actions": policy.actions}
 

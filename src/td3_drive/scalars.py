@@ -25,7 +25,9 @@ class ScalarLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(log_dir), flush_secs=10)
-        self._pending = {"critic": False, "actor": False}
+        # update 0 is a log point too: the first update with values is logged, so a run shorter
+        # than log_interval updates still has its train/ and actor scalars
+        self._pending = {"critic": True, "actor": True}
         self.last: dict[str, float] = {}
 
     def log_update(self, update: int, metrics: dict[str, float]) -> None:

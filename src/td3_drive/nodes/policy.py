@@ -20,26 +20,11 @@ from td3_drive.exploration import Exploration, ExplorationConfig
 from td3_drive.inference import ActorRunner
 from td3_drive.learner import LearnerConfig
 from td3_drive.models import feature_stats
+from td3_drive.nodes.common import ObservationPairer
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
-from td3_drive.runtime.messages import seconds
 from td3_drive.weights import WeightsRejected, decode_actor
 
 NODE_NAME = "policy"
-
-
-def observation_from_messages(image_msg: Any, state_msg: Any, frame_stack: int, state_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The observation topics -> (uint8 (k, 84, 84), float32 (state_dim,)); raises ValueError if malformed."""
-    if image_msg.encoding != "mono8" or image_msg.height != 84 or image_msg.width != 84 * frame_stack:
-        raise ValueError(f"observation image must be mono8 84x{84 * frame_stack}")
-    pixels = np.frombuffer(bytes(image_msg.data) if not isinstance(image_msg.data, np.ndarray) else image_msg.data,
-                           dtype=np.uint8)
-    if pixels.size != 84 * 84 * frame_stack or image_msg.step != 84 * frame_stack:
-        raise ValueError("observation image size mismatch")
-    obs = np.ascontiguousarray(pixels.reshape(84, frame_stack, 84).transpose(1, 0, 2))
-    state = np.asarray(state_msg.position, dtype=np.float32)
-    if state.shape != (state_dim,) or not np.isfinite(state).all():
-        raise ValueError("observation state has the wrong size or non-finite values")
-    return obs, state
 
 
 class PolicyNode:
@@ -67,8 +52,6 @@ class PolicyNode:
             self.load_file(checkpoint)
         self.drops = DropCounter(ctx)
         self.weight_rejections: dict[str, int] = {}
-        self._image: Any = None
-        self._state: Any = None
         self.actions = 0
         self.last_feature_l2 = float('nan')
 
@@ -77,8 +60,8 @@ class PolicyNode:
                           for s in T.FEATURE_STATS}
         self.vector_pub = ctx.create_publisher(T.FLOAT32_ARRAY, self.topics.features("actor", "vector"), RELIABLE_QOS)
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
-        ctx.create_subscription(T.IMAGE, self.topics.observation_image, self.on_image, RELIABLE_QOS)
-        ctx.create_subscription(T.JOINT_STATE, self.topics.observation_state, self.on_state, RELIABLE_QOS)
+        self.observations = ObservationPairer(ctx, self.topics, self.architecture["frame_stack"],
+                                              self.architecture["state_dim"], self.act, self.drops)
         ctx.create_subscription(T.UINT8_ARRAY, self.topics.actor_weights, self.on_weights, LATCHED_QOS)
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
@@ -109,42 +92,21 @@ class PolicyNode:
         self.explore = bool(msg.data)
 
     # ------------------------------------------------------------------ acting
-    def on_image(self, msg: Any) -> None:
-        self._image = msg
-        self._maybe_act()
-
-    def on_state(self, msg: Any) -> None:
-        self._state = msg
-        self._maybe_act()
-
-    def _maybe_act(self) -> None:
-        """Act once both halves of the observation with the same stamp have arrived."""
-        if self._image is None or self._state is None:
-            return
-        image, state = self._image, self._state
-        t_image, t_state = seconds(image.header.stamp), seconds(state.header.stamp)
-        if t_image != t_state:
-            return  # the other half is still on its way; the older one is superseded
-        self._image = self._state = None
-        try:
-            obs, vector = observation_from_messages(image, state, self.architecture["frame_stack"],
-                                                    self.architecture["state_dim"])
-        except ValueError as exc:
-            return self.drops.drop("bad_observation", str(exc))
+    def act(self, stamp_msg: Any, obs: np.ndarray, vector: np.ndarray) -> None:
         action, features = self.runner(obs, vector)
         if self.explore:
             action = self.exploration(action)
         fields, finite = action_to_control_fields(action)
         if not finite:
             self.drops.drop("non_finite_action")
-        header = self.ctx.new(T.HEADER, stamp=image.header.stamp, frame_id=str(self.weights_version))
+        header = self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.weights_version))
         self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
         self.actions += 1
         if self.publish_features:
             self._publish_features(features)
 
     def _publish_features(self, features: np.ndarray) -> None:
-        stats = feature_stats(torch.from_numpy(np.asarray(features, dtype=np.float32))[None])
+        stats = feature_stats(features)
         self.last_feature_l2 = stats['l2_norm']
         for name, pub in self.stat_pubs.items():
             pub.publish(self.ctx.new(T.FLOAT32, data=float(stats[name])))

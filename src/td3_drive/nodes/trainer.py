@@ -22,10 +22,10 @@ from td3_drive.control import control_to_action
 from td3_drive.diagnostics import DropCounter
 from td3_drive.inference import resolve_device
 from td3_drive.learner import Learner, LearnerConfig
-from td3_drive.nodes.policy import observation_from_messages
-from td3_drive.observation import InvalidMessage, pose_from_odometry, route_from_path
+from td3_drive.nodes.common import BridgeWorld, ObservationPairer
+from td3_drive.observation import InvalidMessage
 from td3_drive.replay import ReplayBuffer
-from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction, StepEvents
+from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, dataclass_parameters, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.scalars import ScalarLogger
@@ -79,17 +79,11 @@ class TrainerNode:
         self.in_episode = False
         self.evaluating = False
         self._eval_left = 0
-        self._episode_start_s: float | None = None
         self._episode_return = 0.0
         self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
         self._episode_steps = 0
         self._obs_stamp: float | None = None
         self._action: np.ndarray | None = None
-        self._image: Any = None
-        self._state: Any = None
-        self.pose = None
-        self.route: np.ndarray | None = None
-        self.events = StepEvents()
 
         tp = self.topics
         self.reset_pub = ctx.create_publisher(T.HEADER, tp.reset_request, RELIABLE_QOS)
@@ -99,14 +93,10 @@ class TrainerNode:
         self.critic_pubs = {s: ctx.create_publisher(T.FLOAT32, tp.features("critic", s), RELIABLE_QOS)
                             for s in T.FEATURE_STATS}
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
-        ctx.create_subscription(T.HEADER, tp.episode_start, self.on_episode_start, LATCHED_QOS)
-        ctx.create_subscription(T.PATH, tp.route, self.on_route, LATCHED_QOS)
-        ctx.create_subscription(T.ODOMETRY, tp.odometry, self.on_odometry, RELIABLE_QOS)
-        ctx.create_subscription(T.COLLISION, tp.collision, self.on_collision, RELIABLE_QOS)
-        ctx.create_subscription(T.LANE_INVASION, tp.lane_invasion, self.on_lane_invasion, RELIABLE_QOS)
+        self.world = BridgeWorld(ctx, tp, self.drops)
+        self.observations = ObservationPairer(ctx, tp, learner_config.frame_stack, learner_config.state_dim,
+                                              self.on_observation, self.drops)
         ctx.create_subscription(T.CONTROL, tp.control, self.on_control, RELIABLE_QOS)
-        ctx.create_subscription(T.IMAGE, tp.observation_image, self.on_image, RELIABLE_QOS)
-        ctx.create_subscription(T.JOINT_STATE, tp.observation_state, self.on_state, RELIABLE_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
 
         if p("resume", False, "continue from the newest checkpoint in run_dir"):
@@ -120,28 +110,7 @@ class TrainerNode:
             self._worker = threading.Thread(target=self._learn_loop, name="td3-learner", daemon=True)
             self._worker.start()
 
-    # ------------------------------------------------------------------ world state
-    def on_episode_start(self, msg: Any) -> None:
-        self._episode_start_s = seconds(msg.stamp)
-
-    def on_route(self, msg: Any) -> None:
-        try:
-            self.route = route_from_path(msg)
-        except InvalidMessage as exc:
-            self.drops.drop(exc.reason, str(exc))
-
-    def on_odometry(self, msg: Any) -> None:
-        try:
-            self.pose = pose_from_odometry(msg)
-        except InvalidMessage as exc:
-            self.drops.drop(exc.reason, str(exc))
-
-    def on_collision(self, msg: Any) -> None:
-        self.events.collision = True
-
-    def on_lane_invasion(self, msg: Any) -> None:
-        self.events.lane_invasions += 1
-
+    # ------------------------------------------------------------------ transitions
     def on_control(self, msg: Any) -> None:
         if self._obs_stamp is None or seconds(msg.header.stamp) != self._obs_stamp:
             return  # a control for an observation we did not keep (e.g. after termination)
@@ -150,36 +119,17 @@ class TrainerNode:
         except InvalidMessage as exc:
             self.drops.drop(exc.reason, str(exc))
 
-    # ------------------------------------------------------------------ transitions
-    def on_image(self, msg: Any) -> None:
-        self._image = msg
-        self._on_observation()
-
-    def on_state(self, msg: Any) -> None:
-        self._state = msg
-        self._on_observation()
-
-    def _on_observation(self) -> None:
-        if self._image is None or self._state is None:
-            return
-        if seconds(self._image.header.stamp) != seconds(self._state.header.stamp):
-            return
-        image, state_msg, self._image, self._state = self._image, self._state, None, None
-        t = seconds(image.header.stamp)
-        try:
-            obs, state = observation_from_messages(image, state_msg, self.learner.config.frame_stack,
-                                                   self.learner.config.state_dim)
-        except ValueError as exc:
-            return self.drops.drop("bad_observation", str(exc))
-        frame = obs[-1]
-        events, self.events = self.events, StepEvents()
-        if self._episode_start_s is not None and t >= self._episode_start_s:
+    def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
+        t = seconds(stamp_msg)
+        frame = obs[-1]  # the replay stores each frame once and rebuilds stacks itself
+        events = self.world.take_events()
+        if self.world.starts_episode(t):
             self._begin_episode(frame, state)
             self._obs_stamp, self._action = t, None
             return
         if not self.in_episode:
             return  # waiting for the reset we asked for
-        if self._action is None or self.pose is None or self.route is None:
+        if self._action is None or not self.world.ready:
             # the control for the previous observation never came: restart the chain so no
             # transition pairs an observation with someone else's action
             self.drops.drop("missing_action" if self._action is None else "no_pose_or_route")
@@ -188,7 +138,7 @@ class TrainerNode:
                     self.replay.start_episode(frame, state)
             self._obs_stamp, self._action = t, None
             return
-        step = self.reward_fn.step(self.pose, self.route, events)
+        step = self.reward_fn.step(self.world.pose, self.world.route, events)
         if not self.evaluating:
             with self._lock:
                 self.replay.add(self._action, step.total, frame, state, step.terminated, step.truncated)
@@ -205,11 +155,10 @@ class TrainerNode:
             self._after_env_step()
 
     def _begin_episode(self, frame: np.ndarray, state: np.ndarray) -> None:
-        self._episode_start_s = None
         self.in_episode = True
         self._episode_return, self._episode_steps = 0.0, 0
         self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
-        self.reward_fn.reset(self.pose, self.route)
+        self.reward_fn.reset(self.world.pose, self.world.route)
         if not self.evaluating:
             with self._lock:
                 self.replay.start_episode(frame, state)

@@ -73,16 +73,19 @@ def _default(node: tuple) -> Any:
     raise TypeError(f"unsupported field node {node!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _layout(type_name: str) -> tuple[str, type, tuple, frozenset]:
+    name = normalize_type_name(type_name)
+    field_defs = tuple(typestore().fielddefs[name][1])
+    return name, message_class(name), field_defs, frozenset(f for f, _ in field_defs)
+
+
 def new_message(type_name: str, **fields: Any) -> Any:
     """Build a message with every field not given set to its ROS default (0, '', empty)."""
-    name = normalize_type_name(type_name)
-    cls = message_class(name)
-    _, field_defs = typestore().fielddefs[name]
-    unknown = set(fields) - {f for f, _ in field_defs}
-    if unknown:
-        raise TypeError(f"{name} has no field(s) {sorted(unknown)}")
-    values = {f: fields[f] if f in fields else _default(node) for f, node in field_defs}
-    return cls(**values)
+    name, cls, field_defs, known = _layout(type_name)
+    if not known.issuperset(fields):
+        raise TypeError(f"{name} has no field(s) {sorted(set(fields) - known)}")
+    return cls(**{f: fields[f] if f in fields else _default(node) for f, node in field_defs})
 
 
 def type_name_of(msg: Any) -> str:

@@ -1,0 +1,122 @@
+"""Subscriptions several nodes share, written once.
+
+``BridgeWorld``: the world as the bridge topics describe it (pose, route, events
+since the last tick, episode starts).  ``ObservationPairer``: the two halves of
+the observation (image + state) matched by stamp.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from td3_drive import topics as T
+from td3_drive.diagnostics import DropCounter
+from td3_drive.observation import InvalidMessage, VehiclePose, pose_from_odometry, route_from_path
+from td3_drive.reward import StepEvents
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext
+from td3_drive.runtime.messages import seconds
+
+
+class BridgeWorld:
+    """Latest pose and route, events accumulated since the last tick, pending episode start."""
+
+    def __init__(self, ctx: NodeContext, topics: T.Topics, drops: DropCounter, events: bool = True) -> None:
+        self.drops = drops
+        self.pose: VehiclePose | None = None
+        self.pose_stamp = -np.inf
+        self.route: np.ndarray | None = None
+        self.events = StepEvents()
+        self._episode_start_s: float | None = None
+        ctx.create_subscription(T.HEADER, topics.episode_start, self.on_episode_start, LATCHED_QOS)
+        ctx.create_subscription(T.PATH, topics.route, self.on_route, LATCHED_QOS)
+        ctx.create_subscription(T.ODOMETRY, topics.odometry, self.on_odometry, RELIABLE_QOS)
+        if events:
+            ctx.create_subscription(T.COLLISION, topics.collision, self.on_collision, RELIABLE_QOS)
+            ctx.create_subscription(T.LANE_INVASION, topics.lane_invasion, self.on_lane_invasion, RELIABLE_QOS)
+
+    def on_episode_start(self, msg: Any) -> None:
+        self._episode_start_s = seconds(msg.stamp)
+
+    def on_route(self, msg: Any) -> None:
+        try:
+            self.route = route_from_path(msg)  # an invalid new route keeps the previous one
+        except InvalidMessage as exc:
+            self.drops.drop(exc.reason, str(exc))
+
+    def on_odometry(self, msg: Any) -> None:
+        try:
+            self.pose = pose_from_odometry(msg)
+            self.pose_stamp = seconds(msg.header.stamp)
+        except InvalidMessage as exc:
+            self.drops.drop(exc.reason, str(exc))
+
+    def on_collision(self, msg: Any) -> None:
+        self.events.collision = True
+
+    def on_lane_invasion(self, msg: Any) -> None:
+        self.events.lane_invasions += 1
+
+    def take_events(self) -> StepEvents:
+        events, self.events = self.events, StepEvents()
+        return events
+
+    def starts_episode(self, stamp_s: float) -> bool:
+        """True once, for the first tick at or after the announced episode start."""
+        if self._episode_start_s is not None and stamp_s >= self._episode_start_s:
+            self._episode_start_s = None
+            return True
+        return False
+
+    @property
+    def ready(self) -> bool:
+        return self.pose is not None and self.route is not None
+
+
+def observation_from_messages(image_msg: Any, state_msg: Any, frame_stack: int,
+                              state_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The observation topics -> (uint8 (k, 84, 84), float32 (state_dim,)); ValueError if malformed."""
+    if image_msg.encoding != "mono8" or image_msg.height != 84 or image_msg.width != 84 * frame_stack:
+        raise ValueError(f"observation image must be mono8 84x{84 * frame_stack}")
+    data = image_msg.data
+    pixels = data if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), dtype=np.uint8)
+    if pixels.size != 84 * 84 * frame_stack or image_msg.step != 84 * frame_stack:
+        raise ValueError("observation image size mismatch")
+    obs = np.ascontiguousarray(pixels.reshape(84, frame_stack, 84).transpose(1, 0, 2))
+    state = np.asarray(state_msg.position, dtype=np.float32)
+    if state.shape != (state_dim,) or not np.isfinite(state).all():
+        raise ValueError("observation state has the wrong size or non-finite values")
+    return obs, state
+
+
+class ObservationPairer:
+    """Calls ``on_observation(image_msg.header.stamp, obs, state)`` once both halves of a stamp arrived."""
+
+    def __init__(self, ctx: NodeContext, topics: T.Topics, frame_stack: int, state_dim: int,
+                 on_observation: Callable[[Any, np.ndarray, np.ndarray], None], drops: DropCounter) -> None:
+        self.frame_stack, self.state_dim = frame_stack, state_dim
+        self.on_observation, self.drops = on_observation, drops
+        self._image: Any = None
+        self._state: Any = None
+        ctx.create_subscription(T.IMAGE, topics.observation_image, self.on_image, RELIABLE_QOS)
+        ctx.create_subscription(T.JOINT_STATE, topics.observation_state, self.on_state, RELIABLE_QOS)
+
+    def on_image(self, msg: Any) -> None:
+        self._image = msg
+        self._pair()
+
+    def on_state(self, msg: Any) -> None:
+        self._state = msg
+        self._pair()
+
+    def _pair(self) -> None:
+        if self._image is None or self._state is None:
+            return
+        if seconds(self._image.header.stamp) != seconds(self._state.header.stamp):
+            return  # the other half is on its way; an unmatched older half is superseded
+        image, state, self._image, self._state = self._image, self._state, None, None
+        try:
+            obs, vector = observation_from_messages(image, state, self.frame_stack, self.state_dim)
+        except ValueError as exc:
+            return self.drops.drop("bad_observation", str(exc))
+        self.on_observation(image.header.stamp, obs, vector)

@@ -1,0 +1,552 @@
+"""The nodes on hand-built messages through a LocalRuntime, and the LocalRuntime itself."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from td3_drive import topics as T
+from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.messages import new_message, seconds, stamp
+
+TP = T.Topics()
+
+
+# ------------------------------------------------------------------ message builders
+def header(t: float, frame_id: str = "") -> object:
+    return new_message(T.HEADER, stamp=stamp(t), frame_id=frame_id)
+
+
+def image_msg(t: float, pixels: np.ndarray, encoding: str, pad: int = 0, step: int | None = None,
+              truncate: int = 0) -> object:
+    """pixels (H, W, C) uint8 -> sensor_msgs/Image, rows padded by ``pad`` bytes."""
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    h, w, c = pixels.shape
+    rows = pixels.reshape(h, w * c)
+    if pad:
+        rows = np.concatenate([rows, np.full((h, pad), 0xAB, np.uint8)], axis=1)
+    data = np.ascontiguousarray(rows).reshape(-1)
+    if truncate:
+        data = data[:-truncate].copy()
+    return new_message(T.IMAGE, header=header(t, "ego_vehicle/rgb_front"), height=h, width=w, encoding=encoding,
+                       is_bigendian=0, step=w * c + pad if step is None else step, data=data)
+
+
+def odometry_msg(t: float, x: float, y: float, yaw: float = 0.0, speed: float = 5.0) -> object:
+    q = new_message("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2), w=math.cos(yaw / 2))
+    pose = new_message("geometry_msgs/msg/Pose", position=new_message("geometry_msgs/msg/Point", x=x, y=y),
+                       orientation=q)
+    twist = new_message("geometry_msgs/msg/Twist", linear=new_message("geometry_msgs/msg/Vector3", x=speed))
+    return new_message(T.ODOMETRY, header=header(t, "map"), child_frame_id="ego_vehicle",
+                       pose=new_message("geometry_msgs/msg/PoseWithCovariance", pose=pose),
+                       twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
+
+
+def straight_route(length: float = 400.0, spacing: float = 2.0) -> object:
+    """A route along +x from the origin."""
+    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(0.0, "map"),
+                         pose=new_message("geometry_msgs/msg/Pose",
+                                          position=new_message("geometry_msgs/msg/Point", x=float(x), y=0.0),
+                                          orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0)))
+             for x in np.arange(0.0, length, spacing)]
+    return new_message(T.PATH, header=header(0.0, "map"), poses=poses)
+
+
+def observation_pair(t: float, seed: int = 0) -> tuple[object, object]:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(84, 336), dtype=np.uint8)
+    image = new_message(T.IMAGE, header=header(t, "ego_vehicle"), height=84, width=336, encoding="mono8",
+                        is_bigendian=0, step=336, data=pixels.reshape(-1))
+    state = new_message(T.JOINT_STATE, header=header(t, "ego_vehicle"), name=[f"s{i}" for i in range(53)],
+                        position=rng.normal(0, 0.3, 53).astype(np.float64))
+    return image, state
+
+
+class Recorder:
+    """A tap collecting (topic, msg) of everything published."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
+        self.items: list[tuple[str, object]] = []
+        runtime.add_tap(lambda topic, type_name, msg, t: self.items.append((topic, msg)))
+
+    def on(self, topic: str) -> list:
+        return [m for tp, m in self.items if tp == topic]
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+# ================================================================== camera_preprocessor
+@pytest.fixture
+def pre():
+    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+
+    rt = LocalRuntime()
+    node = CameraPreprocessorNode(rt.context("camera_preprocessor"))
+    rec = Recorder(rt)
+    return rt, node, rec
+
+
+def _feed(rt, t, image, x=10.0, y=0.0, yaw=0.0, odom=True):
+    if odom:
+        rt.publish(TP.odometry, odometry_msg(t, x, y, yaw))
+    rt.publish(TP.camera, image)
+    rt.spin()
+
+
+def _frames(obs_msg) -> np.ndarray:
+    """mono8 84x336 side-by-side -> (4, 84, 84), oldest first."""
+    assert obs_msg.encoding == "mono8" and (obs_msg.height, obs_msg.width, obs_msg.step) == (84, 336, 336)
+    return np.asarray(obs_msg.data, np.uint8).reshape(84, 4, 84).transpose(1, 0, 2)
+
+
+RED = {"bgra8": (0, 0, 255, 255), "bgr8": (0, 0, 255), "rgb8": (255, 0, 0)}
+
+
+@pytest.mark.parametrize("encoding", ["bgra8", "bgr8", "rgb8", "mono8"])
+@pytest.mark.parametrize("pad", [0, 12])
+def test_preprocessor_encodings(pre, encoding, pad):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    if encoding == "mono8":
+        pixels, expected = np.full((120, 160), 200, np.uint8), 200
+    else:  # pure red: grey ~76 (0.299 * 255); a channel-order mix-up would give ~29 (blue)
+        pixels, expected = np.broadcast_to(np.array(RED[encoding], np.uint8), (120, 160, len(RED[encoding]))), 76
+    _feed(rt, 1.0, image_msg(1.0, pixels, encoding, pad=pad))
+    images, states = rec.on(TP.observation_image), rec.on(TP.observation_state)
+    assert len(images) == 1 and len(states) == 1, node.drops.counts
+    assert node.drops.counts == {}
+    frames = _frames(images[0])
+    assert np.all(np.abs(frames.astype(int) - expected) <= 1), (encoding, frames.min(), frames.max())
+    assert seconds(images[0].header.stamp) == 1.0 and seconds(states[0].header.stamp) == 1.0
+    assert len(states[0].name) == 53 and len(states[0].position) == 53
+    assert np.isfinite(states[0].position).all()
+
+
+def test_preprocessor_padding_is_stripped_on_textured_image(pre):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(120, 160, 4), dtype=np.uint8)
+    _feed(rt, 1.0, image_msg(1.0, pixels, "bgra8"))
+    _feed(rt, 2.0, image_msg(2.0, pixels, "bgra8", pad=36))
+    a, b = (_frames(m)[-1] for m in rec.on(TP.observation_image))
+    assert np.array_equal(a, b)
+
+
+def test_preprocessor_stack_resets_on_episode_start_and_shifts_otherwise(pre):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    rt.spin()
+    values = [10, 60, 110, 160, 210]
+    for k, v in enumerate(values):
+        _feed(rt, 1.0 + 0.05 * k, image_msg(1.0 + 0.05 * k, np.full((84, 84), v, np.uint8), "mono8"))
+    stacks = [_frames(m)[:, 0, 0].tolist() for m in rec.on(TP.observation_image)]
+    assert stacks[0] == [10, 10, 10, 10]
+    assert stacks[1] == [10, 10, 10, 60]
+    assert stacks[2] == [10, 10, 60, 110]
+    assert stacks[4] == [60, 110, 160, 210]
+    # new episode: the first frame at/after its stamp fills the whole stack
+    rt.publish(TP.episode_start, header(2.0, "1"))
+    rt.spin()
+    _feed(rt, 2.0, image_msg(2.0, np.full((84, 84), 33, np.uint8), "mono8"))
+    _feed(rt, 2.05, image_msg(2.05, np.full((84, 84), 77, np.uint8), "mono8"))
+    stacks = [_frames(m)[:, 0, 0].tolist() for m in rec.on(TP.observation_image)]
+    assert stacks[5] == [33, 33, 33, 33]
+    assert stacks[6] == [33, 33, 33, 77]
+
+
+@pytest.mark.parametrize("y, sign", [(1.0, 1), (-1.0, -1)])
+def test_preprocessor_signed_lateral_deviation(pre, y, sign):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    _feed(rt, 1.0, image_msg(1.0, np.full((84, 84), 9, np.uint8), "mono8"), x=20.0, y=y)
+    (state,) = rec.on(TP.observation_state)
+    lateral = state.position[list(state.name).index("lateral_deviation")]
+    assert state.name[1] == "lateral_deviation"
+    assert np.sign(state.position[1]) == sign and abs(lateral) > 0.1
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("short_step", "bad_step"), ("truncated", "size_mismatch"), ("encoding", "bad_encoding"),
+    ("empty", "empty_image"),
+])
+def test_preprocessor_drops_bad_images(pre, kind, reason):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    pixels = np.zeros((120, 160, 4), np.uint8)
+    msg = {
+        "short_step": lambda: image_msg(1.0, pixels, "bgra8", step=160 * 4 - 4),
+        "truncated": lambda: image_msg(1.0, pixels, "bgra8", truncate=100),
+        "encoding": lambda: image_msg(1.0, pixels, "yuv422"),
+        "empty": lambda: new_message(T.IMAGE, header=header(1.0), height=0, width=0, encoding="bgra8", step=0),
+    }[kind]()
+    _feed(rt, 1.0, msg)
+    assert node.drops.counts == {reason: 1}
+    assert rec.on(TP.observation_image) == [] and rec.on(TP.observation_state) == []
+    # and the node still works afterwards (same stamp: the bad one did not advance last_stamp)
+    _feed(rt, 1.0, image_msg(1.0, pixels, "bgra8"))
+    assert len(rec.on(TP.observation_image)) == 1
+
+
+def test_preprocessor_drops_nan_odometry_and_missing_route(pre):
+    rt, node, rec = pre
+    image = image_msg(1.0, np.zeros((84, 84), np.uint8), "mono8")
+    _feed(rt, 1.0, image)  # pose present, no route yet
+    assert node.drops.counts == {"no_route": 1}
+    rt.publish(TP.odometry, odometry_msg(1.1, float("nan"), 0.0))
+    rt.spin()
+    assert node.drops.counts == {"no_route": 1, "non_finite": 1}
+    assert rec.on(TP.observation_image) == []
+
+
+def test_preprocessor_no_odometry_and_stale_stamp(pre):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    _feed(rt, 1.0, image_msg(1.0, np.zeros((84, 84), np.uint8), "mono8"), odom=False)
+    assert node.drops.counts == {"no_odometry": 1}
+    _feed(rt, 2.0, image_msg(2.0, np.zeros((84, 84), np.uint8), "mono8"))
+    _feed(rt, 1.5, image_msg(1.5, np.zeros((84, 84), np.uint8), "mono8"))
+    assert node.drops.counts["stale_stamp"] == 1
+    assert len(rec.on(TP.observation_image)) == 1
+
+
+# ================================================================== policy
+def _policy(params: dict | None = None):
+    from td3_drive.nodes.policy import PolicyNode
+
+    rt = LocalRuntime({"policy": {"explore": False, "device": "cpu", **(params or {})}})
+    node = PolicyNode(rt.context("policy"))
+    rec = Recorder(rt)
+    rt.spin()
+    return rt, node, rec
+
+
+@pytest.fixture(scope="module")
+def policy_setup():
+    """One policy node (ONNX export is the slow part); tests clear the recorder."""
+    return _policy()
+
+
+def _act(rt, rec, t, seed=0):
+    rec.clear()
+    image, state = observation_pair(t, seed)
+    rt.publish(TP.observation_image, image)
+    rt.publish(TP.observation_state, state)
+    rt.spin()
+    controls = rec.on(TP.control)
+    assert len(controls) == 1
+    return controls[0]
+
+
+def test_policy_acts_once_per_observation_pair(policy_setup):
+    rt, node, rec = policy_setup
+    control = _act(rt, rec, 3.25)
+    assert seconds(control.header.stamp) == 3.25
+    assert -1 <= control.steer <= 1 and 0 <= control.throttle <= 1 and 0 <= control.brake <= 1
+    assert control.throttle == 0 or control.brake == 0
+    # half a pair does not act; a mismatched stamp does not act either
+    rec.clear()
+    image, state = observation_pair(4.0)
+    rt.publish(TP.observation_image, image)
+    rt.spin()
+    _, other_state = observation_pair(4.05)
+    rt.publish(TP.observation_state, other_state)
+    rt.spin()
+    assert rec.on(TP.control) == []
+
+
+def test_policy_publishes_feature_statistics(policy_setup):
+    rt, node, rec = policy_setup
+    _act(rt, rec, 5.0)
+    for stat in T.FEATURE_STATS:
+        msgs = rec.on(TP.features("actor", stat))
+        assert len(msgs) == 1 and msgs[0].__msgtype__ == T.FLOAT32 and math.isfinite(msgs[0].data), stat
+    l2 = rec.on(TP.features("actor", "l2_norm"))[0].data
+    assert 0 < l2 < 100
+    (vector,) = rec.on(TP.features("actor", "vector"))
+    assert len(vector.data) == 512 and np.isfinite(vector.data).all()
+    assert np.linalg.norm(vector.data) == pytest.approx(l2, rel=1e-3)
+
+
+@pytest.mark.parametrize("action, expected", [
+    ([0.3, -0.5], (0.3, 0.0, 0.5)), ([-0.2, 0.7], (-0.2, 0.7, 0.0)), ([2.0, -3.0], (1.0, 0.0, 1.0)),
+])
+def test_policy_control_mapping(policy_setup, monkeypatch, action, expected):
+    rt, node, rec = policy_setup
+    monkeypatch.setattr(node, "runner", lambda obs, state: (np.array(action, np.float32), np.full(512, 0.01, np.float32)))
+    control = _act(rt, rec, 6.0 + len(rec.items) * 1e-3)
+    assert (control.steer, control.throttle, control.brake) == pytest.approx(expected, abs=1e-6)
+
+
+def test_policy_non_finite_action_brakes(policy_setup, monkeypatch):
+    rt, node, rec = policy_setup
+    monkeypatch.setattr(node, "runner", lambda obs, state: (np.array([np.nan, 0.5], np.float32), np.zeros(512, np.float32)))
+    before = node.drops.counts.get("non_finite_action", 0)
+    control = _act(rt, rec, 7.0)
+    assert (control.steer, control.throttle, control.brake) == (0.0, 0.0, 1.0)
+    assert node.drops.counts["non_finite_action"] == before + 1
+
+
+def _weights_msg(data: bytes) -> object:
+    return new_message(T.UINT8_ARRAY, data=np.frombuffer(data, dtype=np.uint8).copy())
+
+
+def _actor_action(actor, seed: int, t: float = 0.0) -> np.ndarray:
+    image, state = observation_pair(t, seed)
+    obs = np.asarray(image.data).reshape(84, 4, 84).transpose(1, 0, 2)
+    with torch.no_grad():
+        return actor(torch.from_numpy(np.ascontiguousarray(obs))[None],
+                     torch.tensor(state.position, dtype=torch.float32)[None])[0].numpy()
+
+
+def test_policy_weight_hot_swap_and_rejections():
+    from safetensors.torch import save as save_safetensors
+
+    from td3_drive.learner import Learner, LearnerConfig
+    from td3_drive.weights import FORMAT, encode_actor
+
+    rt, node, rec = _policy()
+    before = _act(rt, rec, 1.0, seed=1)
+    learner = Learner(LearnerConfig(), "cpu", seed=123)
+    arch = learner.config.actor_architecture()
+    assert arch == node.architecture
+    rt.publish(TP.actor_weights, _weights_msg(encode_actor(learner.actor(), 42, arch)))
+    rt.spin()
+    assert node.weights_version == 42 and node.weight_rejections == {}
+    after = _act(rt, rec, 2.0, seed=1)
+    assert (after.steer, after.throttle - after.brake) != pytest.approx((before.steer, before.throttle - before.brake))
+    expected = np.clip(_actor_action(learner.actor().eval(), seed=1), -1, 1)
+    assert after.steer == pytest.approx(float(expected[0]), abs=1e-4)
+    assert after.throttle - after.brake == pytest.approx(float(expected[1]), abs=1e-4)
+    assert after.header.frame_id == "42"
+
+    # rejections: garbage, wrong architecture, NaN weights; the version-42 weights stay
+    garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    ablation = Learner(LearnerConfig(layer_norm=False), "cpu", seed=1)
+    wrong_arch = encode_actor(ablation.actor(), 99, ablation.config.actor_architecture())
+    state = {k: v.detach().clone().contiguous() for k, v in learner.actor().state_dict().items()}
+    first = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[first].view(-1)[0] = float("nan")
+    nan_weights = save_safetensors(state, metadata={"format": FORMAT, "version": "100",
+                                                    "architecture": __import__("json").dumps(arch, sort_keys=True)})
+    for data in (garbage, wrong_arch, nan_weights, b""):
+        rt.publish(TP.actor_weights, _weights_msg(data))
+        rt.spin()
+    assert node.weight_rejections == {"bad_header": 1, "wrong_architecture": 1, "non_finite": 1, "truncated": 1}
+    assert sum(v for k, v in node.drops.counts.items() if k.startswith("weights_")) == 4
+    assert node.weights_version == 42
+    again = _act(rt, rec, 3.0, seed=1)
+    assert (again.steer, again.throttle, again.brake) == (after.steer, after.throttle, after.brake)
+
+
+def test_policy_exploration_topic_and_parameter(policy_setup):
+    rt, node, rec = policy_setup
+    node.explore = False
+    off = [_act(rt, rec, 20.0 + k, seed=5) for k in range(2)]
+    assert (off[0].steer, off[0].throttle, off[0].brake) == (off[1].steer, off[1].throttle, off[1].brake)
+    rt.publish(TP.exploration, new_message(T.BOOL, data=True))
+    rt.spin()
+    assert node.explore is True
+    on = _act(rt, rec, 30.0, seed=5)
+    assert (on.steer, on.throttle, on.brake) != pytest.approx((off[0].steer, off[0].throttle, off[0].brake))
+    rt.publish(TP.exploration, new_message(T.BOOL, data=False))
+    rt.spin()
+    back = _act(rt, rec, 31.0, seed=5)
+    assert (back.steer, back.throttle, back.brake) == (off[0].steer, off[0].throttle, off[0].brake)
+    node.explore = False
+
+    # parameter explore: true, past the warm-up: Gaussian noise around the policy action
+    rt2, node2, rec2 = _policy({"explore": True, "random_steps": 0, "exploration_noise": 0.3})
+    assert node2.explore is True
+    noisy = [_act(rt2, rec2, 1.0 + k, seed=5) for k in range(2)]
+    assert (noisy[0].steer, noisy[0].throttle - noisy[0].brake) != pytest.approx(
+        (noisy[1].steer, noisy[1].throttle - noisy[1].brake))
+    for c in noisy:
+        assert -1 <= c.steer <= 1 and 0 <= c.throttle <= 1 and 0 <= c.brake <= 1
+
+
+# ================================================================== trainer
+@pytest.fixture
+def trainer(tmp_path):
+    from td3_drive.nodes.trainer import TrainerNode
+
+    rt = LocalRuntime({"trainer": {"batch_size": 8, "learning_starts": 5, "replay_capacity": 1000,
+                                   "run_dir": str(tmp_path), "learner.encoder_mode": "shared", "device": "cpu",
+                                   "weights_every": 5, "log_interval": 1, "checkpoint_every": 0}})
+    rec = Recorder(rt)
+    node = TrainerNode(rt.context("trainer"))
+    yield rt, node, rec
+    node.close()
+
+
+def _tick(rt, t, x, collision=False, control=(0.0, 0.5, 0.0), y=0.0):
+    rt.time_s = t
+    rt.publish(TP.odometry, odometry_msg(t, x, y))
+    if collision:
+        rt.publish(TP.collision, new_message(T.COLLISION, header=header(t, "ego_vehicle/collision"), other_actor_id=7))
+    image, state = observation_pair(t, seed=int(t * 100))
+    rt.publish(TP.observation_image, image)
+    rt.publish(TP.observation_state, state)
+    steer, throttle, brake = control
+    rt.publish(TP.control, new_message(T.CONTROL, header=header(t, "0"), steer=steer, throttle=throttle, brake=brake))
+    rt.spin()
+
+
+def test_trainer_scripted_episode(trainer):
+    rt, node, rec = trainer
+    rt.spin()
+    # latched at start: actor weights and exploration on
+    assert len(rec.on(TP.actor_weights)) == 1 and rec.on(TP.exploration)[0].data is True
+    rec.clear()
+    rt.publish(TP.route, straight_route())
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    rt.spin()
+    lengths = []
+    for k in range(12):
+        _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
+        lengths.append(len(node.replay))
+    assert node.in_episode
+    assert node.env_steps == 11 and lengths[-1] == 11 and lengths == sorted(lengths) and lengths[0] == 0
+    assert node.learner.num_updates > 0
+    assert len(rec.on(TP.reward)) == 11
+    assert rec.on(TP.actor_weights), "weights are republished every weights_every updates"
+    assert rec.on(TP.features("critic", "l2_norm"))
+    assert node.drops.counts == {}
+
+    # collision => terminated, reset requested with the reason, episode counted
+    _tick(rt, 1.6, x=15.0, collision=True)
+    (reset,) = rec.on(TP.reset_request)
+    assert reset.frame_id == "collision"
+    assert node.episodes == 1 and not node.in_episode and node.env_steps == 12
+    assert len(node.episode_returns) == 1 and node.episode_returns[0][1] < 0  # collision penalty
+    # observations after termination are ignored until the next episode_start
+    steps, length, updates = node.env_steps, len(node.replay), node.learner.num_updates
+    for k in range(3):
+        _tick(rt, 1.65 + 0.05 * k, x=15.0)
+    assert (node.env_steps, len(node.replay), node.learner.num_updates) == (steps, length, updates)
+    assert len(rec.on(TP.reset_request)) == 1
+    rt.publish(TP.episode_start, header(2.0, "1"))
+    rt.spin()
+    for k in range(3):
+        _tick(rt, 2.0 + 0.05 * k, x=10.0 + 0.4 * k)
+    assert node.in_episode and node.env_steps == steps + 2 and len(node.replay) == length + 2
+    assert node.learner.num_updates > updates
+
+
+def test_trainer_drops_bad_control_and_missing_action(trainer):
+    rt, node, rec = trainer
+    rt.publish(TP.route, straight_route())
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    rt.spin()
+    _tick(rt, 1.0, x=10.0)
+    _tick(rt, 1.05, x=10.4, control=(0.0, 2.0, 0.0))  # out of range: dropped, no action for 1.05
+    assert node.drops.counts.get("control_out_of_range") == 1
+    _tick(rt, 1.10, x=10.8)
+    assert node.drops.counts.get("missing_action") == 1
+    assert node.env_steps == 1
+
+
+# ================================================================== LocalRuntime
+def _f(v: float) -> object:
+    return new_message(T.FLOAT32, data=v)
+
+
+def test_local_runtime_fifo_order():
+    rt = LocalRuntime()
+    a, b = rt.context("a"), rt.context("b")
+    seen: list = []
+    pub_y = a.create_publisher(T.FLOAT32, "/y")
+    a.create_subscription(T.FLOAT32, "/x", lambda m: (seen.append(("x", m.data)), pub_y.publish(_f(m.data * 10))))
+    b.create_subscription(T.FLOAT32, "/y", lambda m: seen.append(("y", m.data)))
+    b.create_subscription(T.FLOAT32, "/x", lambda m: seen.append(("x2", m.data)))
+    for v in (1.0, 2.0):
+        rt.publish("/x", _f(v))
+    assert rt.spin() == 4
+    # x(1) to both subscribers in subscription order, then x(2), then the y's they caused, in order
+    assert seen == [("x", 1.0), ("x2", 1.0), ("x", 2.0), ("x2", 2.0), ("y", 10.0), ("y", 20.0)]
+
+
+def test_local_runtime_latched_delivery_only_to_transient_local_late_subscribers():
+    from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS
+
+    rt = LocalRuntime()
+    pub = rt.context("a").create_publisher(T.FLOAT32, "/latched", LATCHED_QOS)
+    pub.publish(_f(1.0))
+    pub.publish(_f(2.0))
+    rt.spin()
+    late, volatile = [], []
+    rt.context("b").create_subscription(T.FLOAT32, "/latched", lambda m: late.append(m.data), LATCHED_QOS)
+    rt.context("c").create_subscription(T.FLOAT32, "/latched", lambda m: volatile.append(m.data), RELIABLE_QOS)
+    rt.spin()
+    assert late == [2.0] and volatile == []
+    pub.publish(_f(3.0))
+    rt.spin()
+    assert late == [2.0, 3.0] and volatile == [3.0]
+
+
+def test_local_runtime_type_mismatch_raises():
+    rt = LocalRuntime()
+    ctx = rt.context("a")
+    pub = ctx.create_publisher(T.FLOAT32, "/t")
+    with pytest.raises(TypeError):
+        ctx.create_subscription(T.BOOL, "/t", lambda m: None)
+    with pytest.raises(TypeError):
+        ctx.create_publisher("std_msgs/Bool", "/t")
+    with pytest.raises(TypeError):
+        rt.publish("/t", new_message(T.BOOL, data=True))
+    with pytest.raises(TypeError):
+        pub.publish(new_message(T.BOOL, data=True))
+    ctx.create_subscription("std_msgs/Float32", "/t", lambda m: None)  # short type name is the same type
+
+
+def test_local_runtime_timers_follow_clock():
+    rt = LocalRuntime()
+    ctx = rt.context("a")
+    fired: list[float] = []
+    ctx.create_timer(1.0, lambda: fired.append(ctx.now()))
+    clock = ctx.create_publisher(T.CLOCK, "/clock")
+    clock.publish(new_message(T.CLOCK, clock=stamp(0.5)))
+    rt.spin()
+    assert fired == [] and rt.time_s == 0.5
+    clock.publish(new_message(T.CLOCK, clock=stamp(1.0)))
+    rt.spin()
+    assert fired == [1.0]
+    clock.publish(new_message(T.CLOCK, clock=stamp(3.2)))
+    rt.spin()
+    assert len(fired) == 3  # deadlines 2.0 and 3.0 both passed
+    rt.advance(1.0)
+    assert len(fired) == 4 and rt.time_s == pytest.approx(4.2)
+    with pytest.raises(ValueError):
+        ctx.create_timer(0.0, lambda: None)
+
+
+def test_local_runtime_spin_until_stops_and_resumes():
+    rt = LocalRuntime()
+    ctx = rt.context("loop")
+    pub = ctx.create_publisher(T.FLOAT32, "/n")
+    seen: list[float] = []
+
+    def on(m):
+        seen.append(m.data)
+        if m.data < 20:
+            pub.publish(_f(m.data + 1))
+
+    ctx.create_subscription(T.FLOAT32, "/n", on)
+    rt.publish("/n", _f(0.0))
+    rt.spin(until=lambda: len(seen) >= 5)
+    assert seen == [0.0, 1.0, 2.0, 3.0, 4.0]
+    rt.spin(until=lambda: len(seen) >= 8)
+    assert seen == [float(i) for i in range(8)]
+    assert rt.spin() == 13 and seen[-1] == 20.0
+    # a publish loop without `until` is reported, not spun forever
+    ctx.create_subscription(T.FLOAT32, "/n", lambda m: pub.publish(_f(m.data)))
+    rt.publish("/n", _f(100.0))
+    with pytest.raises(RuntimeError):
+        rt.spin(max_messages=50)
