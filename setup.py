@@ -24,6 +24,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json")),
+        (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
+        (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
     ],
     install_requires=[
         "numpy>=1.24",

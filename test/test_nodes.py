@@ -1,6 +1,7 @@
 """The nodes on hand-built messages through a LocalRuntime, and the LocalRuntime itself."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -275,13 +276,16 @@ def test_policy_publishes_feature_statistics(policy_setup):
     assert np.linalg.norm(vector.data) == pytest.approx(l2, rel=1e-3)
 
 
+_MAPPING_STAMPS = itertools.count(6.0, 0.05)
+
+
 @pytest.mark.parametrize("action, expected", [
     ([0.3, -0.5], (0.3, 0.0, 0.5)), ([-0.2, 0.7], (-0.2, 0.7, 0.0)), ([2.0, -3.0], (1.0, 0.0, 1.0)),
 ])
 def test_policy_control_mapping(policy_setup, monkeypatch, action, expected):
     rt, node, rec = policy_setup
     monkeypatch.setattr(node, "runner", lambda obs, state: (np.array(action, np.float32), np.full(512, 0.01, np.float32)))
-    control = _act(rt, rec, 6.0 + len(rec.items) * 1e-3)
+    control = _act(rt, rec, next(_MAPPING_STAMPS))  # stamps must increase: repeats are dropped
     assert (control.steer, control.throttle, control.brake) == pytest.approx(expected, abs=1e-6)
 
 

@@ -3,6 +3,8 @@
     td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume]
     td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid]
     td3-drive play BAG [--checkpoint PATH]
+    td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
+    td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
 
 Each command prints progress on stderr and a JSON summary as the last stdout line.
 """
@@ -55,27 +57,57 @@ def _progress(total: int, desc: str):
                 disable=None if sys.stderr.isatty() else False, mininterval=1.0)
 
 
+#: --deterministic: what exact resume needs (applied before --set, so a test can still shrink a run)
+DETERMINISTIC = {
+    "trainer": {"device": "cpu", "checkpoint_replay": True, "checkpoint_episodes": 1, "checkpoint_every": 0,
+                "async_updates": False, "replay_on_disk": False},
+    "policy": {"device": "cpu", "backend": "torch"},
+}
+
+
+def _make_deterministic() -> None:
+    """CPU, one thread, deterministic kernels: the same inputs give bit-identical weights."""
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel op; intra-op threads are what matter
+        pass
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(args.run_dir)
-    params = _parameters(args.config, args.seed, args.set, {"trainer": {"run_dir": str(run_dir), "resume": args.resume}})
+    extra: dict[str, dict[str, Any]] = {"trainer": {"run_dir": str(run_dir), "resume": args.resume}}
+    if getattr(args, "deterministic", False):
+        _make_deterministic()
+        for node, values in DETERMINISTIC.items():
+            extra.setdefault(node, {}).update(values)
+    params = _parameters(args.config, args.seed, args.set, extra)
     embedded.snapshot_config(run_dir, params, sys.argv)
     graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir))
     trainer, policy = graph.nodes["trainer"], graph.nodes["policy"]
     steps = args.steps if args.steps is not None else trainer.total_steps
     start = time.perf_counter()
     start_steps = trainer.env_steps
+    # a resume from an episode-boundary checkpoint restored the simulator's tick count: ticks already
+    # run count toward --steps, so a resumed run stops at the same total as an uninterrupted one
+    graph.sim.start()
+    done_ticks = graph.sim.ticks - 1
+    steps_left = max(0, steps - done_ticks)
     bar = _progress(steps, "train")
 
     def on_progress() -> None:
-        bar.n = min(steps, graph.sim.ticks)
+        bar.n = min(steps, graph.sim.ticks - 1)
         last = trainer.episode_returns[-1][1] if trainer.episode_returns else float("nan")
         elapsed = time.perf_counter() - start
-        bar.set_postfix(steps_s=f"{graph.sim.ticks / max(elapsed, 1e-9):.1f}", ret=f"{last:.1f}",
+        bar.set_postfix(steps_s=f"{(graph.sim.ticks - 1 - done_ticks) / max(elapsed, 1e-9):.1f}", ret=f"{last:.1f}",
                         feat_l2=f"{policy.last_feature_l2:.1f}", upd=trainer.learner.num_updates, refresh=False)
         bar.refresh()
 
     try:
-        graph.run(steps, on_progress)
+        graph.run(steps_left, on_progress)
     finally:
         bar.close()
         checkpoint = trainer.save_checkpoint()
@@ -86,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "command": "train", "run_dir": str(run_dir), "checkpoint": str(checkpoint), "ticks": graph.sim.ticks,
         "env_steps": trainer.env_steps, "new_env_steps": trainer.env_steps - start_steps,
         "updates": trainer.learner.num_updates, "episodes": trainer.episodes, "wall_s": round(wall, 1),
-        "steps_per_s": round(graph.sim.ticks / wall, 2),
+        "steps_per_s": round((graph.sim.ticks - 1 - done_ticks) / wall, 2), "resumed_at_tick": done_ticks,
+        "rollbacks": trainer.rollbacks,
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
         "skipped_updates": trainer.learner.health.total_skipped, "drops": _drops(graph),
     }
@@ -110,33 +143,13 @@ def _drops(graph: embedded.EmbeddedGraph) -> dict[str, dict[str, int]]:
 
 
 def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
-    from td3_drive.metrics import summarize
+    """Deployment on the embedded simulator: a checkpoint (or the PID baseline), no noise, no learning."""
+    from td3_drive import evaluation
 
-    extra: dict[str, dict[str, Any]] = {}
-    if args.controller == "policy":
-        if not args.checkpoint:
-            raise SystemExit("drive --controller policy needs --checkpoint (a run's checkpoint dir or actor.safetensors)")
-        extra["policy"] = {"checkpoint": str(_resolve_checkpoint(args.checkpoint)), "explore": False}
-    params = _parameters(args.config, args.seed, args.set, extra)
-    graph = embedded.build_graph(params, controller=args.controller, trainer=False, evaluator=True)
-    evaluator = graph.nodes["evaluator"]
-    bar = _progress(args.episodes, "drive")
-    start = time.perf_counter()
-    try:
-        while len(evaluator.episodes) < args.episodes and graph.sim.ticks < args.max_ticks:
-            graph.run(20)
-            bar.n = len(evaluator.episodes)
-            bar.refresh()
-    finally:
-        bar.close()
-        graph.close()
-    episodes = [m.to_dict() for m in evaluator.episodes]
-    return {"command": "drive", "controller": args.controller, "episodes": episodes,
-            "returns": [round(r, 3) for r in evaluator.returns],
-            # --max-ticks can stop the run before any episode ends: no summary then, not a crash
-            "summary": summarize(evaluator.episodes) if evaluator.episodes else None,
-            "ticks": graph.sim.ticks, "max_ticks_reached": graph.sim.ticks >= args.max_ticks,
-            "wall_s": round(time.perf_counter() - start, 1), "drops": _drops(graph)}
+    seed = evaluation.DEFAULT_EVAL_SEED if args.seed is None else args.seed
+    result = evaluation.evaluate(args.controller, args.controller, args.checkpoint, args.episodes, seed,
+                                 args.max_ticks, args.config, args.set)
+    return {"command": "drive", **result.to_dict()}
 
 
 def _resolve_checkpoint(path: str) -> Path:
@@ -198,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     p.add_argument("--no-bag", action="store_true", help="do not record an MCAP bag of the /td3 topics")
+    p.add_argument("--deterministic", action="store_true",
+                   help="CPU, one thread, deterministic kernels, checkpoints (with replay and node state) at every "
+                        "episode start: a run killed at any point and resumed ends bit-identical")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("drive", help="deploy: drive with a checkpoint (or the PID baseline), no learning")
@@ -214,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", type=Path)
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_play)
+
+    from td3_drive import evaluation  # eval, compare (docs/evaluate.md)
+
+    evaluation.add_parsers(sub, common)
     return parser
 
 

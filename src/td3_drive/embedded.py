@@ -130,7 +130,22 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
     else:
         raise ValueError(f"controller must be 'policy' or 'pid', got {controller!r}")
     runtime.spin()  # deliver latched messages (initial weights, exploration flag)
+    if trainer:
+        _wire_node_state(nodes)
     return EmbeddedGraph(runtime, nodes, recorder)
+
+
+def _wire_node_state(nodes: dict[str, Any]) -> None:
+    """Episode-boundary checkpoints carry every node's state; a resume puts it back before start()."""
+    trainer = nodes["trainer"]
+    stateful = {name: node for name, node in nodes.items()
+                if name != "trainer" and hasattr(node, "state_dict") and hasattr(node, "load_state_dict")}
+    trainer.node_state_provider = lambda: {name: node.state_dict() for name, node in stateful.items()}
+    for name, state in trainer.resumed_node_states.items():
+        if name in stateful:
+            stateful[name].load_state_dict(state)
+        else:
+            log.warning("checkpoint has state for node %r, which this graph does not run", name)
 
 
 def snapshot_config(run_dir: Path, parameters: dict[str, dict[str, Any]], argv: list[str] | None = None) -> None:

@@ -65,8 +65,10 @@ class Encoder(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # in-place scaling: `obs.float() / 255` allocates twice and cost 20x more here
-        x = obs.to(torch.float32).mul_(1.0 / 255.0)
+        # in-place scaling: `obs.float() / 255` allocates twice and cost 20x more here; but a float32
+        # input is returned as is by `.to`, and must not be divided in the caller's tensor
+        x = obs.to(torch.float32)
+        x = x.mul(1.0 / 255.0) if x is obs else x.mul_(1.0 / 255.0)
         # the space-to-depth form only pays off when a backward pass follows
         conv1 = strided_conv(x, self.conv1) if torch.is_grad_enabled() else self.conv1(x)
         x = F.leaky_relu(self.ln1(conv1), LEAKY_SLOPE)

@@ -45,9 +45,12 @@ class BridgeWorld:
             self.drops.drop(exc.reason, str(exc))
 
     def on_odometry(self, msg: Any) -> None:
+        t = seconds(msg.header.stamp)
+        if t < self.pose_stamp:  # a late, reordered pose must not replace a newer one
+            return self.drops.drop("stale_odometry_stamp", f"{t} < {self.pose_stamp}")
         try:
             self.pose = pose_from_odometry(msg)
-            self.pose_stamp = seconds(msg.header.stamp)
+            self.pose_stamp = t
         except InvalidMessage as exc:
             self.drops.drop(exc.reason, str(exc))
 
@@ -83,7 +86,8 @@ def observation_from_messages(image_msg: Any, state_msg: Any, frame_stack: int,
     if pixels.size != 84 * 84 * frame_stack or image_msg.step != 84 * frame_stack:
         raise ValueError("observation image size mismatch")
     obs = np.ascontiguousarray(pixels.reshape(84, frame_stack, 84).transpose(1, 0, 2))
-    state = np.asarray(state_msg.position, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, rejected just below
+        state = np.asarray(state_msg.position, dtype=np.float32)
     if state.shape != (state_dim,) or not np.isfinite(state).all():
         raise ValueError("observation state has the wrong size or non-finite values")
     return obs, state
@@ -98,6 +102,7 @@ class ObservationPairer:
         self.on_observation, self.drops = on_observation, drops
         self._image: Any = None
         self._state: Any = None
+        self.last_stamp = -np.inf  # newest observation handed on: duplicates and reorders are dropped
         ctx.create_subscription(T.IMAGE, topics.observation_image, self.on_image, RELIABLE_QOS)
         ctx.create_subscription(T.JOINT_STATE, topics.observation_state, self.on_state, RELIABLE_QOS)
 
@@ -115,8 +120,12 @@ class ObservationPairer:
         if seconds(self._image.header.stamp) != seconds(self._state.header.stamp):
             return  # the other half is on its way; an unmatched older half is superseded
         image, state, self._image, self._state = self._image, self._state, None, None
+        t = seconds(image.header.stamp)
+        if t <= self.last_stamp:  # acting or learning twice on one instant (or going back) is never right
+            return self.drops.drop("stale_observation", f"{t} <= {self.last_stamp}")
         try:
             obs, vector = observation_from_messages(image, state, self.frame_stack, self.state_dim)
         except ValueError as exc:
             return self.drops.drop("bad_observation", str(exc))
+        self.last_stamp = t
         self.on_observation(image.header.stamp, obs, vector)

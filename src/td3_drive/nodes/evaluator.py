@@ -34,6 +34,7 @@ class EvaluatorNode:
         self.returns: list[float] = []
         self.in_episode = False
         self._return = 0.0
+        self.last_stamp = float("-inf")
         self.reset_pub = ctx.create_publisher(T.HEADER, self.topics.reset_request, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, self.topics, self.drops)
         # the camera image closes a tick (the bridge and the simulator publish it last)
@@ -41,6 +42,9 @@ class EvaluatorNode:
 
     def on_tick(self, msg: Any) -> None:
         t = seconds(msg.header.stamp)
+        if t <= self.last_stamp:  # a repeated or reordered tick would be scored twice
+            return self.drops.drop("stale_stamp", f"{t} <= {self.last_stamp}")
+        self.last_stamp = t
         events = self.world.take_events()
         pose, route = self.world.pose, self.world.route
         if not self.world.ready:

@@ -5,6 +5,11 @@ noise only while /td3/exploration says so (training), publishes feature
 statistics (rqt_plot: /td3/features/actor/l2_norm/data) and the raw 512-d
 feature vector, and hot-swaps actor weights from /td3/actor_weights: invalid
 weights are rejected, counted and logged, and the old weights stay.
+
+Watchdog: once observations have started, a timer on the node clock checks their
+age; after ``watchdog_timeout`` s without a fresh one it publishes a full brake
+(control.BRAKE, header frame_id "watchdog") every ``watchdog_period`` s, counts
+it, logs, and stops as soon as observations return.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import numpy as np
 import torch
 
 from td3_drive import topics as T
-from td3_drive.control import action_to_control_fields
+from td3_drive.control import BRAKE, action_to_control_fields
 from td3_drive.diagnostics import DropCounter
 from td3_drive.exploration import Exploration, ExplorationConfig
 from td3_drive.inference import ActorRunner
@@ -22,7 +27,7 @@ from td3_drive.learner import LearnerConfig
 from td3_drive.models import feature_stats
 from td3_drive.nodes.common import ObservationPairer
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
-from td3_drive.weights import WeightsRejected, decode_actor
+from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
 
 NODE_NAME = "policy"
 
@@ -47,6 +52,14 @@ class PolicyNode:
         self.runner = ActorRunner(self.architecture, device=p("device", "auto", "auto | cpu | cuda[:N]"),
                                   backend=p("backend", "auto", "auto | onnxruntime | torch"))
         self.weights_version = -1
+        self.max_weight_bytes = p("max_weight_bytes", MAX_WEIGHT_BYTES, "larger weight messages are rejected unparsed")
+        self.watchdog_timeout = p("watchdog_timeout", 0.15, "s without a fresh observation before braking (3 ticks)")
+        watchdog_period = p("watchdog_period", 0.05, "s between watchdog checks (and brake commands)")
+        self.last_observation_s: float | None = None  # node clock; None: not armed until the first frame
+        self.watchdog_active = False
+        self.watchdog_brakes = 0  # brake commands published by the watchdog
+        self.watchdog_trips = 0  # times the watchdog engaged
+        self._last_brake_s = -np.inf
         checkpoint = p("checkpoint", "", "actor.safetensors or a checkpoint directory to load at start")
         if checkpoint:
             self.load_file(checkpoint)
@@ -65,6 +78,7 @@ class PolicyNode:
         ctx.create_subscription(T.UINT8_ARRAY, self.topics.actor_weights, self.on_weights, LATCHED_QOS)
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
+        ctx.create_timer(watchdog_period, self.check_watchdog)
 
     # ------------------------------------------------------------------ weights
     def load_file(self, path: str) -> None:
@@ -76,12 +90,15 @@ class PolicyNode:
         self.load_bytes(file.read_bytes())
 
     def load_bytes(self, data: bytes) -> None:
-        weights = decode_actor(data, self.architecture)
+        weights = decode_actor(data, self.architecture, max_bytes=self.max_weight_bytes)
         self.runner.load_state_dict(weights.state_dict)
         self.weights_version = weights.version
 
     def on_weights(self, msg: Any) -> None:
         try:
+            size = len(msg.data)
+            if size > self.max_weight_bytes:  # checked before copying a single byte
+                raise WeightsRejected("oversized", f"{size} bytes > cap {self.max_weight_bytes}")
             data = msg.data.tobytes() if isinstance(msg.data, np.ndarray) else bytes(msg.data)
             self.load_bytes(data)
         except WeightsRejected as exc:
@@ -93,17 +110,62 @@ class PolicyNode:
 
     # ------------------------------------------------------------------ acting
     def act(self, stamp_msg: Any, obs: np.ndarray, vector: np.ndarray) -> None:
+        self.last_observation_s = self.ctx.now()
+        if self.watchdog_active:
+            self.watchdog_active = False
+            self.ctx.logger.info(f"{self.ctx.name}: observations are back, watchdog released "
+                                 f"({self.watchdog_brakes} brake commands so far)")
         action, features = self.runner(obs, vector)
         if self.explore:
             action = self.exploration(action)
         fields, finite = action_to_control_fields(action)
         if not finite:
             self.drops.drop("non_finite_action")
+            features = None  # non-finite features are not published either
         header = self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.weights_version))
         self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
         self.actions += 1
-        if self.publish_features:
-            self._publish_features(features)
+        if self.publish_features and features is not None:
+            if np.isfinite(features).all():
+                self._publish_features(features)
+            else:
+                self.drops.drop("non_finite_features")
+
+    def check_watchdog(self) -> None:
+        """Timer: full brake while observations are older than ``watchdog_timeout``."""
+        now = self.ctx.now()
+        if self.last_observation_s is None or now <= self._last_brake_s:
+            return  # not armed yet; or a clock jump fired this timer repeatedly at one instant
+        if now - self.last_observation_s < self.watchdog_timeout - 1e-9:
+            return
+        if not self.watchdog_active:
+            self.watchdog_active = True
+            self.watchdog_trips += 1
+            self.ctx.logger.warning(f"{self.ctx.name}: no observation for {now - self.last_observation_s:.3f} s "
+                                    f"(timeout {self.watchdog_timeout} s): braking")
+        self._last_brake_s = now
+        header = self.ctx.new(T.HEADER, stamp=stamp(self.ctx, now), frame_id="watchdog")
+        self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **BRAKE))
+        self.watchdog_brakes += 1
+
+    # ------------------------------------------------------------------ state (exact resume)
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able exploration state and counters (the weights come back on the latched topic)."""
+        e = self.exploration
+        return {"exploration_rng": e.rng.bit_generator.state, "exploration_ar": e._ar.tolist(),
+                "exploration_steps": e.steps, "actions": self.actions, "explore": self.explore,
+                "weights_version": self.weights_version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        e = self.exploration
+        e.rng.bit_generator.state = state["exploration_rng"]
+        e._ar = np.asarray(state["exploration_ar"], dtype=np.float64)
+        e.steps = int(state["exploration_steps"])
+        self.actions = int(state["actions"])
+        self.explore = bool(state["explore"])
+        if self.weights_version != int(state["weights_version"]):
+            self.ctx.logger.warning(f"{self.ctx.name}: resumed with weights version {self.weights_version}, "
+                                    f"checkpoint had {state['weights_version']}")
 
     def _publish_features(self, features: np.ndarray) -> None:
         stats = feature_stats(features)
@@ -114,4 +176,5 @@ class PolicyNode:
 
     def publish_diagnostics(self) -> None:
         self.diagnostics_pub.publish(self.drops.status_message(
-            stamp(self.ctx, self.ctx.now()), {"actions": self.actions, "weights_version": self.weights_version}))
+            stamp(self.ctx, self.ctx.now()), {"actions": self.actions, "weights_version": self.weights_version,
+            "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips}))

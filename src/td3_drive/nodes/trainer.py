@@ -10,9 +10,11 @@ run without exploration noise and without learning.
 """
 from __future__ import annotations
 
+import json
+import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,6 +60,10 @@ class TrainerNode:
         self.async_updates = p("async_updates", False, "learn in a worker thread (ROS); false = in the callback")
         replay_on_disk = p("replay_on_disk", False, "memory-map the replay buffer under run_dir/replay")
         self.checkpoint_replay = p("checkpoint_replay", False, "store the replay buffer in checkpoints")
+        self.checkpoint_episodes = p("checkpoint_episodes", 0, "checkpoint at the start of every N-th episode with "
+                                     "every node's state: exact resume points (0: off; --deterministic sets 1)")
+        self.rollback_after = p("rollback_after", 20, "consecutive skipped (non-finite) updates before the learner "
+                                "rolls back to the last good checkpoint (0: never)")
 
         self.learner = Learner(learner_config, resolve_device(p("device", "auto", "auto | cpu | cuda[:N]")), self.seed)
         self.replay = ReplayBuffer(
@@ -84,6 +90,11 @@ class TrainerNode:
         self._episode_steps = 0
         self._obs_stamp: float | None = None
         self._action: np.ndarray | None = None
+        self.rollbacks = 0
+        #: returns {node name: state_dict()} of the other nodes (the embedded app sets it)
+        self.node_state_provider: Callable[[], dict[str, Any]] | None = None
+        self.resumed_node_states: dict[str, Any] = {}  # from the checkpoint resumed, for the app to apply
+        self._boundary_episodes = -1  # finished episodes at the last episode-boundary checkpoint
 
         tp = self.topics
         self.reset_pub = ctx.create_publisher(T.HEADER, tp.reset_request, RELIABLE_QOS)
@@ -101,7 +112,7 @@ class TrainerNode:
 
         if p("resume", False, "continue from the newest checkpoint in run_dir"):
             self.resume()
-        self.exploration_pub.publish(ctx.new(T.BOOL, data=True))
+        self.exploration_pub.publish(ctx.new(T.BOOL, data=not self.evaluating))
         self.publish_weights()
         self._learn_wanted = threading.Event()
         self._stop = threading.Event()
@@ -115,15 +126,22 @@ class TrainerNode:
         if self._obs_stamp is None or seconds(msg.header.stamp) != self._obs_stamp:
             return  # a control for an observation we did not keep (e.g. after termination)
         try:
-            self._action = control_to_action(msg)
+            action = control_to_action(msg)
         except InvalidMessage as exc:
-            self.drops.drop(exc.reason, str(exc))
+            return self.drops.drop(exc.reason, str(exc))
+        if self._action is not None:  # one action per observation: a second one is not ours to pick
+            return self.drops.drop("duplicate_control", f"stamp {self._obs_stamp}")
+        self._action = action
 
     def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
         t = seconds(stamp_msg)
         frame = obs[-1]  # the replay stores each frame once and rebuilds stacks itself
         events = self.world.take_events()
         if self.world.starts_episode(t):
+            if (self.checkpoint_episodes and self.episodes and self.episodes != self._boundary_episodes
+                    and self.episodes % self.checkpoint_episodes == 0):
+                # before anything of the new episode is processed: a resume replays this tick exactly
+                self.save_checkpoint(episode_boundary=True)
             self._begin_episode(frame, state)
             self._obs_stamp, self._action = t, None
             return
@@ -139,6 +157,13 @@ class TrainerNode:
             self._obs_stamp, self._action = t, None
             return
         step = self.reward_fn.step(self.world.pose, self.world.route, events)
+        if not math.isfinite(step.total):  # never into the replay (it would refuse it anyway)
+            self.drops.drop("non_finite_reward", str(step.components))
+            if not self.evaluating:
+                with self._lock:
+                    self.replay.start_episode(frame, state)
+            self._obs_stamp, self._action = t, None
+            return
         if not self.evaluating:
             with self._lock:
                 self.replay.add(self._action, step.total, frame, state, step.terminated, step.truncated)
@@ -186,6 +211,9 @@ class TrainerNode:
             self.exploration_pub.publish(self.ctx.new(T.BOOL, data=not evaluating))
         if not self.evaluating:
             self._after_env_step()
+        if self.checkpoint_episodes:
+            # the policy drives the next episode with exactly the weights a resume would publish
+            self.publish_weights()
 
     # ------------------------------------------------------------------ learning
     def _updates_due(self) -> int:
@@ -206,6 +234,8 @@ class TrainerNode:
             with self._lock:
                 batch = self.replay.sample(self.batch_size, self.learner.device)
                 metrics = self.learner.update(batch)
+                if self.rollback_after and self.learner.health.consecutive_bad >= self.rollback_after:
+                    self.rollback()
             n = self.learner.num_updates
             self.scalars.log_update(n, metrics)
             if n % self.log_interval == 0:
@@ -222,6 +252,29 @@ class TrainerNode:
                 self._learn_wanted.clear()
                 self.learn(self._updates_due())
 
+    def rollback(self) -> bool:
+        """Weights + optimizers back to the newest good checkpoint; update counters stay monotonic."""
+        bad, learner = self.learner.health.consecutive_bad, self.learner
+        latest = self.checkpointer.latest()
+        learner.health.consecutive_bad = 0  # re-arms the trigger; the per-reason skip totals are kept
+        if latest is None:
+            self.ctx.logger.error(f"{bad} consecutive updates skipped (non-finite) and no checkpoint in "
+                                  f"{self.checkpointer.directory} to roll back to: learning continues as is")
+            return False
+        keep = learner.num_updates, learner.num_actor_updates, dict(learner.health.skipped)
+        try:
+            self.checkpointer.restore(latest, learner)
+        except Exception as exc:  # a failed rollback must not kill training; it is logged loudly
+            self.ctx.logger.error(f"rollback to {latest} failed: {exc}")
+            return False
+        learner.num_updates, learner.num_actor_updates, learner.health.skipped = keep
+        learner.health.consecutive_bad, learner.health.poisoned = 0, False
+        self.rollbacks += 1
+        self.ctx.logger.error(f"{bad} consecutive updates skipped (non-finite): rolled back learner weights and "
+                              f"optimizers to {latest} (rollback #{self.rollbacks}, update count stays {keep[0]})")
+        self.scalars.log(self.env_steps, {"health/rollbacks": float(self.rollbacks)})
+        return True
+
     def publish_weights(self) -> None:
         if not self.learner.parameters_finite():
             self.drops.drop("weights_not_exported_non_finite")
@@ -230,19 +283,41 @@ class TrainerNode:
         self.weights_pub.publish(self.ctx.new(T.UINT8_ARRAY, data=np.frombuffer(data, dtype=np.uint8)))
 
     # ------------------------------------------------------------------ persistence
-    def training_state(self) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "episodes": self.episodes,
-                "episode_returns": self.episode_returns, "eval_returns": self.eval_returns}
+    def training_state(self, episode_boundary: bool = False) -> dict[str, Any]:
+        state = {"env_steps": self.env_steps, "episodes": self.episodes,
+                 "episode_returns": self.episode_returns, "eval_returns": self.eval_returns,
+                 "evaluating": self.evaluating, "eval_left": self._eval_left, "rollbacks": self.rollbacks,
+                 "episode_boundary": episode_boundary}
+        if episode_boundary and self.node_state_provider is not None:
+            state["nodes"] = self.node_state_provider()
+        return state
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, episode_boundary: bool = False) -> Path:
+        """``episode_boundary``: called before the first tick of an episode is processed (exact resume point)."""
         with self._lock:
             replay_state = self.replay.state_dict() if self.checkpoint_replay else None
-            path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(), replay_state)
+            path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(episode_boundary),
+                                          replay_state)
         self.replay.flush()
+        if episode_boundary:
+            self._boundary_episodes = self.episodes
         return path
 
+    def _resume_candidate(self) -> Path | None:
+        """The newest verified checkpoint; with ``checkpoint_episodes`` the newest episode-boundary one."""
+        if not self.checkpoint_episodes:
+            return self.checkpointer.latest()
+        for path in reversed(self.checkpointer.list()):
+            try:
+                boundary = json.loads((path / "state.json").read_text())["state"].get("episode_boundary")
+            except (OSError, ValueError, KeyError):
+                continue
+            if boundary and self.checkpointer.verify(path):
+                return path
+        return None
+
     def resume(self) -> bool:
-        latest = self.checkpointer.latest()
+        latest = self._resume_candidate()
         if latest is None:
             self.ctx.logger.info(f"no checkpoint in {self.checkpointer.directory}: starting fresh")
             return False
@@ -254,13 +329,18 @@ class TrainerNode:
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
         self.episode_returns = [tuple(x) for x in state["episode_returns"]]
         self.eval_returns = [tuple(x) for x in state["eval_returns"]]
+        self.evaluating, self._eval_left = bool(state.get("evaluating", False)), int(state.get("eval_left", 0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.resumed_node_states = dict(state.get("nodes", {}))
+        if state.get("episode_boundary"):
+            self._boundary_episodes = self.episodes
         self.ctx.logger.info(f"resumed from {latest} at {self.env_steps} env steps")
         return True
 
     def publish_diagnostics(self) -> None:
         self.diagnostics_pub.publish(self.drops.status_message(stamp(self.ctx, self.ctx.now()), {
             "env_steps": self.env_steps, "updates": self.learner.num_updates,
-            "skipped_updates": self.learner.health.total_skipped}))
+            "skipped_updates": self.learner.health.total_skipped, "rollbacks": self.rollbacks}))
 
     def close(self) -> None:
         self._stop.set()

@@ -70,8 +70,8 @@ class NodeContext(Protocol):
 
 def stamp(ctx: NodeContext, seconds: float) -> Any:
     """builtin_interfaces/Time for ``seconds``, built through the context (works on both runtimes)."""
-    sec = int(seconds // 1)
-    return ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=min(999_999_999, int(round((seconds - sec) * 1e9))))
+    sec, nanosec = divmod(int(round(seconds * 1e9)), 1_000_000_000)  # round once, carry into sec
+    return ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 
 
 def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str, defaults: Any = None) -> Any:

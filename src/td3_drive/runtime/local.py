@@ -159,8 +159,15 @@ class LocalRuntime:
             self._fire_due_timers()
         return delivered
 
+    #: missed periods a timer catches up one by one; beyond that (a clock jump, e.g. a bag stamped
+    #: in wall time) it skips ahead, so a jump of years does not mean billions of callbacks
+    MAX_TIMER_CATCH_UP = 100
+
     def _fire_due_timers(self) -> None:
         for timer in self._timers:
+            missed = (self.time_s - timer.next_s) / timer.period_s
+            if missed > self.MAX_TIMER_CATCH_UP:
+                timer.next_s += (int(missed) - self.MAX_TIMER_CATCH_UP) * timer.period_s
             while timer.next_s <= self.time_s + 1e-12:
                 timer.next_s += timer.period_s
                 timer.callback()

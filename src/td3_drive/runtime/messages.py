@@ -102,8 +102,9 @@ def deserialize(data: bytes, type_name: str) -> Any:
 
 def stamp(seconds: float) -> Any:
     """builtin_interfaces/Time for a time in seconds."""
-    sec = int(seconds // 1)
-    return new_message("builtin_interfaces/msg/Time", sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    # round the total once: rounding the fraction alone turned 44.9999999999 into 44 s + 0 ns
+    sec, nanosec = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    return new_message("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 
 
 def seconds(time_msg: Any) -> float:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext
+from td3_drive.diagnostics import DropCounter
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 from td3_drive.topics import Topics
 
@@ -82,6 +83,10 @@ class SimulatorNode:
         self._pub_camera = ctx.create_publisher(T.IMAGE, tp.camera, RELIABLE_QOS)
         ctx.create_subscription(T.CONTROL, tp.control, self._on_control, RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, tp.reset_request, self._on_reset_request, RELIABLE_QOS)
+        self._pub_diagnostics = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
+        ctx.create_timer(1.0, self._publish_diagnostics)
+        #: bad controls per reason: control_clamped (applied after clamping), control_non_finite (ignored)
+        self.drops = DropCounter(ctx)
 
         # counters (read by tests, diagnostics and the CLI)
         self.ticks = 0  # world ticks published, episode starts included
@@ -100,6 +105,7 @@ class SimulatorNode:
         self._applied = (0.0, 0.0, 0.0)
         self._hand_brake = False
         self._last_control_warning_s = -math.inf
+        self._resume_point: dict[str, Any] = {}
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -110,6 +116,9 @@ class SimulatorNode:
         self._begin_episode()
 
     def _begin_episode(self) -> None:
+        # what start() on a fresh node needs to publish this very first tick again (exact resume)
+        self._resume_point = {"episode": self.episode, "episodes": self.episodes, "ticks": self.ticks,
+                              "resets_by_reason": dict(self.resets_by_reason)}
         self.episode += 1
         self.episodes += 1
         self._applied, self._hand_brake = (0.0, 0.0, 0.0), False
@@ -138,8 +147,10 @@ class SimulatorNode:
         if verdict != "ok":
             if verdict == "clamped":
                 self.controls_clamped += 1
+                self.drops.counts["control_clamped"] = self.drops.counts.get("control_clamped", 0) + 1
             else:
                 self.controls_rejected += 1
+                self.drops.counts["control_non_finite"] = self.drops.counts.get("control_non_finite", 0) + 1
             if self.ctx.now() - self._last_control_warning_s >= 1.0:  # at most once per sim second
                 self._last_control_warning_s = self.ctx.now()
                 self.ctx.logger.warning(
@@ -148,6 +159,25 @@ class SimulatorNode:
                 )
         self._applied, self._hand_brake = applied, bool(msg.hand_brake)
         self._publish_tick(self.sim.step(*applied), episode_start=False)
+
+    # --- state (exact resume) -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able resume point: the start of the current episode.
+
+        Episodes are determined by their seed, so a fresh node with this state replays the
+        current episode's first tick on :meth:`start`, stamps and all.
+        """
+        return dict(self._resume_point)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.started:
+            raise RuntimeError("load_state_dict() must come before start()")
+        self.episode, self.episodes, self.ticks = int(state["episode"]), int(state["episodes"]), int(state["ticks"])
+        self.resets_by_reason = {str(k): int(v) for k, v in state["resets_by_reason"].items()}
+
+    def _publish_diagnostics(self) -> None:
+        self._pub_diagnostics.publish(self.drops.status_message(stamp(self.ctx, self.ctx.now()), {
+            "ticks": self.ticks, "episodes": self.episodes, "controls_received": self.controls_received}))
 
     # --- publishing --------------------------------------------------------------------
     def _publish_tick(self, frame: SimFrame, episode_start: bool) -> None:

@@ -1,0 +1,179 @@
+"""`td3-drive eval` and `td3-drive compare --preset tiny`: every report file, non-empty plots, one row per agent."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from td3_drive import cli, evaluation, report
+
+REPORT_FILES = ["report.md", "metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv",
+                "stats.json", "curves.json", *(f"{name}.png" for name in report.PLOTS)]
+AGENTS = [*evaluation.AGENTS, evaluation.PID]
+
+
+def _cli(argv: list[str]) -> dict:
+    """cli.main in-process; the JSON summary is the last stdout line."""
+    buffer = io.StringIO()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sys, "stdout", buffer)
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        patch.undo()
+    return json.loads(buffer.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batch-8 updates gain nothing from 2 threads, and 2 spinning threads on a busy 2-core machine cost ~4x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("compare") / "report"
+    return out, _cli(["compare", "--preset", "tiny", "--out", str(out)])
+
+
+def _png_pixels(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(str(path))
+
+
+def test_compare_writes_every_report_file(compared):
+    out, summary = compared
+    assert summary["command"] == "compare" and summary["trained"] == 6 and summary["reused"] == 0
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    for name in report.PLOTS:
+        assert f"({name}.png)" in md  # the report embeds every plot
+    for agent in evaluation.AGENTS:
+        for seed in (0, 1):
+            assert (out / "runs" / agent / f"seed_{seed}" / "tensorboard").is_dir()
+            assert (out / "eval" / agent / f"seed_{seed}" / "episodes.csv").is_file()
+    assert (out / "eval" / "pid" / "episodes.json").is_file()
+
+
+def test_compare_plots_are_non_empty_images(compared):
+    out, _ = compared
+    for name in report.PLOTS:
+        path = out / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 5_000 < path.stat().st_size < 200_000, (name, path.stat().st_size)
+        pixels = _png_pixels(path)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert float(pixels[..., :3].std()) > 0.02, name  # not a blank canvas
+        assert len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 20, name  # lines, text, bands
+
+
+def test_metrics_table_has_a_row_per_agent(compared):
+    out, _ = compared
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["agent"] for r in rows] == AGENTS
+    for column in ("success_rate", "route_completion", "collisions_per_km", "lane_invasions_per_km", "mean_speed",
+                   "rms_lateral_deviation", "rms_longitudinal_jerk", "return"):
+        assert column in rows[0], column
+    by_agent = {r["agent"]: r for r in rows}
+    assert int(by_agent["pid"]["runs"]) == 1 and int(by_agent["td3_ln"]["runs"]) == 2
+    assert all(int(r["episodes"]) >= 1 for r in rows)
+    md = (out / "report.md").read_text()
+    for label in ("TD3 + LayerNorm", "DDPG", "TD3 without LayerNorm", "PID + Pure Pursuit"):
+        assert label in md
+
+
+def test_same_evaluation_seeds_for_every_agent(compared):
+    out, _ = compared
+    episodes = json.loads((out / "episodes.json").read_text())
+    seeds = {}
+    for row in episodes:
+        seeds.setdefault(row["agent"], set()).add(row["seed"])
+    assert set(seeds) == set(AGENTS)
+    assert len({frozenset(s) for s in seeds.values()}) == 1, seeds
+
+
+def test_mann_whitney_pairs(compared):
+    out, _ = compared
+    tests = json.loads((out / "stats.json").read_text())
+    pairs = {(t["metric"], t["a"], t["b"]) for t in tests}
+    n = len(AGENTS)
+    assert len(pairs) == 2 * n * (n - 1) // 2
+    assert {t["metric"] for t in tests} == {"return", "route_completion"}
+
+
+def test_curves_cover_every_agent_and_encoder(compared):
+    out, _ = compared
+    curves = json.loads((out / "curves.json").read_text())
+    assert set(curves) == set(evaluation.AGENTS)
+    for agent, tags in curves.items():
+        for tag in ("episode/return", "features/actor/l2_norm", "features/critic/l2_norm", "train/critic_loss"):
+            assert tag in tags, (agent, tag)
+            assert any(v is not None for v in tags[tag]["mean"]), (agent, tag)
+
+
+def test_compare_reuses_finished_runs(compared, tmp_path):
+    out, _ = compared
+    # --no-train: every run exists, so nothing is trained; only the PID evaluation + one agent re-run.
+    # A run without train_summary.json (trained elsewhere) is taken as it is too.
+    (out / "runs" / "td3_no_ln" / "seed_1" / "train_summary.json").unlink()
+    summary = _cli(["compare", "--preset", "tiny", "--runs", str(out / "runs"), "--out", str(tmp_path / "again"),
+                    "--agents", "td3_no_ln", "--no-train"])
+    assert summary["trained"] == 0 and summary["reused"] == 2
+    assert (tmp_path / "again" / "report.md").is_file()
+
+
+def test_eval_checkpoint_and_pid(compared, tmp_path):
+    out, _ = compared
+    run = out / "runs" / "td3_no_ln" / "seed_0"  # the ablation: policy.layer_norm comes from the checkpoint
+    common = ["--episodes", "2", "--eval-seed", "77", "--max-ticks", "400", "--set",
+              "evaluator.reward.max_episode_steps=15", "--set", "policy.backend=torch"]
+    summaries = {}
+    for name, extra in (("ckpt", ["--checkpoint", str(run)]), ("pid", ["--controller", "pid"])):
+        summaries[name] = s = _cli(["eval", *extra, *common, "--out", str(tmp_path / name)])
+        assert s["command"] == "eval" and s["episodes"] == 2 and s["seeds"] == [78, 79]
+        data = json.loads((tmp_path / name / "episodes.json").read_text())
+        assert len(data["episodes"]) == 2 and data["summary"]["n"] == 2
+        with (tmp_path / name / "episodes.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and {"return", "route_completion", "collisions_per_km", "seed"} <= set(rows[0])
+        assert all(math.isfinite(float(r["return"])) for r in rows)
+    assert summaries["ckpt"]["controller"] == "policy" and summaries["pid"]["controller"] == "pid"
+
+
+def test_presets_load():
+    for name in ("tiny", "cpu-small", "paper"):
+        preset = evaluation.load_preset(name)
+        assert preset.name == name and preset.agents == list(evaluation.AGENTS)
+    assert len(evaluation.load_preset("cpu-small").seeds) >= 3
+    paper = evaluation.load_preset("paper")
+    assert paper.steps == 1_000_000 and len(paper.seeds) >= 5 and paper.eval_episodes >= 20
+
+
+def test_aggregate_ci_and_mann_whitney_units():
+    grid = np.array([0.0, 1.0, 2.0, 3.0])
+    agg = report.aggregate([(np.array([0.0, 3.0]), np.array([0.0, 3.0])),
+                            (np.array([1.0, 3.0]), np.array([2.0, 4.0]))], grid)
+    assert agg["n"].tolist() == [1, 2, 2, 2]
+    assert agg["mean"][0] == 0.0 and math.isnan(agg["lo"][0])  # one seed: no interval
+    assert agg["mean"][3] == pytest.approx(3.5)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 1) * np.std([3.0, 4.0], ddof=1) / math.sqrt(2)
+    assert agg["hi"][3] == pytest.approx(3.5 + half)
+    rows = {"a": [{"return": 1.0, "route_completion": 0.1}] * 4, "b": [{"return": 2.0, "route_completion": 0.2}] * 4}
+    (ret, rc) = report.mann_whitney(rows)
+    assert ret["U"] == 0.0 and ret["prob_a_greater"] == 0.0 and ret["p"] < 0.05 and rc["metric"] == "route_completion"

@@ -1,0 +1,174 @@
+"""The policy watchdog (frames stop -> brake, frames return -> drive) and the trainer's rollback
+after consecutive non-finite updates (NaN rewards injected into the batches)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from td3_drive import topics as T
+from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.messages import new_message, seconds, stamp
+
+TP = T.Topics()
+DT = 0.05
+
+
+def _clock(rt: LocalRuntime, t: float) -> None:
+    rt.publish(TP.clock, new_message(T.CLOCK, clock=stamp(t)))  # as the simulator / bridge does
+
+
+def _observation(rt: LocalRuntime, t: float) -> None:
+    rng = np.random.default_rng(int(t * 100))
+    head = new_message(T.HEADER, stamp=stamp(t), frame_id="ego_vehicle")
+    rt.publish(TP.observation_image, new_message(T.IMAGE, header=head, height=84, width=336, encoding="mono8",
+                                                 step=336, data=rng.integers(0, 256, 84 * 336, dtype=np.uint8)))
+    rt.publish(TP.observation_state, new_message(T.JOINT_STATE, header=head, position=np.zeros(53)))
+
+
+def test_watchdog_brakes_when_frames_stop_and_recovers() -> None:
+    from td3_drive.nodes.policy import PolicyNode
+
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "explore": False}})  # defaults: 0.15 s, 0.05 s
+    node = PolicyNode(rt.context("policy"))
+    controls: list = []
+    rt.add_tap(lambda topic, type_name, msg, t: controls.append(msg) if topic == TP.control else None)
+
+    # not armed before the first frame: a clock running alone publishes nothing
+    for k in range(10):
+        _clock(rt, 0.5 + k * DT)
+        rt.spin()
+    assert controls == []
+
+    t = 1.0
+    for _ in range(3):  # frames flowing at 20 Hz: normal control only
+        _clock(rt, t)
+        _observation(rt, t)
+        rt.spin()
+        t += DT
+    assert [c.header.frame_id for c in controls] == [str(node.weights_version)] * 3
+    last_frame_t = t - DT
+
+    # frames stop; the clock goes on
+    braked_at = []
+    for k in range(1, 7):
+        before = len(controls)
+        _clock(rt, last_frame_t + k * DT)
+        rt.spin()
+        new = controls[before:]
+        if new:
+            assert len(new) == 1 and new[0].header.frame_id == "watchdog"
+            assert (new[0].throttle, new[0].steer, new[0].brake) == (0.0, 0.0, 1.0)
+            braked_at.append(k)
+    assert braked_at == [3, 4, 5, 6], "brake from the 3rd silent tick (0.15 s), every tick after"
+    assert node.watchdog_active and node.watchdog_trips == 1 and node.watchdog_brakes == 4
+
+    # frames resume: normal control at once, and no brake on the following ticks
+    t = last_frame_t + 7 * DT
+    for k in range(4):
+        before = len(controls)
+        _clock(rt, t)
+        _observation(rt, t)
+        rt.spin()
+        new = controls[before:]
+        if k == 0:  # the clock tick comes before its frame: the watchdog still brakes once at that instant
+            assert [c.header.frame_id for c in new[:-1]] == ["watchdog"]
+        control = new[-1]
+        assert len(new) == (2 if k == 0 else 1)
+        assert control.header.frame_id != "watchdog" and seconds(control.header.stamp) == pytest.approx(t)
+        t += DT
+    assert not node.watchdog_active and node.watchdog_brakes == 5
+
+    # counted on /diagnostics
+    diagnostics: list = []
+    rt.add_tap(lambda topic, type_name, msg, t: diagnostics.append(msg) if topic == TP.diagnostics else None)
+    _clock(rt, t + 1.0)
+    _observation(rt, t + 1.0)
+    rt.spin()
+    values = {kv.key: kv.value for msg in diagnostics for s in msg.status for kv in s.values}
+    assert values["watchdog_brakes"] == "5" and values["watchdog_trips"] == "1"
+
+
+def test_watchdog_timeout_is_a_parameter() -> None:
+    from td3_drive.nodes.policy import PolicyNode
+
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "watchdog_timeout": 0.25}})
+    node = PolicyNode(rt.context("policy"))
+    _clock(rt, 1.0)
+    _observation(rt, 1.0)
+    rt.spin()
+    for k in range(1, 6):
+        _clock(rt, 1.0 + k * DT)
+        rt.spin()
+        assert node.watchdog_brakes == (1 if k == 5 else 0)
+
+
+# ------------------------------------------------------------------ rollback
+def _trainer(tmp_path: Path, rollback_after: int = 5):
+    from td3_drive.nodes.trainer import TrainerNode
+
+    rt = LocalRuntime({"trainer": {"run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 4,
+                                   "learning_starts": 0, "rollback_after": rollback_after,
+                                   "learner.encoder_mode": "shared", "log_interval": 1000}})
+    return rt, TrainerNode(rt.context("trainer"))
+
+
+def _batches(node, monkeypatch, poisoned: bool) -> None:
+    from td3_drive.bench import random_batch
+
+    def sample(batch_size, device="cpu"):
+        batch = random_batch(batch_size, "cpu", seed=node.learner.num_updates)
+        if poisoned:
+            batch.reward[:] = float("nan")
+        return batch
+
+    monkeypatch.setattr(node.replay, "sample", sample)
+
+
+def _model(node) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.clone() for n, m in node.learner.modules().items() for k, v in m.state_dict().items()}
+
+
+def test_nan_rewards_roll_back_to_last_good_checkpoint(tmp_path: Path, monkeypatch, caplog) -> None:
+    rt, node = _trainer(tmp_path)
+    _batches(node, monkeypatch, poisoned=False)
+    node.learn(3)
+    good = _model(node)
+    checkpoint = node.save_checkpoint()
+    node.learn(3)  # weights move on after the checkpoint
+    assert any(not torch.equal(good[k], v) for k, v in _model(node).items())
+
+    _batches(node, monkeypatch, poisoned=True)
+    with caplog.at_level(logging.ERROR):
+        node.learn(4)
+        assert node.rollbacks == 0 and node.learner.health.consecutive_bad == 4
+        node.learn(1)  # the 5th consecutive bad update triggers the rollback
+    assert node.rollbacks == 1
+    assert any("rolled back" in r.getMessage() and str(checkpoint) in r.getMessage() for r in caplog.records)
+    restored = _model(node)
+    assert all(torch.equal(good[k], restored[k]) for k in good), "weights are the checkpoint's"
+    health = node.learner.health
+    assert health.total_skipped == 5 and health.consecutive_bad == 0 and not health.poisoned
+    assert node.learner.num_updates == 11, "the update count stays monotonic (it versions the weights)"
+
+    # learning goes on from the restored weights; the rollback is on /diagnostics
+    _batches(node, monkeypatch, poisoned=False)
+    node.learn(2)
+    assert node.learner.health.consecutive_bad == 0 and node.learner.parameters_finite()
+    diagnostics: list = []
+    rt.add_tap(lambda topic, type_name, msg, t: diagnostics.append(msg) if topic == TP.diagnostics else None)
+    rt.advance(1.0)
+    values = {kv.key: kv.value for msg in diagnostics for s in msg.status for kv in s.values}
+    assert values["rollbacks"] == "1" and values["skipped_updates"] == "5"
+
+
+def test_rollback_without_checkpoint_is_logged_not_fatal(tmp_path: Path, monkeypatch, caplog) -> None:
+    rt, node = _trainer(tmp_path, rollback_after=3)
+    _batches(node, monkeypatch, poisoned=True)
+    with caplog.at_level(logging.ERROR):
+        node.learn(7)
+    assert node.rollbacks == 0 and node.learner.health.total_skipped == 7
+    assert sum("no checkpoint" in r.getMessage() for r in caplog.records) == 2
