@@ -16,6 +16,7 @@ import numpy as np
 from td3_drive import topics as T
 from td3_drive.classical import ClassicalConfig, PurePursuitPID
 from td3_drive.control import BRAKE, action_to_control_fields
+from td3_drive.nodes.common import declare_topics
 from td3_drive.observation import InvalidMessage, VehiclePose, pose_from_odometry, route_from_path
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.runtime.messages import seconds
@@ -30,8 +31,7 @@ class ClassicalControllerNode:
         self.ctx = ctx
         defaults = ClassicalConfig()
         p = ctx.parameter
-        topics = T.Topics(role_name=p("role_name", "ego_vehicle", "CARLA ego vehicle role name"),
-                          namespace=p("namespace", "", "prefix of our /td3 topics"))
+        topics = declare_topics(ctx)
         self.config = ClassicalConfig(
             target_speed=p("target_speed", defaults.target_speed, "m/s (default 30 km/h)"),
             kp=p("kp", defaults.kp, "speed PID proportional gain (per m/s)"),

@@ -18,6 +18,12 @@ from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext
 from td3_drive.runtime.messages import seconds
 
 
+def declare_topics(ctx: NodeContext) -> T.Topics:
+    """The ``role_name`` and ``namespace`` parameters every node declares -> its topic names."""
+    return T.Topics(ctx.parameter("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
+                    ctx.parameter("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))
+
+
 class BridgeWorld:
     """Latest pose and route, events accumulated since the last tick, pending episode start."""
 

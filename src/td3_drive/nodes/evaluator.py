@@ -11,7 +11,7 @@ from typing import Any
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
 from td3_drive.metrics import EpisodeMetrics, EpisodeMetricsRecorder
-from td3_drive.nodes.common import BridgeWorld
+from td3_drive.nodes.common import BridgeWorld, declare_topics
 from td3_drive.reward import RewardConfig, RewardFunction
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, stamp
 from td3_drive.runtime.messages import seconds
@@ -22,9 +22,7 @@ NODE_NAME = "evaluator"
 class EvaluatorNode:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        p = ctx.parameter
-        self.topics = T.Topics(p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
-                               p("namespace", "", "prefix of the /td3 topics"))
+        self.topics = declare_topics(ctx)
         self.reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
         self.reward_fn = RewardFunction(self.reward_config)
         self.recorder = EpisodeMetricsRecorder(self.reward_config.max_lateral_deviation,

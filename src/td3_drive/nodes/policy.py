@@ -25,7 +25,7 @@ from td3_drive.exploration import Exploration, ExplorationConfig
 from td3_drive.inference import ActorRunner
 from td3_drive.learner import LearnerConfig
 from td3_drive.models import feature_stats
-from td3_drive.nodes.common import ObservationPairer
+from td3_drive.nodes.common import ObservationPairer, declare_topics
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
 
@@ -36,8 +36,7 @@ class PolicyNode:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         p = ctx.parameter
-        self.topics = T.Topics(p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
-                               p("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))
+        self.topics = declare_topics(ctx)
         config = LearnerConfig(layer_norm=p("layer_norm", True, "LayerNorm CNN (false: ablation architecture)"),
                                frame_stack=p("frame_stack", 4, "frames per observation"))
         self.architecture = config.actor_architecture()

@@ -13,7 +13,7 @@ import numpy as np
 
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import BridgeWorld
+from td3_drive.nodes.common import BridgeWorld, declare_topics
 from td3_drive.observation import STATE_NAMES, FrameStack, InvalidMessage, image_to_gray84, kinematic_state
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
@@ -25,8 +25,7 @@ class CameraPreprocessorNode:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         p = ctx.parameter
-        self.topics = T.Topics(p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
-                               p("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))
+        self.topics = declare_topics(ctx)
         self.frame_stack = p("frame_stack", 4, "frames per observation")
         self.max_pose_age = p("max_pose_age", 0.5, "s; older odometry than the image is dropped")
         self.stack = FrameStack(self.frame_stack)

@@ -24,7 +24,7 @@ from td3_drive.control import control_to_action
 from td3_drive.diagnostics import DropCounter
 from td3_drive.inference import resolve_device
 from td3_drive.learner import Learner, LearnerConfig
-from td3_drive.nodes.common import BridgeWorld, ObservationPairer
+from td3_drive.nodes.common import BridgeWorld, ObservationPairer, declare_topics
 from td3_drive.observation import InvalidMessage
 from td3_drive.replay import ReplayBuffer
 from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction
@@ -40,8 +40,7 @@ class TrainerNode:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         p = ctx.parameter
-        self.topics = T.Topics(p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
-                               p("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))
+        self.topics = declare_topics(ctx)
         self.run_dir = Path(p("run_dir", "runs/latest", "checkpoints and TensorBoard logs go here"))
         self.seed = p("seed", 0, "RNG seed of networks, noise and replay sampling")
         learner_config = dataclass_parameters(ctx, LearnerConfig, "learner")

@@ -68,9 +68,15 @@ class NodeContext(Protocol):
         ...
 
 
+def split_seconds(seconds: float) -> tuple[int, int]:
+    """Seconds -> (sec, nanosec) of builtin_interfaces/Time, rounded once so 44.9999999999 s is 45 s + 0 ns."""
+    sec, nanosec = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    return sec, nanosec
+
+
 def stamp(ctx: NodeContext, seconds: float) -> Any:
     """builtin_interfaces/Time for ``seconds``, built through the context (works on both runtimes)."""
-    sec, nanosec = divmod(int(round(seconds * 1e9)), 1_000_000_000)  # round once, carry into sec
+    sec, nanosec = split_seconds(seconds)
     return ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 
 

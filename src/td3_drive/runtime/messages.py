@@ -102,8 +102,9 @@ def deserialize(data: bytes, type_name: str) -> Any:
 
 def stamp(seconds: float) -> Any:
     """builtin_interfaces/Time for a time in seconds."""
-    # round the total once: rounding the fraction alone turned 44.9999999999 into 44 s + 0 ns
-    sec, nanosec = divmod(int(round(seconds * 1e9)), 1_000_000_000)
+    from td3_drive.runtime.interface import split_seconds
+
+    sec, nanosec = split_seconds(seconds)
     return new_message("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 
 

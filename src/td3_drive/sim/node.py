@@ -181,7 +181,7 @@ class SimulatorNode:
 
     # --- publishing --------------------------------------------------------------------
     def _publish_tick(self, frame: SimFrame, episode_start: bool) -> None:
-        ctx, tp = self.ctx, self.topics
+        ctx = self.ctx
         self.ticks += 1
         self.last_frame = frame
         t_ns = self.ticks * self._dt_ns

@@ -468,7 +468,7 @@ class RacetrackSim:
 
     def _place_other_vehicles(self, rng: np.random.Generator) -> None:
         """Exactly `other_vehicles` IDM cars on random lanes, >= 25 m from the ego and 15 m apart."""
-        road, ego = self.env.road, self.env.vehicle
+        road = self.env.road
         del road.vehicles[1:]
         graph = road.network.graph
         keys = [(a, b, i) for a, tos in graph.items() for b, lanes in tos.items() for i in range(len(lanes))]
