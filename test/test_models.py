@@ -76,3 +76,14 @@ def test_feature_stats():
     assert abs(stats["l2_norm_max"] - 26 ** 0.5) < 1e-6
     assert stats["min"] == -2.0 and stats["max"] == 4.0
     assert abs(stats["dead_fraction"] - 1 / 3) < 1e-6  # the third unit is never positive
+
+
+def test_float_input_is_not_scaled_in_place():
+    """Encoder accepts float frames in [0, 255]: the caller's tensor must come back unchanged, same features."""
+    encoder = Encoder()
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    as_float = obs.float()
+    with torch.no_grad():
+        assert torch.allclose(encoder(as_float), encoder(obs), atol=1e-5)
+        assert torch.allclose(encoder(as_float), encoder(obs), atol=1e-5)  # twice: not rescaled again
+    assert torch.equal(as_float, obs.float())
