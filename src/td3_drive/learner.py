@@ -183,14 +183,14 @@ class Learner:
         for module in self.target_modules():
             module.requires_grad_(False)
 
-        self.critic_optimizer = torch.optim.Adam([
+        self.critic_optimizer = torch.optim.Adam(fused=True, params=[
             {"params": self.critic_encoder.parameters(), "lr": cfg.lr_cnn, "name": "critic_cnn"},
             {"params": self.critic_heads.parameters(), "lr": cfg.lr_mlp, "name": "critic_mlp"},
         ])
         actor_groups = [{"params": self.actor_head.parameters(), "lr": cfg.lr_mlp, "name": "actor_mlp"}]
         if cfg.encoder_mode == "separate":
             actor_groups.insert(0, {"params": self.actor_encoder.parameters(), "lr": cfg.lr_cnn, "name": "actor_cnn"})
-        self.actor_optimizer = torch.optim.Adam(actor_groups)
+        self.actor_optimizer = torch.optim.Adam(actor_groups, fused=True)
         self._critic_params = [p for g in self.critic_optimizer.param_groups for p in g["params"]]
         self._actor_params = [p for g in self.actor_optimizer.param_groups for p in g["params"]]
 
