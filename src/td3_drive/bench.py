@@ -166,7 +166,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     # the learner alone, same config and batch size, on random batches
     learner = Learner(trainer.learner.config)
     batch = random_batch(args.batch, "cpu")
-    samples = _time_calls(lambda: learner.update(batch), max(10, args.steps // 4), 3)
+    samples = _time_calls(lambda: learner.update(batch), max(20, args.steps), 3)  # as many as the loop ran
     updates_per_s = len(samples) / sum(samples)
     return {"bench": "train", "env_steps_per_s": round(env_steps_per_s, 3), "updates_in_loop": updates,
             "learner_updates_per_s": round(updates_per_s, 3),
