@@ -216,7 +216,7 @@ def test_node_publishes_one_control_per_image_with_its_stamp_and_steers_left() -
     ctl = g.controls[-1]
     assert ctl.steer < -0.05  # left turn = negative CARLA steer
     assert ctl.throttle == 0.0 or ctl.brake == 0.0
-    assert g.node.drops == {} and g.node.published == 10
+    assert g.node.drops.counts == {} and g.node.published == 10
 
 
 def test_node_brakes_until_ready_and_counts_invalid_messages() -> None:
@@ -226,11 +226,11 @@ def test_node_brakes_until_ready_and_counts_invalid_messages() -> None:
     bad = odometry(1.05, float("nan"), 0.0, 0.0, 1.0)
     empty = new_message(T.PATH)
     g.tick(1.05, (g.topics.odometry, bad), (g.topics.route, empty))
-    assert g.node.drops["non_finite"] == 1 and g.node.drops["empty_route"] == 1
+    assert g.node.drops.counts["non_finite"] == 1 and g.node.drops.counts["empty_route"] == 1
     g.tick(1.1, (g.topics.odometry, odometry(1.1, 0.0, 0.0, 0.0, 0.0)), (g.topics.route, path(straight_route())))
     assert g.controls[-1].throttle > 0.0 and g.controls[-1].brake == 0.0  # standing still: accelerate
     g.tick(3.0)  # odometry is now 1.9 s old: brake rather than steer on it
-    assert g.controls[-1].brake == 1.0 and g.node.drops["stale_odometry"] == 1
+    assert g.controls[-1].brake == 1.0 and g.node.drops.counts["stale_odometry"] == 1
     assert len(g.controls) == 4
     for c in g.controls:
         assert all(math.isfinite(v) for v in (c.steer, c.throttle, c.brake))
@@ -245,9 +245,12 @@ def test_node_resets_pid_on_episode_start_and_reads_parameters() -> None:
         t = k * DT
         g.tick(t, (g.topics.odometry, odometry(t, 0.0, 0.0, 0.0, 4.5)))  # PID not saturated
     assert g.node.controller.pid.integral > 0.0
+    before = g.node.controller.pid.integral
     g.rt.publish(g.topics.episode_start, new_message(T.HEADER, stamp=stamp(2.0), frame_id="1"))
     g.rt.spin()
-    assert g.node.controller.pid.integral == 0.0
+    # the reset happens on the new episode's first frame: one step's worth of integral, not 40
+    g.tick(2.0, (g.topics.odometry, odometry(2.0, 0.0, 0.0, 0.0, 4.5)))
+    assert 0.0 < g.node.controller.pid.integral <= (5.0 - 4.5) * DT + 1e-9 < before
 
 
 def test_route_subscription_is_latched() -> None:

@@ -16,9 +16,11 @@ import numpy as np
 from td3_drive import topics as T
 from td3_drive.classical import ClassicalConfig, PurePursuitPID
 from td3_drive.control import BRAKE, action_to_control_fields
-from td3_drive.nodes.common import declare_topics
-from td3_drive.observation import InvalidMessage, VehiclePose, pose_from_odometry, route_from_path
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.diagnostics import DropCounter
+from td3_drive.nodes.common import BridgeWorld, declare_topics
+from td3_drive.observation import InvalidMessage, VehiclePose
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.runtime.interface import stamp as stamp_of
 from td3_drive.runtime.messages import seconds
 
 NODE_NAME = "classical_controller"
@@ -51,63 +53,55 @@ class ClassicalControllerNode:
         self.max_pose_age: float = p("max_pose_age", 0.5, "s between odometry and image stamps")
 
         self.controller = PurePursuitPID(self.config)
-        self.pose: VehiclePose | None = None
-        self.pose_stamp = 0.0
-        self.route: np.ndarray | None = None
         self._last_stamp: float | None = None
-        #: dropped inputs per reason (InvalidMessage.reason, or why a tick braked)
-        self.drops: dict[str, int] = {}
+        #: dropped inputs per reason (InvalidMessage.reason, or why a tick braked), also on /diagnostics
+        self.drops = DropCounter(ctx)
         self.published = 0
 
         self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
-        ctx.create_subscription(T.ODOMETRY, topics.odometry, self._on_odometry, RELIABLE_QOS)
-        ctx.create_subscription(T.PATH, topics.route, self._on_route, LATCHED_QOS)
-        ctx.create_subscription(T.HEADER, topics.episode_start, self._on_episode_start, LATCHED_QOS)
+        self._diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, topics.diagnostics, RELIABLE_QOS)
+        self.world = BridgeWorld(ctx, topics, self.drops, events=False)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
+        ctx.create_timer(1.0, self.publish_diagnostics)
 
-    def _drop(self, reason: str, detail: str = "") -> None:
-        count = self.drops.get(reason, 0) + 1
-        self.drops[reason] = count
-        if count & (count - 1) == 0:  # rate limit: log the 1st, 2nd, 4th, 8th, ... occurrence
-            self.ctx.logger.warning(f"{NODE_NAME}: {reason} x{count} {detail}".rstrip())
+    @property
+    def pose(self) -> VehiclePose | None:
+        return self.world.pose
 
-    def _on_odometry(self, msg: Any) -> None:
-        try:
-            self.pose = pose_from_odometry(msg)
-            self.pose_stamp = seconds(msg.header.stamp)
-        except InvalidMessage as exc:
-            self._drop(exc.reason, str(exc))
-
-    def _on_route(self, msg: Any) -> None:
-        try:
-            self.route = route_from_path(msg)  # an invalid new route keeps the previous one
-        except InvalidMessage as exc:
-            self._drop(exc.reason, str(exc))
-
-    def _on_episode_start(self, msg: Any) -> None:
-        self.controller.reset()
-        self._last_stamp = None
+    @property
+    def route(self) -> np.ndarray | None:
+        return self.world.route
 
     def _on_image(self, msg: Any) -> None:
         stamp = seconds(msg.header.stamp)
+        new_episode = self.world.starts_episode(stamp)
+        if not new_episode and self._last_stamp is not None and stamp <= self._last_stamp:
+            # a repeated camera frame must not produce a second control: it would tick the world twice
+            return self.drops.drop("stale_stamp", f"{stamp} <= {self._last_stamp}")
         dt = self.nominal_dt
-        if self._last_stamp is not None and stamp > self._last_stamp:
+        if new_episode:
+            self.controller.reset()
+        elif self._last_stamp is not None:
             dt = stamp - self._last_stamp
         self._last_stamp = stamp
 
         fields = dict(BRAKE)
         if self.pose is None or self.route is None:
-            self._drop("no_odometry" if self.pose is None else "no_route")
-        elif self.max_pose_age > 0 and stamp - self.pose_stamp > self.max_pose_age:
-            self._drop("stale_odometry", f"{stamp - self.pose_stamp:.3f} s old")
+            self.drops.drop("no_odometry" if self.pose is None else "no_route")
+        elif self.max_pose_age > 0 and stamp - self.world.pose_stamp > self.max_pose_age:
+            self.drops.drop("stale_odometry", f"{stamp - self.world.pose_stamp:.3f} s old")
         else:
             try:
                 fields, valid = action_to_control_fields(self.controller.act(self.pose, self.route, dt))
                 if not valid:
-                    self._drop("non_finite_action")
+                    self.drops.drop("non_finite_action")
             except (InvalidMessage, ValueError) as exc:  # never crash the control loop
-                self._drop(getattr(exc, "reason", "controller_error"), str(exc))
+                self.drops.drop(getattr(exc, "reason", "controller_error"), str(exc))
                 fields = dict(BRAKE)
         header = self.ctx.new(T.HEADER, stamp=msg.header.stamp)
         self._control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
         self.published += 1
+
+    def publish_diagnostics(self) -> None:
+        self._diagnostics_pub.publish(self.drops.status_message(stamp_of(self.ctx, self.ctx.now()),
+                                                                {"published": self.published}))
