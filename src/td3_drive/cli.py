@@ -86,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             extra.setdefault(node, {}).update(values)
     params = _parameters(args.config, args.seed, args.set, extra)
     embedded.snapshot_config(run_dir, params, sys.argv)
-    graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir))
+    graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir),
+                                 bag_exclude=("/td3/actor_weights",) if args.bag_observations else embedded.BAG_EXCLUDE)
     trainer, policy = graph.nodes["trainer"], graph.nodes["policy"]
     steps = args.steps if args.steps is not None else trainer.total_steps
     start = time.perf_counter()
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     p.add_argument("--no-bag", action="store_true", help="do not record an MCAP bag of the /td3 topics")
+    p.add_argument("--bag-observations", action="store_true",
+                   help="also record /td3/observation/image in the bag (28 KB per step)")
     p.add_argument("--deterministic", action="store_true",
                    help="CPU, one thread, deterministic kernels, checkpoints (with replay and node state) at every "
                         "episode start: a run killed at any point and resumed ends bit-identical")

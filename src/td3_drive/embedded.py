@@ -22,6 +22,9 @@ from td3_drive.runtime.local import LocalRuntime
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+#: not recorded by default: 7 MB per weight message, 28 KB per observation image (a 6000-step run
+#: made a 370 MB bag); the checkpoints hold the weights, `--bag-observations` keeps the images
+BAG_EXCLUDE = ("/td3/actor_weights", "/td3/observation/image")
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -96,7 +99,8 @@ class EmbeddedGraph:
 
 def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
                 evaluator: bool = False, bag_path: Path | None = None,
-                bag_prefixes: tuple[str, ...] = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd")) -> EmbeddedGraph:
+                bag_prefixes: tuple[str, ...] = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd"),
+                bag_exclude: tuple[str, ...] = BAG_EXCLUDE) -> EmbeddedGraph:
     """Wire simulator -> camera_preprocessor -> policy|classical_controller (-> trainer | evaluator)."""
     from td3_drive.nodes.preprocessor import CameraPreprocessorNode
     from td3_drive.sim.node import SimulatorNode
@@ -104,7 +108,7 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
     runtime = LocalRuntime(parameters)
     recorder = None
     if bag_path is not None:
-        recorder = BagRecorder(bag_path, prefixes=bag_prefixes)
+        recorder = BagRecorder(bag_path, prefixes=bag_prefixes, exclude=bag_exclude)
         runtime.add_tap(recorder)
     nodes: dict[str, Any] = {}
     # subscription order is delivery order: the trainer must see an observation before the

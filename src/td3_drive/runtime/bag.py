@@ -33,8 +33,10 @@ class BagRecorder:
     ``dropped_after_close``.
     """
 
-    def __init__(self, path: str | Path, topics: Iterable[str] | None = None, prefixes: Iterable[str] = ()) -> None:
+    def __init__(self, path: str | Path, topics: Iterable[str] | None = None, prefixes: Iterable[str] = (),
+                 exclude: Iterable[str] = ()) -> None:
         self.path = Path(path)
+        self._exclude = frozenset(exclude)
         self._topics = None if topics is None else frozenset(topics)
         self._prefixes = tuple(prefixes)
         self._record_all = self._topics is None and not self._prefixes
@@ -47,7 +49,9 @@ class BagRecorder:
         self.dropped_after_close = 0
 
     def wants(self, topic: str) -> bool:
-        """Whether ``topic`` passes the topic/prefix filter."""
+        """Whether ``topic`` passes the topic/prefix filter (``exclude`` always wins)."""
+        if topic in self._exclude:
+            return False
         if self._record_all:
             return True
         return (self._topics is not None and topic in self._topics) or topic.startswith(self._prefixes)
