@@ -70,6 +70,10 @@ class BridgeWorld:
         events, self.events = self.events, StepEvents()
         return events
 
+    def pending_start(self, stamp_s: float) -> bool:
+        """Whether ``starts_episode(stamp_s)`` would be true, without consuming it."""
+        return self._episode_start_s is not None and stamp_s >= self._episode_start_s
+
     def starts_episode(self, stamp_s: float) -> bool:
         """True once, for the first tick at or after the announced episode start."""
         if self._episode_start_s is not None and stamp_s >= self._episode_start_s:

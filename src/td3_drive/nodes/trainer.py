@@ -136,6 +136,8 @@ class TrainerNode:
         t = seconds(stamp_msg)
         frame = obs[-1]  # the replay stores each frame once and rebuilds stacks itself
         events = self.world.take_events()
+        if not self.world.ready and self.world.pending_start(t):
+            return self.drops.drop("no_pose_or_route", "episode start before odometry/route: waiting")
         if self.world.starts_episode(t):
             if (self.checkpoint_episodes and self.episodes and self.episodes != self._boundary_episodes
                     and self.episodes % self.checkpoint_episodes == 0):
@@ -204,12 +206,12 @@ class TrainerNode:
                 f"episode/end_{reason}": 1.0})
             if self.eval_every and self.episodes % self.eval_every == 0:
                 self._eval_left = self.eval_episodes
+        if not self.evaluating:  # the episode's last training step still gets its updates
+            self._after_env_step()
         evaluating = self._eval_left > 0
         if evaluating != self.evaluating:
             self.evaluating = evaluating
             self.exploration_pub.publish(self.ctx.new(T.BOOL, data=not evaluating))
-        if not self.evaluating:
-            self._after_env_step()
         if self.checkpoint_episodes:
             # the policy drives the next episode with exactly the weights a resume would publish
             self.publish_weights()
@@ -226,7 +228,10 @@ class TrainerNode:
         else:
             self.learn(self._updates_due())
         if self.checkpoint_every and self.env_steps % self.checkpoint_every == 0 and self.env_steps:
-            self.save_checkpoint()
+            if self.learner.parameters_finite():
+                self.save_checkpoint()
+            else:  # a poisoned learner is never checkpointed: say so, keep driving, rollback handles it
+                self.drops.drop("checkpoint_skipped_non_finite", f"at {self.env_steps} env steps")
 
     def learn(self, updates: int) -> None:
         for _ in range(max(0, updates)):
