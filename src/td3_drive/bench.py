@@ -147,9 +147,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
     run_dir = tempfile.mkdtemp(prefix="td3_bench_train_")
-    params = embedded.load_parameters("train")
-    for node, values in embedded.load_parameters("embedded").items():
-        params.setdefault(node, {}).update(values)
+    from td3_drive.cli import _parameters
+
+    params = _parameters("train", None, [], {})  # exactly what `td3-drive train` runs
     params["trainer"].update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
                               "batch_size": args.batch, "checkpoint_every": 0, "learner.encoder_mode": args.encoder,
                               "weights_every": 100})
