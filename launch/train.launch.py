@@ -187,9 +187,11 @@ def _nodes(context, mode: str) -> list:
         actions.append(GroupAction(group, scoped=True))
     if mode == "drive":
         return actions
-    trainer_ids = _ids(*vehicles[0])
-    if len(vehicles) > 1:
-        trainer_ids["vehicle_namespaces"] = [ns for _, ns in vehicles]
+    if len(vehicles) == 1:
+        trainer_ids = _ids(*vehicles[0])
+    else:  # one trainer learns from every pipeline; its own topics (critic features) stay un-namespaced
+        trainer_ids = {"vehicle_namespaces": [ns for _, ns in vehicles],
+                       "vehicle_role_names": [role for role, _ in vehicles]}
     actions.append(
         Node(
             package=PACKAGE, executable="trainer", name="trainer", output="screen", emulate_tty=True,

@@ -392,6 +392,8 @@ def test_scale_out_namespaces_roles_and_spawn_files(monkeypatch, tmp_path):
         _, overrides = node_parameters(node)
         if node.kwargs["name"] == "trainer":
             assert overrides["vehicle_namespaces"] == ["v0", "v1", "v2"]
+            assert overrides["vehicle_role_names"] == ["hero0", "hero1", "hero2"]
+            assert "namespace" not in overrides and "role_name" not in overrides
             continue
         assert overrides["namespace"] == ns
         roles.add(overrides["role_name"])

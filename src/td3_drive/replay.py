@@ -350,6 +350,10 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, device: str | torch.device = "cpu") -> Batch:
         """Sample uniformly among valid transitions."""
+        return batch_to(self.sample_arrays(batch_size), device)
+
+    def sample_arrays(self, batch_size: int) -> dict[str, np.ndarray]:
+        """:meth:`sample` as numpy arrays keyed by the :class:`Batch` field names."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self._num_valid == 0:
@@ -373,19 +377,15 @@ class ReplayBuffer:
         idx = np.stack([np.maximum(g[:, None] + offsets, first), np.maximum(nxt[:, None] + offsets, first)]) % cap
         frames = np.asarray(a["frame"][idx])  # one gather: (2, B, k, H, W)
         states = np.asarray(a["state"][np.stack([s, nxt % cap])])
-
-        def to(x: np.ndarray, dtype: np.dtype | None = None) -> torch.Tensor:
-            return torch.from_numpy(x if dtype is None else x.astype(dtype, copy=False)).to(device)
-
-        return Batch(
-            obs=to(frames[0]),
-            state=to(states[0]),
-            action=to(np.asarray(a["action"][s])),
-            reward=to(reward[:, None], np.float32),
-            discount=to(discount[:, None], np.float32),
-            next_obs=to(frames[1]),
-            next_state=to(states[1]),
-        )
+        return {
+            "obs": frames[0],
+            "state": states[0],
+            "action": np.asarray(a["action"][s]),
+            "reward": reward[:, None].astype(np.float32),
+            "discount": discount[:, None].astype(np.float32),
+            "next_obs": frames[1],
+            "next_state": states[1],
+        }
 
     def _rebuild_valid(self) -> None:
         """Recompute every validity byte from the stored arrays (after a load)."""
@@ -445,6 +445,88 @@ class ReplayBuffer:
             self._arrays[name][:used] = arr.astype(dtype, copy=False)
         self._restore_scalars(d)
         self._rebuild_valid()
+
+
+def batch_to(arrays: dict[str, np.ndarray], device: str | torch.device = "cpu") -> Batch:
+    """Numpy arrays keyed by the :class:`Batch` field names -> a Batch of tensors on ``device``."""
+    return Batch(**{name: torch.from_numpy(np.ascontiguousarray(x)).to(device) for name, x in arrays.items()})
+
+
+class VehicleReplay:
+    """One :class:`ReplayBuffer` per vehicle stream, sampled as one buffer.
+
+    Several vehicles interleave their steps, but a ring buffer stores episodes one after
+    the other; so each vehicle writes its own ring (``capacity // streams`` slots each),
+    and a batch draws from each ring in proportion to its sampleable transitions
+    (uniform over all of them).  With one stream this is exactly a ReplayBuffer.
+
+    Args:
+        streams: number of vehicles.
+        capacity: total observations kept, split evenly between the streams.
+        directory: memmap directory; stream ``i`` of several uses ``directory/stream<i>``.
+        seed: stream ``i`` samples with ``seed + i``; the split of a batch uses ``seed``.
+        **kwargs: the remaining ReplayBuffer arguments.
+    """
+
+    def __init__(self, streams: int, capacity: int, directory: str | Path | None = None, seed: int = 0,
+                 **kwargs: Any) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        self.buffers = [
+            ReplayBuffer(capacity // streams, seed=seed + i, **kwargs,
+                         directory=None if directory is None
+                         else Path(directory) if streams == 1 else Path(directory) / f"stream{i}")
+            for i in range(streams)
+        ]
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buffers)
+
+    @property
+    def bytes_per_transition(self) -> int:
+        return self.buffers[0].bytes_per_transition
+
+    def start_episode(self, stream: int, frame: np.ndarray, state: np.ndarray | None) -> None:
+        self.buffers[stream].start_episode(frame, state)
+
+    def add(self, stream: int, action: np.ndarray, reward: float, next_frame: np.ndarray,
+            next_state: np.ndarray | None, terminated: bool, truncated: bool) -> None:
+        self.buffers[stream].add(action, reward, next_frame, next_state, terminated, truncated)
+
+    def sample(self, batch_size: int, device: str | torch.device = "cpu") -> Batch:
+        if len(self.buffers) == 1:
+            return self.buffers[0].sample(batch_size, device)
+        sizes = np.array([len(b) for b in self.buffers], dtype=np.float64)
+        if sizes.sum() == 0:
+            raise ValueError("replay buffer has no complete transition to sample yet")
+        counts = self._rng.multinomial(batch_size, sizes / sizes.sum())
+        parts = [b.sample_arrays(int(c)) for b, c in zip(self.buffers, counts) if c]
+        return batch_to({name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, device)
+
+    def flush(self) -> None:
+        for b in self.buffers:
+            b.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """One stream: ReplayBuffer.state_dict(); several: its keys prefixed ``stream<i>/``."""
+        if len(self.buffers) == 1:
+            return self.buffers[0].state_dict()
+        out: dict[str, Any] = {"split_rng_state": json.dumps(self._rng.bit_generator.state)}
+        for i, b in enumerate(self.buffers):
+            out.update({f"stream{i}/{k}": v for k, v in b.state_dict().items()})
+        return out
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if len(self.buffers) == 1:
+            return self.buffers[0].load_state_dict(d)
+        if f"stream{len(self.buffers) - 1}/total" not in d or f"stream{len(self.buffers)}/total" in d:
+            raise ValueError(f"replay state does not hold {len(self.buffers)} vehicle streams")
+        for i, b in enumerate(self.buffers):
+            prefix = f"stream{i}/"
+            b.load_state_dict({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)})
+        self._rng.bit_generator.state = json.loads(d["split_rng_state"])
+
 
 
 def measure(capacity: int = 10_000, batch_size: int = 256) -> dict[str, float]:

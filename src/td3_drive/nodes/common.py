@@ -6,6 +6,7 @@ the observation (image + state) matched by stamp.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable
 
 import numpy as np
@@ -25,14 +26,24 @@ def declare_topics(ctx: NodeContext) -> T.Topics:
 
 
 class BridgeWorld:
-    """Latest pose and route, events accumulated since the last tick, pending episode start."""
+    """Latest pose and route, a short pose history and the events by stamp, pending episode start.
 
-    def __init__(self, ctx: NodeContext, topics: T.Topics, drops: DropCounter, events: bool = True) -> None:
+    The history lets the trainer score the step into t with the pose and events stamped
+    t, even when they arrive after the observation of t (separate topics under ROS 2).
+    """
+
+    #: poses kept by stamp (2.5 s at 20 Hz: far more than any reordering we tolerate)
+    HISTORY = 50
+
+    def __init__(self, ctx: NodeContext, topics: T.Topics, drops: DropCounter, events: bool = True,
+                 on_pose: Callable[[], None] | None = None) -> None:
         self.drops = drops
         self.pose: VehiclePose | None = None
         self.pose_stamp = -np.inf
         self.route: np.ndarray | None = None
-        self.events = StepEvents()
+        self._poses: deque[tuple[float, VehiclePose]] = deque(maxlen=self.HISTORY)
+        self._events: list[tuple[float, str]] = []  # (stamp, "collision" | "lane_invasion")
+        self._on_pose = on_pose
         self._episode_start_s: float | None = None
         ctx.create_subscription(T.HEADER, topics.episode_start, self.on_episode_start, LATCHED_QOS)
         ctx.create_subscription(T.PATH, topics.route, self.on_route, LATCHED_QOS)
@@ -58,17 +69,39 @@ class BridgeWorld:
             self.pose = pose_from_odometry(msg)
             self.pose_stamp = t
         except InvalidMessage as exc:
-            self.drops.drop(exc.reason, str(exc))
+            return self.drops.drop(exc.reason, str(exc))
+        self._poses.append((t, self.pose))
+        if self._on_pose is not None:
+            self._on_pose()
 
     def on_collision(self, msg: Any) -> None:
-        self.events.collision = True
+        self._add_event(seconds(msg.header.stamp), "collision")
 
     def on_lane_invasion(self, msg: Any) -> None:
-        self.events.lane_invasions += 1
+        self._add_event(seconds(msg.header.stamp), "lane_invasion")
 
-    def take_events(self) -> StepEvents:
-        events, self.events = self.events, StepEvents()
-        return events
+    def _add_event(self, stamp_s: float, kind: str) -> None:
+        if len(self._events) >= self.HISTORY * 20:  # only far-future stamps stay queued this long
+            self.drops.drop("event_queue_full", f"{kind} at {stamp_s}: oldest queued event discarded")
+            self._events.pop(0)
+        self._events.append((stamp_s, kind))
+
+    def take_events(self, until: float = np.inf) -> StepEvents:
+        """The events stamped at or before ``until`` (all by default), removed from the queue."""
+        taken = [kind for t, kind in self._events if t <= until]
+        self._events = [(t, kind) for t, kind in self._events if t > until]
+        return StepEvents(collision="collision" in taken, lane_invasions=taken.count("lane_invasion"))
+
+    def pose_at(self, stamp_s: float) -> VehiclePose | None:
+        """The pose stamped ``stamp_s``, else the newest one before it (None if there is none)."""
+        for t, pose in reversed(self._poses):
+            if t <= stamp_s:
+                return pose
+        return None
+
+    def has_pose_for(self, stamp_s: float) -> bool:
+        """Whether the pose stamped ``stamp_s`` (or a newer one) has arrived."""
+        return self.pose_stamp >= stamp_s
 
     def pending_start(self, stamp_s: float) -> bool:
         """Whether ``starts_episode(stamp_s)`` would be true, without consuming it."""

@@ -1,12 +1,17 @@
 """trainer: bridge topics -> transitions -> replay -> TD3 updates -> actor weights.
 
-Transitions are assembled by stamp: the observation at t, the control the policy
-published for t, and the observation, pose and events of t+1 (the reward is
-computed from those).  Termination (collision, off-route, route completed) and
-truncation (timeout) end the episode with a /td3/reset_request; whoever owns
-the world (the embedded simulator, or the CARLA episode manager) resets it and
-announces /td3/episode_start.  Every ``eval_every`` episodes, ``eval_episodes``
-run without exploration noise and without learning.
+One trainer learns from one or several vehicle pipelines (``vehicle_namespaces``)
+and broadcasts the actor to all of them.  Per vehicle, transitions are assembled
+by stamp (``transitions.TransitionAssembler``): the observation at t, the control
+the policy published for t (it may arrive after the observation of t+1), and the
+observation, pose and events stamped t+1 (the reward is computed from those).
+Each vehicle writes its own replay stream.  Termination (collision, off-route,
+route completed) and truncation (timeout) end that vehicle's episode with a
+/td3/reset_request in its namespace; whoever owns the world (the embedded
+simulator, or the CARLA episode manager) resets it and announces
+/td3/episode_start.  Every ``eval_every`` training episodes, ``eval_episodes``
+run without exploration noise and without learning, on the vehicles that
+finish an episode next.
 """
 from __future__ import annotations
 
@@ -26,14 +31,142 @@ from td3_drive.inference import resolve_device
 from td3_drive.learner import Learner, LearnerConfig
 from td3_drive.nodes.common import BridgeWorld, ObservationPairer, declare_topics
 from td3_drive.observation import InvalidMessage
-from td3_drive.replay import ReplayBuffer
+from td3_drive.replay import VehicleReplay
 from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, dataclass_parameters, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.scalars import ScalarLogger
+from td3_drive.transitions import Observation, Restart, Step, TransitionAssembler
 from td3_drive.weights import encode_actor
 
 NODE_NAME = "trainer"
+
+
+def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) -> list[T.Topics]:
+    """``vehicle_namespaces`` + ``vehicle_role_names`` -> the topics of each vehicle pipeline."""
+    if list(namespaces) == [""] and list(roles) in ([""], []):
+        return [default]
+    if list(roles) in ([""], []):
+        roles = [default.role_name] * len(namespaces)
+    if len(roles) != len(namespaces):
+        raise ValueError(f"vehicle_role_names has {len(roles)} entries, vehicle_namespaces {len(namespaces)}")
+    topics = [T.Topics(role or default.role_name, namespace) for role, namespace in zip(roles, namespaces)]
+    for what, values in (("namespace", [t.namespace.strip("/") for t in topics]),
+                         ("role name", [t.role_name for t in topics])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"two vehicles share a {what} ({values}): their topics would collide")
+    return topics
+
+
+class Vehicle:
+    """One vehicle pipeline as the trainer sees it: its topics, transition chain, episode and stream."""
+
+    def __init__(self, ctx: NodeContext, index: int, topics: T.Topics, trainer: "TrainerNode",
+                 max_held: int) -> None:
+        self.index, self.topics, self.trainer = index, topics, trainer
+        self.label = topics.namespace or topics.role_name
+        drops = trainer.drops
+        self.world = BridgeWorld(ctx, topics, drops, on_pose=self._on_pose)
+        self.chain = TransitionAssembler(max_held=max_held, world_ready=self.world.has_pose_for)
+        self.reward_fn = RewardFunction(trainer.reward_config)
+        self.in_episode = False
+        self.evaluating = False
+        self.episode_return, self.episode_steps = 0.0, 0
+        self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
+        self.reset_pub = ctx.create_publisher(T.HEADER, topics.reset_request, RELIABLE_QOS)
+        self.exploration_pub = ctx.create_publisher(T.BOOL, topics.exploration, LATCHED_QOS)
+        self.reward_pub = ctx.create_publisher(T.FLOAT32, topics.reward, RELIABLE_QOS)
+        self.observations = ObservationPairer(ctx, topics, trainer.learner.config.frame_stack,
+                                              trainer.learner.config.state_dim, self.on_observation, drops)
+        ctx.create_subscription(T.CONTROL, topics.control, self.on_control, RELIABLE_QOS)
+
+    # ------------------------------------------------------------------ inputs
+    def on_control(self, msg: Any) -> None:
+        t = seconds(msg.header.stamp)
+        try:
+            action = control_to_action(msg)
+        except InvalidMessage as exc:
+            self.trainer.drops.drop(exc.reason, str(exc))
+            return self._handle(self.chain.action_lost(t))  # do not wait for this stamp's action
+        outcomes, reason = self.chain.add_action(t, action)
+        if reason:
+            self.trainer.drops.drop(reason, f"{self.label} stamp {t}")
+        self._handle(outcomes)
+
+    def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
+        t = seconds(stamp_msg)
+        observation = Observation(t, obs[-1], state)  # the replay stores each frame once, rebuilds stacks
+        world = self.world
+        if not world.ready and world.pending_start(t):
+            return self.trainer.drops.drop("no_pose_or_route", f"{self.label}: episode start before odometry/route")
+        if world.starts_episode(t):
+            self.trainer.before_episode_start(self)
+            return self._begin_episode(observation)
+        if self.in_episode:
+            self._handle(self.chain.add_observation(observation))
+        # else: waiting for the reset we asked for
+
+    def _on_pose(self) -> None:
+        if self.in_episode:  # a step held for its pose can complete now
+            self._handle(self.chain.poll())
+
+    # ------------------------------------------------------------------ episode
+    def _begin_episode(self, first: Observation) -> None:
+        self.world.take_events(until=first.stamp)  # what happened before the start is not this episode's
+        pose = self.world.pose_at(first.stamp)
+        if pose is None:  # only poses stamped after the first tick so far: the newest one will do
+            pose = self.world.pose
+        self.in_episode = True
+        self.episode_return, self.episode_steps = 0.0, 0
+        self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
+        self.reward_fn.reset(pose, self.world.route)
+        self.chain.start(first)
+        if not self.evaluating:
+            self.trainer.start_stream(self.index, first)
+
+    def _handle(self, outcomes: list[Step | Restart]) -> None:
+        for outcome in outcomes:
+            if not self.in_episode:
+                return  # the episode ended on an earlier outcome: the rest belongs to no episode
+            if isinstance(outcome, Restart):
+                self._restart(outcome.observation, outcome.reason)
+            else:
+                self._step(outcome)
+
+    def _restart(self, observation: Observation, reason: str, detail: str = "") -> None:
+        """The step into ``observation`` is lost: it starts a new replay segment, the reward resyncs."""
+        self.trainer.drops.drop(reason, detail or f"{self.label} at {observation.stamp}")
+        pose = self.world.pose_at(observation.stamp)
+        if pose is not None and self.world.route is not None:
+            self.reward_fn.resync(pose, self.world.route)
+        if not self.evaluating:
+            self.trainer.start_stream(self.index, observation)
+
+    def _step(self, step: Step) -> None:
+        t = step.next.stamp
+        pose, route = self.world.pose_at(t), self.world.route
+        if pose is None or route is None:
+            return self._restart(step.next, "no_pose_or_route")
+        reward = self.reward_fn.step(pose, route, self.world.take_events(until=t))
+        if not math.isfinite(reward.total):  # never into the replay (it would refuse it anyway)
+            return self._restart(step.next, "non_finite_reward", str(reward.components))
+        self.episode_return += reward.total
+        self.episode_steps += 1
+        for key, value in reward.components.items():
+            self.episode_components[key] += value
+        self.reward_pub.publish(self.trainer.ctx.new(T.FLOAT32, data=float(reward.total)))
+        ended = reward.terminated or reward.truncated
+        if ended:
+            self.in_episode = False
+            self.chain.stop()
+            self.reset_pub.publish(self.trainer.ctx.new(
+                T.HEADER, stamp=stamp(self.trainer.ctx, self.trainer.ctx.now()), frame_id=reward.reason))
+        self.trainer.record_step(self, step, reward)
+
+    def set_evaluating(self, evaluating: bool, force: bool = False) -> None:
+        if evaluating != self.evaluating or force:
+            self.evaluating = evaluating
+            self.exploration_pub.publish(self.trainer.ctx.new(T.BOOL, data=not evaluating))
 
 
 class TrainerNode:
@@ -41,6 +174,9 @@ class TrainerNode:
         self.ctx = ctx
         p = ctx.parameter
         self.topics = declare_topics(ctx)
+        namespaces = p("vehicle_namespaces", [""], "namespace of each vehicle pipeline this trainer learns from "
+                       "([\"\"]: one vehicle, role_name/namespace)")
+        roles = p("vehicle_role_names", [""], "CARLA role name of each vehicle, same order ([\"\"]: role_name)")
         self.run_dir = Path(p("run_dir", "runs/latest", "checkpoints and TensorBoard logs go here"))
         self.seed = p("seed", 0, "RNG seed of networks, noise and replay sampling")
         learner_config = dataclass_parameters(ctx, LearnerConfig, "learner")
@@ -57,38 +193,36 @@ class TrainerNode:
         self.eval_episodes = p("eval_episodes", 1, "episodes per evaluation round")
         self.log_interval = p("log_interval", 100, "updates between TensorBoard points")
         self.async_updates = p("async_updates", False, "learn in a worker thread (ROS); false = in the callback")
+        max_held = p("max_control_delay", 2, "observations held while the control for an earlier one is late; "
+                     "beyond that its step is dropped (missing_action)")
         replay_on_disk = p("replay_on_disk", False, "memory-map the replay buffer under run_dir/replay")
         self.checkpoint_replay = p("checkpoint_replay", False, "store the replay buffer in checkpoints")
         self.checkpoint_episodes = p("checkpoint_episodes", 0, "checkpoint at the start of every N-th episode with "
                                      "every node's state: exact resume points (0: off; --deterministic sets 1)")
         self.rollback_after = p("rollback_after", 20, "consecutive skipped (non-finite) updates before the learner "
                                 "rolls back to the last good checkpoint (0: never)")
+        vehicle_topics = _vehicle_topics(self.topics, namespaces, roles)
+        if self.checkpoint_episodes and len(vehicle_topics) > 1:
+            raise ValueError("checkpoint_episodes (exact resume points) needs one vehicle: with several, "
+                             "episodes do not share boundaries")
 
         self.learner = Learner(learner_config, resolve_device(p("device", "auto", "auto | cpu | cuda[:N]")), self.seed)
-        self.replay = ReplayBuffer(
-            p("replay_capacity", 100_000, "transitions kept"), frame_stack=learner_config.frame_stack,
-            state_dim=learner_config.state_dim, action_dim=learner_config.action_dim,
-            n_step=p("n_step", 1, "n-step returns"), gamma=learner_config.gamma,
+        self.replay = VehicleReplay(
+            len(vehicle_topics), p("replay_capacity", 100_000, "transitions kept (split between the vehicles)"),
+            frame_stack=learner_config.frame_stack, state_dim=learner_config.state_dim,
+            action_dim=learner_config.action_dim, n_step=p("n_step", 1, "n-step returns"), gamma=learner_config.gamma,
             directory=self.run_dir / "replay" if replay_on_disk else None, seed=self.seed)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=p("checkpoint_keep", 3, "checkpoints kept"))
         self.scalars = ScalarLogger(self.run_dir / "tensorboard", self.log_interval)
-        self.reward_fn = RewardFunction(self.reward_config)
         self.drops = DropCounter(ctx)
         self._lock = threading.Lock()  # replay + learner, when updates run in a worker thread
 
-        # episode bookkeeping
+        # training bookkeeping, all vehicles together
         self.env_steps = 0
         self.episodes = 0  # finished training episodes
         self.episode_returns: list[tuple[int, float]] = []  # (env_steps at end, return)
         self.eval_returns: list[tuple[int, float]] = []
-        self.in_episode = False
-        self.evaluating = False
-        self._eval_left = 0
-        self._episode_return = 0.0
-        self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
-        self._episode_steps = 0
-        self._obs_stamp: float | None = None
-        self._action: np.ndarray | None = None
+        self._eval_pending = 0  # evaluation episodes due and not started yet
         self.rollbacks = 0
         #: returns {node name: state_dict()} of the other nodes (the embedded app sets it)
         self.node_state_provider: Callable[[], dict[str, Any]] | None = None
@@ -96,22 +230,17 @@ class TrainerNode:
         self._boundary_episodes = -1  # finished episodes at the last episode-boundary checkpoint
 
         tp = self.topics
-        self.reset_pub = ctx.create_publisher(T.HEADER, tp.reset_request, RELIABLE_QOS)
         self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
-        self.exploration_pub = ctx.create_publisher(T.BOOL, tp.exploration, LATCHED_QOS)
-        self.reward_pub = ctx.create_publisher(T.FLOAT32, tp.reward, RELIABLE_QOS)
         self.critic_pubs = {s: ctx.create_publisher(T.FLOAT32, tp.features("critic", s), RELIABLE_QOS)
                             for s in T.FEATURE_STATS}
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
-        self.world = BridgeWorld(ctx, tp, self.drops)
-        self.observations = ObservationPairer(ctx, tp, learner_config.frame_stack, learner_config.state_dim,
-                                              self.on_observation, self.drops)
-        ctx.create_subscription(T.CONTROL, tp.control, self.on_control, RELIABLE_QOS)
+        self.vehicles = [Vehicle(ctx, i, topics, self, max_held) for i, topics in enumerate(vehicle_topics)]
         ctx.create_timer(1.0, self.publish_diagnostics)
 
         if p("resume", False, "continue from the newest checkpoint in run_dir"):
             self.resume()
-        self.exploration_pub.publish(ctx.new(T.BOOL, data=not self.evaluating))
+        for vehicle in self.vehicles:
+            vehicle.set_evaluating(vehicle.evaluating, force=True)  # latched: exploration on (or off)
         self.publish_weights()
         self._learn_wanted = threading.Event()
         self._stop = threading.Event()
@@ -120,98 +249,59 @@ class TrainerNode:
             self._worker = threading.Thread(target=self._learn_loop, name="td3-learner", daemon=True)
             self._worker.start()
 
-    # ------------------------------------------------------------------ transitions
-    def on_control(self, msg: Any) -> None:
-        if self._obs_stamp is None or seconds(msg.header.stamp) != self._obs_stamp:
-            return  # a control for an observation we did not keep (e.g. after termination)
-        try:
-            action = control_to_action(msg)
-        except InvalidMessage as exc:
-            return self.drops.drop(exc.reason, str(exc))
-        if self._action is not None:  # one action per observation: a second one is not ours to pick
-            return self.drops.drop("duplicate_control", f"stamp {self._obs_stamp}")
-        self._action = action
+    @property
+    def in_episode(self) -> bool:
+        """Whether any vehicle is in an episode."""
+        return any(v.in_episode for v in self.vehicles)
 
-    def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
-        t = seconds(stamp_msg)
-        frame = obs[-1]  # the replay stores each frame once and rebuilds stacks itself
-        events = self.world.take_events()
-        if not self.world.ready and self.world.pending_start(t):
-            return self.drops.drop("no_pose_or_route", "episode start before odometry/route: waiting")
-        if self.world.starts_episode(t):
-            if (self.checkpoint_episodes and self.episodes and self.episodes != self._boundary_episodes
-                    and self.episodes % self.checkpoint_episodes == 0):
-                # before anything of the new episode is processed: a resume replays this tick exactly
-                self.save_checkpoint(episode_boundary=True)
-            self._begin_episode(frame, state)
-            self._obs_stamp, self._action = t, None
-            return
-        if not self.in_episode:
-            return  # waiting for the reset we asked for
-        if self._action is None or not self.world.ready:
-            # the control for the previous observation never came: restart the chain so no
-            # transition pairs an observation with someone else's action
-            self.drops.drop("missing_action" if self._action is None else "no_pose_or_route")
-            if not self.evaluating:
-                with self._lock:
-                    self.replay.start_episode(frame, state)
-            self._obs_stamp, self._action = t, None
-            return
-        step = self.reward_fn.step(self.world.pose, self.world.route, events)
-        if not math.isfinite(step.total):  # never into the replay (it would refuse it anyway)
-            self.drops.drop("non_finite_reward", str(step.components))
-            if not self.evaluating:
-                with self._lock:
-                    self.replay.start_episode(frame, state)
-            self._obs_stamp, self._action = t, None
-            return
-        if not self.evaluating:
+    @property
+    def evaluating(self) -> bool:
+        """Whether any vehicle drives an evaluation episode."""
+        return any(v.evaluating for v in self.vehicles)
+
+    # ------------------------------------------------------------------ transitions (called by Vehicle)
+    def start_stream(self, index: int, first: Observation) -> None:
+        with self._lock:
+            self.replay.start_episode(index, first.frame, first.state)
+
+    def before_episode_start(self, vehicle: Vehicle) -> None:
+        if (self.checkpoint_episodes and self.episodes and self.episodes != self._boundary_episodes
+                and self.episodes % self.checkpoint_episodes == 0):
+            # before anything of the new episode is processed: a resume replays this tick exactly
+            self.save_checkpoint(episode_boundary=True)
+
+    def record_step(self, vehicle: Vehicle, step: Step, reward: Any) -> None:
+        """A scored transition of ``vehicle``: into its replay stream (unless evaluating), then learn."""
+        if not vehicle.evaluating:
             with self._lock:
-                self.replay.add(self._action, step.total, frame, state, step.terminated, step.truncated)
+                self.replay.add(vehicle.index, step.action, reward.total, step.next.frame, step.next.state,
+                                reward.terminated, reward.truncated)
             self.env_steps += 1
-        self._episode_return += step.total
-        self._episode_steps += 1
-        for key, value in step.components.items():
-            self._episode_components[key] += value
-        self.reward_pub.publish(self.ctx.new(T.FLOAT32, data=float(step.total)))
-        self._obs_stamp, self._action = t, None
-        if step.terminated or step.truncated:
-            self._end_episode(step.reason)
-        elif not self.evaluating:
+        if reward.terminated or reward.truncated:
+            self._end_episode(vehicle, reward.reason)
+        elif not vehicle.evaluating:
             self._after_env_step()
 
-    def _begin_episode(self, frame: np.ndarray, state: np.ndarray) -> None:
-        self.in_episode = True
-        self._episode_return, self._episode_steps = 0.0, 0
-        self._episode_components = dict.fromkeys(COMPONENTS, 0.0)
-        self.reward_fn.reset(self.world.pose, self.world.route)
-        if not self.evaluating:
-            with self._lock:
-                self.replay.start_episode(frame, state)
-
-    def _end_episode(self, reason: str) -> None:
-        self.in_episode = False
-        self.reset_pub.publish(self.ctx.new(T.HEADER, stamp=stamp(self.ctx, self.ctx.now()), frame_id=reason))
-        if self.evaluating:
-            self.eval_returns.append((self.env_steps, self._episode_return))
-            self.scalars.log(self.env_steps, {"eval/return": self._episode_return, "eval/length": self._episode_steps})
-            self._eval_left -= 1
+    def _end_episode(self, vehicle: Vehicle, reason: str) -> None:
+        if vehicle.evaluating:
+            self.eval_returns.append((self.env_steps, vehicle.episode_return))
+            self.scalars.log(self.env_steps, {"eval/return": vehicle.episode_return,
+                                              "eval/length": vehicle.episode_steps})
         else:
             self.episodes += 1
-            self.episode_returns.append((self.env_steps, self._episode_return))
-            per_step = max(1, self._episode_steps)
+            self.episode_returns.append((self.env_steps, vehicle.episode_return))
+            per_step = max(1, vehicle.episode_steps)
             self.scalars.log(self.env_steps, {
-                "episode/return": self._episode_return, "episode/length": self._episode_steps,
-                **{f"reward/{k}": v / per_step for k, v in self._episode_components.items()},
+                "episode/return": vehicle.episode_return, "episode/length": vehicle.episode_steps,
+                **{f"reward/{k}": v / per_step for k, v in vehicle.episode_components.items()},
                 f"episode/end_{reason}": 1.0})
             if self.eval_every and self.episodes % self.eval_every == 0:
-                self._eval_left = self.eval_episodes
-        if not self.evaluating:  # the episode's last training step still gets its updates
-            self._after_env_step()
-        evaluating = self._eval_left > 0
-        if evaluating != self.evaluating:
-            self.evaluating = evaluating
-            self.exploration_pub.publish(self.ctx.new(T.BOOL, data=not evaluating))
+                self._eval_pending += self.eval_episodes
+            self._after_env_step()  # the episode's last training step still gets its updates
+        evaluate_next = self._eval_pending > 0
+        if evaluate_next:
+            self._eval_pending -= 1
+        vehicle.set_evaluating(evaluate_next)
         if self.checkpoint_episodes:
             # the policy drives the next episode with exactly the weights a resume would publish
             self.publish_weights()
@@ -290,8 +380,8 @@ class TrainerNode:
     def training_state(self, episode_boundary: bool = False) -> dict[str, Any]:
         state = {"env_steps": self.env_steps, "episodes": self.episodes,
                  "episode_returns": self.episode_returns, "eval_returns": self.eval_returns,
-                 "evaluating": self.evaluating, "eval_left": self._eval_left, "rollbacks": self.rollbacks,
-                 "episode_boundary": episode_boundary}
+                 "vehicles_evaluating": [v.evaluating for v in self.vehicles], "eval_pending": self._eval_pending,
+                 "rollbacks": self.rollbacks, "episode_boundary": episode_boundary}
         if episode_boundary and self.node_state_provider is not None:
             state["nodes"] = self.node_state_provider()
         return state
@@ -333,7 +423,11 @@ class TrainerNode:
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
         self.episode_returns = [tuple(x) for x in state["episode_returns"]]
         self.eval_returns = [tuple(x) for x in state["eval_returns"]]
-        self.evaluating, self._eval_left = bool(state.get("evaluating", False)), int(state.get("eval_left", 0))
+        evaluating = state.get("vehicles_evaluating", [])
+        if len(evaluating) == len(self.vehicles):  # else: another vehicle count, all start training
+            for vehicle, flag in zip(self.vehicles, evaluating):
+                vehicle.evaluating = bool(flag)
+        self._eval_pending = int(state.get("eval_pending", 0))
         self.rollbacks = int(state.get("rollbacks", 0))
         self.resumed_node_states = dict(state.get("nodes", {}))
         if state.get("episode_boundary"):
