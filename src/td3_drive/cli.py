@@ -1,6 +1,6 @@
 """td3-drive: train, drive, play (and eval / compare) on the embedded default.
 
-    td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume]
+    td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume] [--vehicles N]
     td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid]
     td3-drive play BAG [--checkpoint PATH]
     td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
@@ -85,10 +85,15 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         for node, values in DETERMINISTIC.items():
             extra.setdefault(node, {}).update(values)
     params = _parameters(args.config, args.seed, args.set, extra)
-    embedded.snapshot_config(run_dir, params, sys.argv)
+    if args.vehicles < 1:
+        raise SystemExit("--vehicles must be >= 1")
+    if args.vehicles > 1 and params.get("trainer", {}).get("checkpoint_episodes"):
+        raise SystemExit("--deterministic (exact resume points) needs one vehicle")
+    embedded.snapshot_config(run_dir, embedded.vehicle_parameters(params, args.vehicles), sys.argv)
     graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir),
-                                 bag_exclude=("/td3/actor_weights",) if args.bag_observations else embedded.BAG_EXCLUDE)
-    trainer, policy = graph.nodes["trainer"], graph.nodes["policy"]
+                                 bag_exclude=("/td3/actor_weights",) if args.bag_observations else embedded.BAG_EXCLUDE,
+                                 vehicles=args.vehicles)
+    trainer, policy = graph.nodes["trainer"], graph.of_kind("policy")[0]
     steps = args.steps if args.steps is not None else trainer.total_steps
     start = time.perf_counter()
     start_steps = trainer.env_steps
@@ -120,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "env_steps": trainer.env_steps, "new_env_steps": trainer.env_steps - start_steps,
         "updates": trainer.learner.num_updates, "episodes": trainer.episodes, "wall_s": round(wall, 1),
         "steps_per_s": round((graph.sim.ticks - 1 - done_ticks) / wall, 2), "resumed_at_tick": done_ticks,
+        "vehicles": args.vehicles, "env_steps_per_s": round((trainer.env_steps - start_steps) / wall, 2),
         "rollbacks": trainer.rollbacks,
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
         "skipped_updates": trainer.learner.health.total_skipped, "drops": _drops(graph),
@@ -211,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/latest")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    p.add_argument("--vehicles", type=int, default=1,
+                   help="vehicle pipelines feeding the one trainer (scale-out; --steps counts vehicle 0's ticks)")
     p.add_argument("--no-bag", action="store_true", help="do not record an MCAP bag of the /td3 topics")
     p.add_argument("--bag-observations", action="store_true",
                    help="also record /td3/observation/image in the bag (28 KB per step)")

@@ -76,12 +76,22 @@ class EmbeddedGraph:
 
     @property
     def sim(self):
-        return self.nodes["simulator"]
+        """The (first) vehicle's simulator: ``run`` counts its ticks."""
+        return self.sims[0]
+
+    @property
+    def sims(self) -> list:
+        return self.of_kind("simulator")
+
+    def of_kind(self, kind: str) -> list:
+        """Every node of one kind ('policy' and 'v0/policy', 'v1/policy', ...), in vehicle order."""
+        return [node for name, node in self.nodes.items() if name.rsplit("/", 1)[-1] == kind]
 
     def run(self, ticks: int, on_progress: Callable[[], None] | None = None, every: int = 20) -> None:
-        """Advance the lockstep graph by ``ticks`` simulator ticks."""
-        if not self.sim.started:
-            self.sim.start()
+        """Advance the lockstep graph by ``ticks`` ticks of the first simulator (the others keep pace)."""
+        for sim in self.sims:
+            if not sim.started:
+                sim.start()
         target = self.sim.ticks + ticks
         while self.sim.ticks < target:
             goal = min(target, self.sim.ticks + every)
@@ -97,24 +107,59 @@ class EmbeddedGraph:
             self.recorder.close()
 
 
+def vehicle_parameters(parameters: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dict[str, Any]]:
+    """Scale-out on one runtime: per vehicle ``i`` the simulator, camera_preprocessor and policy
+    become ``v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart),
+    and the trainer learns from all of them (as ``train.launch.py num_vehicles:=N`` wires it)."""
+    if vehicles == 1:
+        return parameters
+    out = {name: dict(values) for name, values in parameters.items() if name not in VEHICLE_NODES}
+    for i in range(vehicles):
+        for name in VEHICLE_NODES:
+            values = {**parameters.get(name, {}), "role_name": f"hero{i}", "namespace": f"v{i}"}
+            if name == "simulator":
+                values["seed"] = int(values.get("seed", 0)) + 100_000 * i
+            out[f"v{i}/{name}"] = values
+    out.setdefault("trainer", {}).update(vehicle_namespaces=[f"v{i}" for i in range(vehicles)],
+                                         vehicle_role_names=[f"hero{i}" for i in range(vehicles)])
+    return out
+
+
+#: nodes that run once per vehicle (the trainer and evaluator run once)
+VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
+
+
 def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
                 evaluator: bool = False, bag_path: Path | None = None,
                 bag_prefixes: tuple[str, ...] = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd"),
-                bag_exclude: tuple[str, ...] = BAG_EXCLUDE) -> EmbeddedGraph:
-    """Wire simulator -> camera_preprocessor -> policy|classical_controller (-> trainer | evaluator)."""
+                bag_exclude: tuple[str, ...] = BAG_EXCLUDE, vehicles: int = 1) -> EmbeddedGraph:
+    """Wire simulator -> camera_preprocessor -> policy|classical_controller (-> trainer | evaluator).
+
+    ``vehicles`` > 1 runs that many pipelines (see :func:`vehicle_parameters`) feeding one trainer.
+    """
     from td3_drive.nodes.preprocessor import CameraPreprocessorNode
     from td3_drive.sim.node import SimulatorNode
+    from td3_drive.topics import Topics
 
-    runtime = LocalRuntime(parameters)
+    if vehicles < 1 or (vehicles > 1 and (evaluator or not trainer)):
+        raise ValueError("vehicles must be >= 1; several vehicles need the trainer and no evaluator")
+    runtime = LocalRuntime(vehicle_parameters(parameters, vehicles))
     recorder = None
     if bag_path is not None:
-        recorder = BagRecorder(bag_path, prefixes=bag_prefixes, exclude=bag_exclude)
+        prefixes, exclude = list(bag_prefixes), list(bag_exclude)
+        for i in range(vehicles if vehicles > 1 else 0):  # the same topics under each namespace
+            topics = Topics(f"hero{i}", f"v{i}")
+            prefixes += [topics.td3_prefix, topics.control]
+            exclude += [topics.td3_prefix + name[len("/td3/"):] for name in bag_exclude if name.startswith("/td3/")]
+        recorder = BagRecorder(bag_path, prefixes=tuple(prefixes), exclude=tuple(exclude))
         runtime.add_tap(recorder)
+    names = [""] if vehicles == 1 else [f"v{i}/" for i in range(vehicles)]
     nodes: dict[str, Any] = {}
-    # subscription order is delivery order: the trainer must see an observation before the
-    # control computed from it, so it is created before the policy
-    nodes["simulator"] = SimulatorNode(runtime.context("simulator"))
-    nodes["camera_preprocessor"] = CameraPreprocessorNode(runtime.context("camera_preprocessor"))
+    # subscription order is delivery order: the trainer sees an observation before the control
+    # computed from it (it would also wait for a late one), so it is created before the policies
+    for prefix in names:
+        nodes[f"{prefix}simulator"] = SimulatorNode(runtime.context(f"{prefix}simulator"))
+        nodes[f"{prefix}camera_preprocessor"] = CameraPreprocessorNode(runtime.context(f"{prefix}camera_preprocessor"))
     if trainer:
         from td3_drive.nodes.trainer import TrainerNode
 
@@ -123,16 +168,18 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
         from td3_drive.nodes.evaluator import EvaluatorNode
 
         nodes["evaluator"] = EvaluatorNode(runtime.context("evaluator"))
-    if controller == "policy":
-        from td3_drive.nodes.policy import PolicyNode
+    for prefix in names:
+        if controller == "policy":
+            from td3_drive.nodes.policy import PolicyNode
 
-        nodes["policy"] = PolicyNode(runtime.context("policy"))
-    elif controller == "pid":
-        from td3_drive.nodes.classical_controller import ClassicalControllerNode
+            nodes[f"{prefix}policy"] = PolicyNode(runtime.context(f"{prefix}policy"))
+        elif controller == "pid":
+            from td3_drive.nodes.classical_controller import ClassicalControllerNode
 
-        nodes["classical_controller"] = ClassicalControllerNode(runtime.context("classical_controller"))
-    else:
-        raise ValueError(f"controller must be 'policy' or 'pid', got {controller!r}")
+            nodes[f"{prefix}classical_controller"] = ClassicalControllerNode(
+                runtime.context(f"{prefix}classical_controller"))
+        else:
+            raise ValueError(f"controller must be 'policy' or 'pid', got {controller!r}")
     runtime.spin()  # deliver latched messages (initial weights, exploration flag)
     if trainer:
         _wire_node_state(nodes)

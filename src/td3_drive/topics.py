@@ -80,6 +80,11 @@ class Topics:
 
     # --- published by us ---
     @property
+    def td3_prefix(self) -> str:
+        """'/td3/' or '/<namespace>/td3/': every topic of ours for this vehicle starts with it."""
+        return self._td3("")
+
+    @property
     def control(self) -> str:
         return self._carla("vehicle_control_cmd")
 

@@ -1,0 +1,218 @@
+"""Scale-out: several vehicle pipelines feeding one trainer, and arrival order under ROS 2.
+
+The trainer must learn from every vehicle (each in its own replay stream), end and
+reset only the vehicle whose episode ended, and assemble each transition from the
+observation, control, pose and events of the right stamps whatever order the
+topics deliver them in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from td3_drive import topics as T
+from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.messages import new_message
+from test_nodes import Recorder, header, observation_pair, odometry_msg, straight_route
+
+V0, V1 = T.Topics("hero0", "v0"), T.Topics("hero1", "v1")
+BASE = {"batch_size": 8, "learning_starts": 5, "replay_capacity": 1000, "learner.encoder_mode": "shared",
+        "device": "cpu", "weights_every": 5, "log_interval": 1, "checkpoint_every": 0}
+
+
+def _trainer(tmp_path, **params):
+    from td3_drive.nodes.trainer import TrainerNode
+
+    rt = LocalRuntime({"trainer": {**BASE, "run_dir": str(tmp_path), **params}})
+    rec = Recorder(rt)
+    return rt, TrainerNode(rt.context("trainer")), rec
+
+
+def _two_vehicle_trainer(tmp_path, **params):
+    return _trainer(tmp_path, vehicle_namespaces=["v0", "v1"], vehicle_role_names=["hero0", "hero1"], **params)
+
+
+def _control(tp: T.Topics, t: float, steer: float) -> tuple[str, object]:
+    return tp.control, new_message(T.CONTROL, header=header(t, "0"), steer=steer, throttle=0.5, brake=0.0)
+
+
+def _tick_messages(tp: T.Topics, t: float, x: float, collision: bool = False) -> list[tuple[str, object]]:
+    image, state = observation_pair(t, seed=int(t * 100) + (7 if tp.namespace == "v1" else 0))
+    out = [(tp.odometry, odometry_msg(t, x, 0.0))]
+    if collision:
+        out.append((tp.collision, new_message(T.COLLISION, header=header(t, "c"), other_actor_id=3)))
+    return out + [(tp.observation_image, image), (tp.observation_state, state)]
+
+
+def _send(rt, messages) -> None:
+    for topic, msg in messages:
+        rt.publish(topic, msg)
+    rt.spin()
+
+
+def _start(rt, tp: T.Topics, t: float) -> None:
+    _send(rt, [(tp.route, straight_route()), (tp.episode_start, header(t, "0"))])
+
+
+def test_one_trainer_learns_from_two_vehicles_and_resets_only_the_one_that_crashed(tmp_path):
+    rt, node, rec = _two_vehicle_trainer(tmp_path)
+    rt.spin()
+    # latched per vehicle: exploration on in each namespace; one weights topic for all
+    assert rec.on(V0.exploration)[0].data is True and rec.on(V1.exploration)[0].data is True
+    assert len(rec.on(V0.actor_weights)) == 1 and V0.actor_weights == V1.actor_weights == "/td3/actor_weights"
+    _start(rt, V0, 1.0)
+    _start(rt, V1, 1.0)
+    for k in range(10):
+        t = 1.0 + 0.05 * k
+        rt.time_s = t
+        # v0 in order; v1's control for t arrives only after its observation of t + dt
+        _send(rt, _tick_messages(V0, t, 10 + 0.4 * k) + [_control(V0, t, 0.25)])
+        _send(rt, _tick_messages(V1, t, 20 + 0.4 * k))
+        if k:
+            _send(rt, [_control(V1, t - 0.05, -0.25)])
+    assert node.drops.counts == {}
+    assert [len(b) for b in node.replay.buffers] == [9, 9]
+    assert node.env_steps == 18 and node.learner.num_updates > 0
+    assert len(rec.on(V0.reward)) == 9 and len(rec.on(V1.reward)) == 9
+    # each stream holds its own vehicle's actions only
+    for buffer, steer in zip(node.replay.buffers, (0.25, -0.25)):
+        assert np.allclose(buffer.sample(32).action[:, 0], steer)  # action = (steer, throttle - brake)
+    both = node.replay.sample(256).action[:, 0].numpy()
+    assert set(np.round(both, 2)) == {0.25, -0.25}
+
+    # v1 crashes: only v1 is reset; v0 drives on
+    t = 1.5
+    _send(rt, [_control(V1, 1.45, -0.25)])
+    _send(rt, _tick_messages(V1, t, 24.0, collision=True))
+    _send(rt, [_control(V1, t, -0.25)])
+    assert [m.frame_id for m in rec.on(V1.reset_request)] == ["collision"] and rec.on(V0.reset_request) == []
+    assert node.episodes == 1 and node.vehicles[0].in_episode and not node.vehicles[1].in_episode
+    _send(rt, _tick_messages(V0, t, 14.0) + [_control(V0, t, 0.25)])
+    assert len(node.replay.buffers[0]) == 10 and node.drops.counts == {}
+
+
+def _replay_arrays(node) -> dict[str, np.ndarray]:
+    state = node.replay.state_dict()
+    return {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
+
+
+def _run_single(tmp_path, reorder: bool):
+    """Ten ticks with a lane invasion; ``reorder``: each control, event and pose arrives after the
+    observation of its tick (the control only after the next observation)."""
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    late: list = []
+    for k in range(10):
+        t = 1.0 + 0.05 * k
+        rt.time_s = t
+        image, state = observation_pair(t, seed=k)
+        odometry = (tp.odometry, odometry_msg(t, 10 + 0.35 * k, 0.1 * k, speed=7.0))
+        invasion = [(tp.lane_invasion, new_message(T.LANE_INVASION, header=header(t, "l")))] if k == 4 else []
+        control = _control(tp, t, 0.1 * k)
+        if not reorder or k == 0:
+            _send(rt, [odometry, *invasion, (tp.observation_image, image), (tp.observation_state, state), control])
+        else:  # the observation first; the pose, the events and the control afterwards
+            _send(rt, [(tp.observation_image, image), (tp.observation_state, state)])
+            _send(rt, late + [*invasion, odometry])
+            late = [control]
+    _send(rt, late)
+    return node, [m.data for m in rec.on(tp.reward)]
+
+
+def test_reordered_topics_give_the_same_transitions_and_rewards(tmp_path):
+    in_order, rewards = _run_single(tmp_path / "a", reorder=False)
+    reordered, rewards_reordered = _run_single(tmp_path / "b", reorder=True)
+    assert in_order.drops.counts == {} and reordered.drops.counts == {}
+    assert len(rewards) == 9 and rewards_reordered == rewards
+    assert min(rewards) < rewards[0] - 0.1  # the lane invasion stamped at tick 4 is in its own step
+    a, b = _replay_arrays(in_order), _replay_arrays(reordered)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_an_event_later_than_its_pose_counts_in_the_next_step_never_lost(tmp_path):
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    for k in range(4):
+        t = 1.0 + 0.05 * k
+        image, state = observation_pair(t, seed=k)
+        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0)),
+                   (tp.observation_image, image), (tp.observation_state, state), _control(tp, t, 0.0)])
+        if k == 1:  # stamped 1.05, delivered after that step was scored
+            _send(rt, [(tp.collision, new_message(T.COLLISION, header=header(t, "c"), other_actor_id=3))])
+    assert [m.frame_id for m in rec.on(tp.reset_request)] == ["collision"]
+    assert len(rec.on(tp.reward)) == 2 and node.episodes == 1
+
+
+def test_lost_step_resyncs_the_reward_and_keeps_the_episode_clock(tmp_path):
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6, **{"reward.max_episode_steps": 6})
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    for k in range(6):
+        t = 1.0 + 0.05 * k
+        rt.time_s = t
+        image, state = observation_pair(t, seed=k)
+        controls = [] if k == 2 else [_control(tp, t, 0.0)]  # tick 2's control is lost (invalid)
+        if k == 2:
+            controls = [(tp.control, new_message(T.CONTROL, header=header(t, "0"), steer=0.0, throttle=5.0))]
+        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0)),
+                   (tp.observation_image, image), (tp.observation_state, state), *controls])
+    assert node.drops.counts == {"control_out_of_range": 1, "missing_action": 1}
+    rewards = [m.data for m in rec.on(tp.reward)]
+    # the step after the gap is scored from the pose it restarted at: 0.4 m of progress, not 0.8
+    assert len(rewards) == 4 and max(rewards) - min(rewards) < 0.05
+    # the lost step counts towards the time limit: 4 scored + 1 lost = 5 < 6 steps, still running
+    assert node.in_episode and node.vehicles[0].reward_fn.steps == 5
+
+
+def test_vehicle_parameters_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="vehicle_role_names has 1 entries"):
+        _trainer(tmp_path, vehicle_namespaces=["v0", "v1"], vehicle_role_names=["hero0"])
+    with pytest.raises(ValueError, match="share a role name"):
+        _trainer(tmp_path, vehicle_namespaces=["v0", "v1"], vehicle_role_names=["hero0", "hero0"])
+    with pytest.raises(ValueError, match="needs one vehicle"):
+        _two_vehicle_trainer(tmp_path, checkpoint_episodes=1)
+
+
+def test_two_vehicle_checkpoint_restores_both_replay_streams(tmp_path):
+    rt, node, _ = _two_vehicle_trainer(tmp_path, checkpoint_replay=True, learning_starts=10**6)
+    _start(rt, V0, 1.0)
+    _start(rt, V1, 1.0)
+    for k in range(6):
+        t = 1.0 + 0.05 * k
+        _send(rt, _tick_messages(V0, t, 10 + 0.4 * k) + [_control(V0, t, 0.5)])
+        if k < 4:
+            _send(rt, _tick_messages(V1, t, 20 + 0.4 * k) + [_control(V1, t, -0.5)])
+    node.save_checkpoint()
+    node.close()
+    rt2, resumed, _ = _two_vehicle_trainer(tmp_path, checkpoint_replay=True, resume=True)
+    assert [len(b) for b in resumed.replay.buffers] == [5, 3] and resumed.env_steps == 8
+    x, y = node.replay.sample(16), resumed.replay.sample(16)
+    assert all(np.array_equal(getattr(x, f).numpy(), getattr(y, f).numpy()) for f in ("obs", "action", "reward"))
+    resumed.close()
+
+
+def test_embedded_two_vehicle_graph_trains_one_actor(tmp_path):
+    """The real node classes: two simulators, preprocessors and policies, one trainer."""
+    from td3_drive import embedded
+
+    params = embedded.load_parameters("train", {"trainer": {"run_dir": str(tmp_path), "learning_starts": 60,
+                                                            "batch_size": 16, "weights_every": 10,
+                                                            "device": "cpu", "checkpoint_every": 0},
+                                                "policy": {"device": "cpu", "random_steps": 50}})
+    graph = embedded.build_graph(params, vehicles=2)
+    try:
+        graph.run(150)
+        trainer = graph.nodes["trainer"]
+        policies = graph.of_kind("policy")
+        assert [p for p in graph.nodes] == ["v0/simulator", "v0/camera_preprocessor", "v1/simulator",
+                                            "v1/camera_preprocessor", "trainer", "v0/policy", "v1/policy"]
+        assert all(len(b) > 100 for b in trainer.replay.buffers)
+        assert trainer.env_steps >= 2 * 140 and trainer.learner.num_updates > 0
+        # both policies drive the trainer's newest actor (one broadcast topic)
+        assert {p.weights_version for p in policies} == {trainer.learner.num_updates // 10 * 10}
+        assert [sim.ticks for sim in graph.sims] in ([151, 150], [151, 151])  # in lockstep, one tick apart at most
+        assert all(not node.drops.counts for node in graph.nodes.values() if hasattr(node, "drops"))
+    finally:
+        graph.close()
