@@ -26,6 +26,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.json")),
         (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
         (f"share/{PACKAGE}/config/dds", glob("config/dds/*.xml")),
+        (f"share/{PACKAGE}/config/rqt", glob("config/rqt/*.perspective")),
     ],
     install_requires=[
         "numpy>=1.24",

@@ -172,3 +172,51 @@ def test_rollback_without_checkpoint_is_logged_not_fatal(tmp_path: Path, monkeyp
         node.learn(7)
     assert node.rollbacks == 0 and node.learner.health.total_skipped == 7
     assert sum("no checkpoint" in r.getMessage() for r in caplog.records) == 2
+
+
+# ------------------------------------------------------------------ shutdown keeps what was trained
+def _drive_episode(tmp_path: Path, ticks: int, **params):
+    from td3_drive.nodes.trainer import TrainerNode
+    from test_nodes import header, observation_pair, odometry_msg, straight_route
+
+    rt = LocalRuntime({"trainer": {"run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 4,
+                                   "learning_starts": 3, "learner.encoder_mode": "shared", "log_interval": 1000,
+                                   "checkpoint_every": 0, "replay_capacity": 100, **params}})
+    node = TrainerNode(rt.context("trainer"))
+    tp = T.Topics()
+    for topic, msg in ((tp.route, straight_route()), (tp.episode_start, header(1.0, "0"))):
+        rt.publish(topic, msg)
+    for k in range(ticks):
+        t = 1.0 + 0.05 * k
+        image, state = observation_pair(t, seed=k)
+        for topic, msg in ((tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0)), (tp.observation_image, image),
+                           (tp.observation_state, state),
+                           (tp.control, new_message(T.CONTROL, header=header(t, "0"), throttle=0.5))):
+            rt.publish(topic, msg)
+        rt.spin()
+    return node
+
+
+def test_close_writes_a_final_checkpoint_and_resume_continues_from_it(tmp_path: Path) -> None:
+    node = _drive_episode(tmp_path, 12)
+    assert node.env_steps == 11 and node.checkpointer.latest() is None
+    node.close()  # what Ctrl-C under ros2 launch ends with
+    assert node.checkpointer.latest() is not None
+    resumed = _drive_episode(tmp_path, 0, resume=True)
+    assert resumed.env_steps == 11 and resumed.learner.num_updates == node.learner.num_updates
+    resumed.close()
+    assert len(resumed.checkpointer.list()) == 1, "nothing new to save: no second checkpoint"
+
+
+def test_disk_replay_newer_than_the_checkpoint_is_kept_and_reported(tmp_path: Path, caplog) -> None:
+    node = _drive_episode(tmp_path, 6, replay_on_disk=True)
+    node.save_checkpoint()
+    node.replay.buffers[0].add(np.zeros(2, np.float32), 0.0, np.zeros((84, 84), np.uint8),
+                               np.zeros(53, np.float32), False, False)
+    node.replay.flush()  # the memmap moved on after the checkpoint (a crash before the next one)
+    with caplog.at_level(logging.WARNING):
+        resumed = _drive_episode(tmp_path, 0, replay_on_disk=True, resume=True)
+    assert resumed.replay.buffers[0].written == 7 and resumed.env_steps == 5
+    assert any("not an exact resume" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="needs checkpoint_replay"):
+        _drive_episode(tmp_path / "x", 0, replay_on_disk=True, checkpoint_episodes=1)

@@ -209,6 +209,11 @@ class ReplayBuffer:
         """Number of transitions that :meth:`sample` can return right now."""
         return self._num_valid
 
+    @property
+    def written(self) -> int:
+        """Observations ever written (the cursor a checkpoint records)."""
+        return self._total
+
     # ------------------------------------------------------------------ writing
     def _check_frame(self, frame: Any) -> np.ndarray:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:

@@ -202,6 +202,9 @@ class TrainerNode:
         self.rollback_after = p("rollback_after", 20, "consecutive skipped (non-finite) updates before the learner "
                                 "rolls back to the last good checkpoint (0: never)")
         vehicle_topics = _vehicle_topics(self.topics, namespaces, roles)
+        if self.checkpoint_episodes and replay_on_disk and not self.checkpoint_replay:
+            raise ValueError("checkpoint_episodes (exact resume points) with replay_on_disk needs "
+                             "checkpoint_replay: true (the memmap is flushed at other times than checkpoints)")
         if self.checkpoint_episodes and len(vehicle_topics) > 1:
             raise ValueError("checkpoint_episodes (exact resume points) needs one vehicle: with several, "
                              "episodes do not share boundaries")
@@ -228,6 +231,7 @@ class TrainerNode:
         self.node_state_provider: Callable[[], dict[str, Any]] | None = None
         self.resumed_node_states: dict[str, Any] = {}  # from the checkpoint resumed, for the app to apply
         self._boundary_episodes = -1  # finished episodes at the last episode-boundary checkpoint
+        self._checkpointed_steps = 0  # env steps at the last checkpoint (close() saves newer ones)
 
         tp = self.topics
         self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
@@ -381,7 +385,8 @@ class TrainerNode:
         state = {"env_steps": self.env_steps, "episodes": self.episodes,
                  "episode_returns": self.episode_returns, "eval_returns": self.eval_returns,
                  "vehicles_evaluating": [v.evaluating for v in self.vehicles], "eval_pending": self._eval_pending,
-                 "rollbacks": self.rollbacks, "episode_boundary": episode_boundary}
+                 "rollbacks": self.rollbacks, "episode_boundary": episode_boundary,
+                 "replay_written": [b.written for b in self.replay.buffers]}
         if episode_boundary and self.node_state_provider is not None:
             state["nodes"] = self.node_state_provider()
         return state
@@ -393,6 +398,7 @@ class TrainerNode:
             path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(episode_boundary),
                                           replay_state)
         self.replay.flush()
+        self._checkpointed_steps = self.env_steps
         if episode_boundary:
             self._boundary_episodes = self.episodes
         return path
@@ -417,10 +423,19 @@ class TrainerNode:
             return False
         checkpoint = self.checkpointer.restore(latest, self.learner)
         replay_state = Checkpointer.replay_state(checkpoint)
+        state = checkpoint.state["state"]
         if replay_state is not None:
             self.replay.load_state_dict(replay_state)
-        state = checkpoint.state["state"]
+        elif self.replay.buffers[0].directory is not None:
+            written = [b.written for b in self.replay.buffers]
+            if written != state.get("replay_written", written):
+                # the memmap was flushed after this checkpoint (or before it, if the run died between
+                # the two): learning is fine, but this resume does not repeat the original run exactly
+                self.ctx.logger.warning(f"replay on disk holds {written} observations per vehicle, the "
+                                        f"checkpoint {state.get('replay_written')}: kept as is (not an exact "
+                                        "resume; checkpoint_replay: true makes one)")
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
+        self._checkpointed_steps = self.env_steps
         self.episode_returns = [tuple(x) for x in state["episode_returns"]]
         self.eval_returns = [tuple(x) for x in state["eval_returns"]]
         evaluating = state.get("vehicles_evaluating", [])
@@ -441,8 +456,15 @@ class TrainerNode:
             "skipped_updates": self.learner.health.total_skipped, "rollbacks": self.rollbacks}))
 
     def close(self) -> None:
+        """Stop learning and keep what was trained: a final checkpoint (Ctrl-C under ros2 launch too)."""
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
+        if self.env_steps != self._checkpointed_steps and self.learner.parameters_finite():
+            try:
+                path = self.save_checkpoint()
+                self.ctx.logger.info(f"final checkpoint {path} at {self.env_steps} env steps")
+            except Exception as exc:  # shutting down: say it loudly, still close the logs
+                self.ctx.logger.error(f"final checkpoint failed: {exc!r}")
         self.scalars.close()
         self.replay.flush()

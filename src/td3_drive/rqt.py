@@ -1,0 +1,92 @@
+"""A saved rqt perspective for watching training: feature statistics, reward, the observation image.
+
+    rqt --perspective-file $(ros2 pkg prefix td3_drive)/share/td3_drive/config/rqt/td3_features.perspective
+    python -m td3_drive.rqt --namespace v0 --trainer-namespace "" -o v0.perspective   # a scale-out vehicle
+
+The file is what rqt's "Perspectives > Export" writes: nested ``groups``/``keys``
+whose values are Python ``repr`` strings.  Plugin settings use the keys rqt_plot
+(``topics``, ``autoscroll``, ``plot_type``, ``x_limits``, ``y_limits``) and
+rqt_image_view (``topic``, ``zoom1``, ``smooth_image``, ...) save themselves.
+Topic names come from ``td3_drive.topics``, so the file cannot drift from the nodes;
+``test_rqt`` checks the committed file against this generator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from td3_drive.topics import Topics
+
+#: the committed perspective for the default (single vehicle, no namespace)
+DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "rqt" / "td3_features.perspective"
+MATPLOT = 1  # rqt_plot's backends: 0 PyQtGraph, 1 MatPlot, 2 QwtPlot; MatPlot ships with rqt_plot
+
+
+def _value(value: Any) -> dict[str, str]:
+    return {"type": "repr", "repr": repr(value)}
+
+
+def _plugin(settings: dict[str, Any]) -> dict[str, Any]:
+    return {"keys": {}, "groups": {"plugin": {"keys": {k: _value(v) for k, v in settings.items()}, "groups": {}}}}
+
+
+def plots(vehicle: Topics, trainer: Topics) -> list[tuple[str, list[str], list[float]]]:
+    """(title, rqt_plot field paths, y limits) of each plot."""
+    def field(topic: str) -> str:
+        return f"{topic}/data"  # std_msgs/Float32
+
+    return [
+        ("feature L2 norm (LayerNorm keeps it ~sqrt(dim))",
+         [field(vehicle.features("actor", "l2_norm")), field(trainer.features("critic", "l2_norm")),
+          field(vehicle.features("actor", "l2_norm_max"))], [0.0, 40.0]),
+        ("feature spread and dead units",
+         [field(vehicle.features("actor", s)) for s in ("std", "dead_fraction", "mean")], [-1.0, 2.0]),
+        ("reward per step", [field(vehicle.reward)], [-2.0, 2.0]),
+    ]
+
+
+def perspective(namespace: str = "", trainer_namespace: str | None = None) -> dict[str, Any]:
+    """The perspective as a dict (json.dumps it).  ``trainer_namespace`` defaults to ``namespace``."""
+    vehicle = Topics(namespace=namespace)
+    trainer = Topics(namespace=namespace if trainer_namespace is None else trainer_namespace)
+    groups: dict[str, Any] = {}
+    serials: dict[str, list[int]] = {"rqt_plot/Plot": [], "rqt_image_view/ImageView": []}
+    for serial, (_, topics, y_limits) in enumerate(plots(vehicle, trainer), start=1):
+        groups[f"plugin__rqt_plot__Plot__{serial}"] = _plugin(
+            {"topics": topics, "autoscroll": True, "plot_type": MATPLOT, "x_limits": [0.0, 60.0],
+             "y_limits": y_limits})
+        serials["rqt_plot/Plot"].append(serial)
+    groups["plugin__rqt_image_view__ImageView__1"] = _plugin(
+        {"topic": vehicle.observation_image, "zoom1": False, "dynamic_range": False, "max_range": 10.0,
+         "publish_click_location": False, "mouse_pub_topic": "", "toolbar_hidden": False, "num_gridlines": 0,
+         "smooth_image": False, "rotate": 0, "color_scheme": 0})
+    serials["rqt_image_view/ImageView"].append(1)
+    return {"keys": {}, "groups": {"pluginmanager": {"keys": {"running-plugins": _value(serials)},
+                                                     "groups": groups}}}
+
+
+def render(namespace: str = "", trainer_namespace: str | None = None) -> str:
+    return json.dumps(perspective(namespace, trainer_namespace), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m td3_drive.rqt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--namespace", default="", help="the vehicle pipeline's namespace (scale-out: v0, v1, ...)")
+    parser.add_argument("--trainer-namespace", default=None,
+                        help="the trainer's namespace (default: --namespace; scale-out: empty)")
+    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    args = parser.parse_args(argv)
+    text = render(args.namespace, args.trainer_namespace)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
