@@ -216,3 +216,36 @@ def test_embedded_two_vehicle_graph_trains_one_actor(tmp_path):
         assert all(not node.drops.counts for node in graph.nodes.values() if hasattr(node, "drops"))
     finally:
         graph.close()
+
+
+def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
+    """With async_updates the worker thread learns; transitions keep flowing during an update."""
+    import threading
+
+    rt, node, _ = _trainer(tmp_path, async_updates=True, learning_starts=3, batch_size=4)
+    in_update, release = threading.Event(), threading.Event()
+    original = node.learner.update
+
+    def slow_update(batch):
+        in_update.set()
+        release.wait(20)  # an update that takes "forever"
+        in_update.clear()
+        return original(batch)
+
+    monkeypatch.setattr(node.learner, "update", slow_update)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    k = 0
+    while not in_update.wait(0.01):
+        t = 1.0 + 0.05 * k
+        _send(rt, _tick_messages(tp, t, 10 + 0.4 * k) + [_control(tp, t, 0.1)])
+        k += 1
+        assert k < 50, "the worker never started an update"
+    steps = node.env_steps
+    for j in range(k, k + 8):  # the worker is stuck inside learner.update
+        t = 1.0 + 0.05 * j
+        _send(rt, _tick_messages(tp, t, 10 + 0.4 * j) + [_control(tp, t, 0.1)])
+    assert in_update.is_set() and node.env_steps == steps + 8, "callbacks waited for the update"
+    release.set()
+    node.close()
+    assert node.learner.num_updates >= 1 and node.checkpointer.latest() is not None

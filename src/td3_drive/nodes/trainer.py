@@ -218,7 +218,10 @@ class TrainerNode:
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=p("checkpoint_keep", 3, "checkpoints kept"))
         self.scalars = ScalarLogger(self.run_dir / "tensorboard", self.log_interval)
         self.drops = DropCounter(ctx)
-        self._lock = threading.Lock()  # replay + learner, when updates run in a worker thread
+        # with async_updates the worker thread learns while callbacks add transitions: each lock is held
+        # only for its own structure, so a callback never waits for a gradient update
+        self._replay_lock = threading.Lock()
+        self._learner_lock = threading.Lock()
 
         # training bookkeeping, all vehicles together
         self.env_steps = 0
@@ -232,6 +235,7 @@ class TrainerNode:
         self.resumed_node_states: dict[str, Any] = {}  # from the checkpoint resumed, for the app to apply
         self._boundary_episodes = -1  # finished episodes at the last episode-boundary checkpoint
         self._checkpointed_steps = 0  # env steps at the last checkpoint (close() saves newer ones)
+        self._checkpoint_period = 0  # env_steps // checkpoint_every at the last periodic checkpoint
 
         tp = self.topics
         self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
@@ -265,7 +269,7 @@ class TrainerNode:
 
     # ------------------------------------------------------------------ transitions (called by Vehicle)
     def start_stream(self, index: int, first: Observation) -> None:
-        with self._lock:
+        with self._replay_lock:
             self.replay.start_episode(index, first.frame, first.state)
 
     def before_episode_start(self, vehicle: Vehicle) -> None:
@@ -277,7 +281,7 @@ class TrainerNode:
     def record_step(self, vehicle: Vehicle, step: Step, reward: Any) -> None:
         """A scored transition of ``vehicle``: into its replay stream (unless evaluating), then learn."""
         if not vehicle.evaluating:
-            with self._lock:
+            with self._replay_lock:
                 self.replay.add(vehicle.index, step.action, reward.total, step.next.frame, step.next.state,
                                 reward.terminated, reward.truncated)
             self.env_steps += 1
@@ -317,11 +321,16 @@ class TrainerNode:
         return int((self.env_steps - self.learning_starts + 1) * self.utd_ratio) - self.learner.num_updates
 
     def _after_env_step(self) -> None:
-        if self.async_updates:
+        if self.async_updates:  # the worker learns and checkpoints; this callback returns at once
             self._learn_wanted.set()
         else:
-            self.learn(self._updates_due())
-        if self.checkpoint_every and self.env_steps % self.checkpoint_every == 0 and self.env_steps:
+            self._learn_and_checkpoint()
+
+    def _learn_and_checkpoint(self) -> None:
+        self.learn(self._updates_due())
+        period = self.env_steps // self.checkpoint_every if self.checkpoint_every else 0
+        if period > self._checkpoint_period:  # every checkpoint_every env steps (any vehicle's)
+            self._checkpoint_period = period
             if self.learner.parameters_finite():
                 self.save_checkpoint()
             else:  # a poisoned learner is never checkpointed: say so, keep driving, rollback handles it
@@ -329,8 +338,9 @@ class TrainerNode:
 
     def learn(self, updates: int) -> None:
         for _ in range(max(0, updates)):
-            with self._lock:
+            with self._replay_lock:
                 batch = self.replay.sample(self.batch_size, self.learner.device)
+            with self._learner_lock:
                 metrics = self.learner.update(batch)
                 if self.rollback_after and self.learner.health.consecutive_bad >= self.rollback_after:
                     self.rollback()
@@ -348,7 +358,7 @@ class TrainerNode:
         while not self._stop.is_set():
             if self._learn_wanted.wait(timeout=0.5):
                 self._learn_wanted.clear()
-                self.learn(self._updates_due())
+                self._learn_and_checkpoint()
 
     def rollback(self) -> bool:
         """Weights + optimizers back to the newest good checkpoint; update counters stay monotonic."""
@@ -374,10 +384,12 @@ class TrainerNode:
         return True
 
     def publish_weights(self) -> None:
-        if not self.learner.parameters_finite():
-            self.drops.drop("weights_not_exported_non_finite")
-            return
-        data = encode_actor(self.learner.actor(), self.learner.num_updates, self.learner.config.actor_architecture())
+        with self._learner_lock:  # never a half-updated actor
+            if not self.learner.parameters_finite():
+                self.drops.drop("weights_not_exported_non_finite")
+                return
+            data = encode_actor(self.learner.actor(), self.learner.num_updates,
+                                self.learner.config.actor_architecture())
         self.weights_pub.publish(self.ctx.new(T.UINT8_ARRAY, data=np.frombuffer(data, dtype=np.uint8)))
 
     # ------------------------------------------------------------------ persistence
@@ -393,7 +405,7 @@ class TrainerNode:
 
     def save_checkpoint(self, episode_boundary: bool = False) -> Path:
         """``episode_boundary``: called before the first tick of an episode is processed (exact resume point)."""
-        with self._lock:
+        with self._replay_lock, self._learner_lock:
             replay_state = self.replay.state_dict() if self.checkpoint_replay else None
             path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(episode_boundary),
                                           replay_state)
@@ -436,6 +448,7 @@ class TrainerNode:
                                         "resume; checkpoint_replay: true makes one)")
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
         self._checkpointed_steps = self.env_steps
+        self._checkpoint_period = self.env_steps // self.checkpoint_every if self.checkpoint_every else 0
         self.episode_returns = [tuple(x) for x in state["episode_returns"]]
         self.eval_returns = [tuple(x) for x in state["eval_returns"]]
         evaluating = state.get("vehicles_evaluating", [])
