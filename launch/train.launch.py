@@ -195,6 +195,9 @@ def _nodes(context, mode: str) -> list:
     actions.append(
         Node(
             package=PACKAGE, executable="trainer", name="trainer", output="screen", emulate_tty=True,
+            # on Ctrl-C the trainer writes a final checkpoint (replay included if checkpoint_replay):
+            # give it a minute before launch escalates SIGINT to SIGTERM (default 5 s)
+            sigterm_timeout="60",
             parameters=[config, {**common, **trainer_ids, **_overrides(context, ["device", "run_dir"]),
                                  # learn in a worker thread: subscriptions never wait for an update
                                  "async_updates": True,

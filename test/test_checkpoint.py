@@ -129,3 +129,20 @@ def test_atomic_write_bytes(tmp_path):
     atomic_write_bytes(target, json.dumps({"a": 2}).encode())
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_resolve_actor_file_accepts_every_documented_form(tmp_path):
+    from td3_drive.checkpoint import resolve_actor_file
+
+    run = tmp_path / "run"
+    checkpointer = Checkpointer(run / "checkpoints")
+    learner = Learner(CONFIG)
+    checkpointer.save(1, learner)
+    newest = checkpointer.save(2, learner)
+    actor = newest / "actor.safetensors"
+    for form in (run, run / "checkpoints", newest, actor, str(run)):
+        assert resolve_actor_file(form) == actor
+    with pytest.raises(FileNotFoundError, match="no actor weights at"):
+        resolve_actor_file(tmp_path / "nothing_here")
+    with pytest.raises(FileNotFoundError):
+        resolve_actor_file(tmp_path)  # a directory without checkpoints is not silently accepted

@@ -371,6 +371,7 @@ def test_empty_arguments_keep_yaml_values_and_strings_stay_strings(monkeypatch):
     raw = {k: v for entry in trainer.kwargs["parameters"] if isinstance(entry, dict) for k, v in entry.items()}
     assert not {"device", "checkpoint", "run_dir", "namespace", "resume"} & set(raw)  # empty: YAML decides
     assert raw["async_updates"] is True  # the learner never blocks the trainer's subscriptions
+    assert float(trainer.kwargs["sigterm_timeout"]) >= 30  # time for the final checkpoint on Ctrl-C
     assert isinstance(raw["role_name"], ParameterValue) and raw["role_name"].value == "007"
 
 

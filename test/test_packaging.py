@@ -140,5 +140,8 @@ def test_compose_services():
     for name in ("train", "drive", "test"):
         assert "ros2 launch td3_drive" in services[name]["command"] or "pytest" in services[name]["command"]
     assert "test/test_ros_adapter.py" in services["test"]["command"]
+    # Ctrl-C reaches ros2 launch as SIGINT and leaves time for the trainer's final checkpoint
+    assert services["train"]["stop_signal"] == "SIGINT" and int(services["train"]["stop_grace_period"][:-1]) >= 60
+    assert "checkpoint:=${CHECKPOINT:-/runs/td3}" in services["drive"]["command"]  # a run dir resolves
     for path in ("docker/Dockerfile", "docker/entrypoint.sh", "config/dds/fastdds_large_messages.xml"):
         assert (REPO / path).is_file()

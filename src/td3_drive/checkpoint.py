@@ -229,3 +229,22 @@ class Checkpointer:
         if checkpoint.replay_arrays is None:
             return None
         return {**checkpoint.state.get("replay", {}), **checkpoint.replay_arrays}
+
+
+def resolve_actor_file(path: str | Path) -> Path:
+    """A run dir, a checkpoints dir, one checkpoint dir or an actor.safetensors -> the actor file.
+
+    Directories resolve to the newest verified checkpoint's ``actor.safetensors``.
+    Raises FileNotFoundError naming what was looked for.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    for directory in (p / "checkpoints", p):
+        latest = Checkpointer(directory).latest()
+        if latest is not None:
+            return latest / "actor.safetensors"
+    if (p / "actor.safetensors").is_file():
+        return p / "actor.safetensors"
+    raise FileNotFoundError(f"no actor weights at {path}: expected actor.safetensors, a checkpoint "
+                            "directory, or a run/checkpoints directory holding a verified checkpoint")

@@ -160,19 +160,13 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _resolve_checkpoint(path: str) -> Path:
-    """A run dir, a checkpoints dir, a checkpoint dir or an actor.safetensors file."""
-    from td3_drive.checkpoint import Checkpointer
+    """:func:`checkpoint.resolve_actor_file`, as a CLI error."""
+    from td3_drive.checkpoint import resolve_actor_file
 
-    p = Path(path)
-    if p.is_file():
-        return p
-    for directory in (p / "checkpoints", p):
-        latest = Checkpointer(directory).latest()
-        if latest is not None:
-            return latest / "actor.safetensors"
-    if (p / "actor.safetensors").exists():
-        return p / "actor.safetensors"
-    raise SystemExit(f"no checkpoint found at {path}")
+    try:
+        return resolve_actor_file(path)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_play(args: argparse.Namespace) -> dict[str, Any]:

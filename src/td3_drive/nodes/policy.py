@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from td3_drive import topics as T
+from td3_drive.checkpoint import resolve_actor_file
 from td3_drive.control import BRAKE, action_to_control_fields
 from td3_drive.diagnostics import DropCounter
 from td3_drive.exploration import Exploration, ExplorationConfig
@@ -81,12 +82,10 @@ class PolicyNode:
 
     # ------------------------------------------------------------------ weights
     def load_file(self, path: str) -> None:
-        from pathlib import Path
-
-        file = Path(path)
-        if file.is_dir():
-            file = file / "actor.safetensors"
+        """actor.safetensors, a checkpoint directory, or a run / checkpoints directory (newest checkpoint)."""
+        file = resolve_actor_file(path)
         self.load_bytes(file.read_bytes())
+        self.ctx.logger.info(f"{self.ctx.name}: loaded {file} (weights version {self.weights_version})")
 
     def load_bytes(self, data: bytes) -> None:
         weights = decode_actor(data, self.architecture, max_bytes=self.max_weight_bytes)
