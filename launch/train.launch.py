@@ -51,6 +51,8 @@ ARGUMENTS = [
 ]
 #: drive only: reset on collision / off-route through carla_episode_manager (evaluation runs)
 DRIVE_ARGUMENTS = [("episodes", "false", "run carla_episode_manager to reset the car between episodes")]
+#: train only: several CARLA servers run their vehicle pipelines without a trainer (docs/ros2.md)
+TRAIN_ARGUMENTS = [("start_trainer", "true", "false: only the vehicle pipelines; the trainer runs elsewhere")]
 
 
 def _value(context, name: str) -> str:
@@ -185,7 +187,7 @@ def _nodes(context, mode: str) -> list:
                 }],
             ))
         actions.append(GroupAction(group, scoped=True))
-    if mode == "drive":
+    if mode == "drive" or not _true(_value(context, "start_trainer")):  # drive declares no start_trainer
         return actions
     if len(vehicles) == 1:
         trainer_ids = _ids(*vehicles[0])
@@ -209,7 +211,7 @@ def _nodes(context, mode: str) -> list:
 
 def launch_description(mode: str) -> LaunchDescription:
     """The train or drive graph; arguments are declared so `ros2 launch -s` lists them."""
-    arguments = ARGUMENTS + (DRIVE_ARGUMENTS if mode == "drive" else [])
+    arguments = ARGUMENTS + (DRIVE_ARGUMENTS if mode == "drive" else TRAIN_ARGUMENTS)
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text) for name, default, text in arguments]
         + [OpaqueFunction(function=_nodes, args=[mode])]

@@ -354,6 +354,18 @@ def test_start_bridge_false_includes_nothing(monkeypatch):
         "camera_preprocessor", "policy", "carla_episode_manager", "trainer"}
 
 
+def test_start_trainer_false_runs_one_servers_vehicle_pipeline_only(monkeypatch):
+    """Several CARLA servers: each launches its bridge side and pipeline; the trainer runs once elsewhere."""
+    declared, actions, _ = evaluate(monkeypatch, "train.launch.py", start_trainer="false", role_name="hero1",
+                                    namespace="v1")
+    nodes = nodes_of(actions)
+    assert {(n.kwargs["name"], ns) for n, ns in nodes} == {
+        ("camera_preprocessor", "v1"), ("policy", "v1"), ("carla_episode_manager", "v1")}
+    assert "carla_ros_bridge.launch.py" in includes_of(actions)
+    drive_declared, _, _ = evaluate(monkeypatch, "drive.launch.py")
+    assert "start_trainer" not in {d.kwargs.get("name", d.args[0] if d.args else None) for d in drive_declared}
+
+
 def test_drive_is_preprocessing_and_policy_without_exploration(monkeypatch):
     _, actions, _ = evaluate(monkeypatch, "drive.launch.py", checkpoint="/models/actor.safetensors")
     nodes = {n.kwargs["name"]: n for n, _ in nodes_of(actions)}
