@@ -12,7 +12,7 @@ import pytest
 
 from td3_drive import topics as T
 from td3_drive.runtime.local import LocalRuntime
-from td3_drive.runtime.messages import new_message
+from td3_drive.runtime.messages import new_message, seconds
 from test_nodes import Recorder, header, observation_pair, odometry_msg, straight_route
 
 V0, V1 = T.Topics("hero0", "v0"), T.Topics("hero1", "v1")
@@ -249,3 +249,77 @@ def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
     release.set()
     node.close()
     assert node.learner.num_updates >= 1 and node.checkpointer.latest() is not None
+
+
+def _obs_msgs(tp: T.Topics, t: float, seed: int) -> list:
+    image, state = observation_pair(t, seed=seed)
+    return [(tp.observation_image, image), (tp.observation_state, state)]
+
+
+def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_path):
+    """First tick of an episode under ROS: the control (and the teleported pose) may beat the observation."""
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
+    tp = T.Topics()
+    _send(rt, [(tp.route, straight_route()), (tp.odometry, odometry_msg(0.95, 300.0, 0.0, speed=0.0))])
+    _send(rt, [(tp.episode_start, header(1.0, "0"))])
+    # tick 1.0: control first, then the observation, and only then the pose after the teleport to x=10
+    _send(rt, [_control(tp, 1.0, 0.0)] + _obs_msgs(tp, 1.0, 0))
+    _send(rt, [(tp.odometry, odometry_msg(1.0, 10.0, 0.0, speed=8.0))])
+    for k in range(1, 4):
+        t = 1.0 + 0.05 * k
+        _send(rt, [(tp.odometry, odometry_msg(t, 10.0 + 0.4 * k, 0.0, speed=8.0))] + _obs_msgs(tp, t, k)
+              + [_control(tp, t, 0.0)])
+    assert node.drops.counts == {}
+    rewards = [m.data for m in rec.on(tp.reward)]
+    # anchored at x=10 (after the teleport), not at x=300: 0.4 m of progress per step, no jump
+    assert len(rewards) == 3 and max(rewards) - min(rewards) < 0.05 and len(node.replay) == 3
+
+
+def test_a_pose_that_never_comes_drops_the_step_instead_of_scoring_an_old_pose(tmp_path):
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6, max_control_delay=1)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    for k in range(5):
+        t = 1.0 + 0.05 * k
+        odometry = [] if k == 2 else [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0))]
+        _send(rt, odometry + _obs_msgs(tp, t, k) + [_control(tp, t, 0.0)])
+    # both steps that touch the missing pose (into and out of 1.10) are dropped, never scored with another pose
+    assert node.drops.counts == {"no_pose_at_stamp": 2}
+    assert len(rec.on(tp.reward)) == 2 and len(node.replay) == 2  # 1.00->1.05 and 1.15->1.20
+
+
+def test_reset_request_is_stamped_in_the_vehicles_own_simulation_time(tmp_path):
+    rt, node, rec = _two_vehicle_trainer(tmp_path, learning_starts=10**6)
+    _start(rt, V1, 500.0)
+    rt.time_s = 3.0  # the trainer's clock: another server's
+    _send(rt, _tick_messages(V1, 500.0, 20.0) + [_control(V1, 500.0, 0.0)])
+    _send(rt, _tick_messages(V1, 500.05, 20.4, collision=True))
+    (reset,) = rec.on(V1.reset_request)
+    assert seconds(reset.stamp) == pytest.approx(500.05)
+
+
+def test_resume_maps_a_pre_scale_out_checkpoint_in_evaluation(tmp_path):
+    import json
+
+    rt, node, _ = _trainer(tmp_path)
+    path = node.save_checkpoint()
+    node.close()
+    payload = json.loads((path / "state.json").read_text())
+    state = payload["state"]
+    for key in ("vehicles_evaluating", "eval_pending"):
+        del state[key]
+    state.update(evaluating=True, eval_left=3)
+    (path / "state.json").write_text(json.dumps(payload))
+    _, resumed, rec = _trainer(tmp_path, resume=True)
+    assert resumed.vehicles[0].evaluating and resumed._eval_pending == 2
+    rt2 = resumed.ctx._runtime
+    rt2.spin()
+    assert rec.on(T.Topics().exploration)[-1].data is False
+    resumed.close()
+
+
+def test_learning_stops_at_once_when_closing(tmp_path):
+    rt, node, _ = _trainer(tmp_path)
+    node._stop.set()
+    node.learn(1000)  # would raise (empty replay) if it tried
+    assert node.learner.num_updates == 0

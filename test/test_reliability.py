@@ -119,13 +119,13 @@ def _trainer(tmp_path: Path, rollback_after: int = 5):
 def _batches(node, monkeypatch, poisoned: bool) -> None:
     from td3_drive.bench import random_batch
 
-    def sample(batch_size, device="cpu"):
+    def sample_arrays(batch_size):
         batch = random_batch(batch_size, "cpu", seed=node.learner.num_updates)
         if poisoned:
             batch.reward[:] = float("nan")
-        return batch
+        return {name: value.numpy() for name, value in vars(batch).items()}
 
-    monkeypatch.setattr(node.replay, "sample", sample)
+    monkeypatch.setattr(node.replay, "sample_arrays", sample_arrays)
 
 
 def _model(node) -> dict[str, torch.Tensor]:

@@ -115,3 +115,11 @@ def test_any_bounded_reordering_gives_the_in_order_chain(n, delays, lost, max_he
     assert steps_of(got) == expected
     assert [o.observation.stamp for o in got if isinstance(o, Restart)] == [float(j + 1) for j in given_up
                                                                               if j < stuck]
+
+
+def test_an_action_that_beats_its_episode_start_is_kept():
+    chain = TransitionAssembler()
+    chain.add_action(0.5, act(0.5))  # the previous episode's, after its end
+    chain.add_action(1.0, act(1.0))  # the new episode's first control, before its observation
+    assert chain.start(obs(1.0)) == []
+    assert steps_of(chain.add_observation(obs(2.0))) == [(1.0, 1.0, 2.0)]

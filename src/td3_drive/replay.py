@@ -500,14 +500,17 @@ class VehicleReplay:
         self.buffers[stream].add(action, reward, next_frame, next_state, terminated, truncated)
 
     def sample(self, batch_size: int, device: str | torch.device = "cpu") -> Batch:
+        return batch_to(self.sample_arrays(batch_size), device)
+
+    def sample_arrays(self, batch_size: int) -> dict[str, np.ndarray]:
         if len(self.buffers) == 1:
-            return self.buffers[0].sample(batch_size, device)
+            return self.buffers[0].sample_arrays(batch_size)
         sizes = np.array([len(b) for b in self.buffers], dtype=np.float64)
         if sizes.sum() == 0:
             raise ValueError("replay buffer has no complete transition to sample yet")
         counts = self._rng.multinomial(batch_size, sizes / sizes.sum())
         parts = [b.sample_arrays(int(c)) for b, c in zip(self.buffers, counts) if c]
-        return batch_to({name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, device)
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def flush(self) -> None:
         for b in self.buffers:

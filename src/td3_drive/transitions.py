@@ -89,16 +89,18 @@ class TransitionAssembler:
     def held(self) -> int:
         return len(self._held)
 
-    def start(self, first: Observation) -> None:
-        """Begin a chain at ``first`` (an episode start); anything pending is discarded."""
+    def start(self, first: Observation) -> list[Outcome]:
+        """Begin a chain at ``first`` (an episode start); held observations and older actions are dropped.
+
+        An action for ``first`` that arrived before it is kept (returns what completes, normally nothing).
+        """
         self._current, self._held = first, []
         self._forget_before(first.stamp)
+        return self.poll()
 
     def stop(self) -> None:
-        """End the chain (episode over): held observations and stored actions are discarded."""
+        """End the chain (episode over).  Actions stay: the next episode's first one may arrive early."""
         self._current, self._held = None, []
-        self._actions.clear()
-        self._lost.clear()
 
     def add_observation(self, obs: Observation) -> list[Outcome]:
         """An observation newer than every one given before (the pairer guarantees the order)."""
@@ -109,13 +111,15 @@ class TransitionAssembler:
 
     def add_action(self, stamp: float, action: np.ndarray) -> tuple[list[Outcome], str]:
         """The action taken at ``stamp``.  Returns (outcomes, drop reason or "" if kept or ignored)."""
-        if self._current is None or stamp < self._current.stamp:
-            return [], ""  # for an observation not kept (before the episode, or after its end)
+        if self._current is not None and stamp < self._current.stamp:
+            return [], ""  # for an observation before the chain (or the episode): not ours to keep
         if stamp in self._actions or stamp in self._lost:
             return [], "duplicate_control"
         self._actions[stamp] = action
-        if len(self._actions) > self.max_actions:  # keep the stamps nearest the chain
-            del self._actions[max(self._actions)]
+        if len(self._actions) > self.max_actions:
+            # in a chain keep the stamps nearest it (far-future ones are garbage); between episodes
+            # keep the newest (the next episode's first action is among them)
+            del self._actions[max(self._actions) if self._current is not None else min(self._actions)]
         return self.poll(), ""
 
     def action_lost(self, stamp: float) -> list[Outcome]:

@@ -92,16 +92,21 @@ class BridgeWorld:
         self._events = [(t, kind) for t, kind in self._events if t > until]
         return StepEvents(collision="collision" in taken, lane_invasions=taken.count("lane_invasion"))
 
-    def pose_at(self, stamp_s: float) -> VehiclePose | None:
-        """The pose stamped ``stamp_s``, else the newest one before it (None if there is none)."""
+    #: s; the bridge stamps a tick's camera and odometry with the same time: this only absorbs rounding
+    STAMP_TOLERANCE = 1e-3
+
+    def pose_at(self, stamp_s: float, exact: bool = False) -> VehiclePose | None:
+        """The pose stamped ``stamp_s``; unless ``exact``, else the newest one before it (None if none)."""
         for t, pose in reversed(self._poses):
-            if t <= stamp_s:
+            if abs(t - stamp_s) <= self.STAMP_TOLERANCE:
                 return pose
+            if t < stamp_s:
+                return None if exact else pose
         return None
 
     def has_pose_for(self, stamp_s: float) -> bool:
         """Whether the pose stamped ``stamp_s`` (or a newer one) has arrived."""
-        return self.pose_stamp >= stamp_s
+        return self.pose_stamp >= stamp_s - self.STAMP_TOLERANCE
 
     def pending_start(self, stamp_s: float) -> bool:
         """Whether ``starts_episode(stamp_s)`` would be true, without consuming it."""

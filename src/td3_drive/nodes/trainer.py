@@ -10,8 +10,9 @@ route completed) and truncation (timeout) end that vehicle's episode with a
 /td3/reset_request in its namespace; whoever owns the world (the embedded
 simulator, or the CARLA episode manager) resets it and announces
 /td3/episode_start.  Every ``eval_every`` training episodes, ``eval_episodes``
-run without exploration noise and without learning, on the vehicles that
-finish an episode next.
+run without exploration noise and without being stored, on the vehicles that
+finish an episode next (with several vehicles the others keep training, so the
+actor may be updated during an evaluation episode).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from td3_drive.inference import resolve_device
 from td3_drive.learner import Learner, LearnerConfig
 from td3_drive.nodes.common import BridgeWorld, ObservationPairer, declare_topics
 from td3_drive.observation import InvalidMessage
-from td3_drive.replay import VehicleReplay
+from td3_drive.replay import VehicleReplay, batch_to
 from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, dataclass_parameters, stamp
 from td3_drive.runtime.messages import seconds
@@ -69,6 +70,9 @@ class Vehicle:
         self.world = BridgeWorld(ctx, topics, drops, on_pose=self._on_pose)
         self.chain = TransitionAssembler(max_held=max_held, world_ready=self.world.has_pose_for)
         self.reward_fn = RewardFunction(trainer.reward_config)
+        #: the reward is (re)anchored at the pose of the chain's first observation once that pose is
+        #: here: "reset" at an episode start, "resync" after a lost step; "" when anchored
+        self._anchor = ""
         self.in_episode = False
         self.evaluating = False
         self.episode_return, self.episode_steps = 0.0, 0
@@ -113,16 +117,13 @@ class Vehicle:
     # ------------------------------------------------------------------ episode
     def _begin_episode(self, first: Observation) -> None:
         self.world.take_events(until=first.stamp)  # what happened before the start is not this episode's
-        pose = self.world.pose_at(first.stamp)
-        if pose is None:  # only poses stamped after the first tick so far: the newest one will do
-            pose = self.world.pose
         self.in_episode = True
         self.episode_return, self.episode_steps = 0.0, 0
         self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
-        self.reward_fn.reset(pose, self.world.route)
-        self.chain.start(first)
+        self._anchor = "reset"  # at the pose stamped first.stamp (after a teleport it may come later)
         if not self.evaluating:
             self.trainer.start_stream(self.index, first)
+        self._handle(self.chain.start(first))
 
     def _handle(self, outcomes: list[Step | Restart]) -> None:
         for outcome in outcomes:
@@ -136,17 +137,25 @@ class Vehicle:
     def _restart(self, observation: Observation, reason: str, detail: str = "") -> None:
         """The step into ``observation`` is lost: it starts a new replay segment, the reward resyncs."""
         self.trainer.drops.drop(reason, detail or f"{self.label} at {observation.stamp}")
-        pose = self.world.pose_at(observation.stamp)
-        if pose is not None and self.world.route is not None:
-            self.reward_fn.resync(pose, self.world.route)
+        self._anchor = self._anchor or "resync"  # an episode not yet anchored still needs its reset
         if not self.evaluating:
             self.trainer.start_stream(self.index, observation)
 
     def _step(self, step: Step) -> None:
-        t = step.next.stamp
-        pose, route = self.world.pose_at(t), self.world.route
-        if pose is None or route is None:
-            return self._restart(step.next, "no_pose_or_route")
+        """Score a step with the poses stamped at both of its ends; without them it is dropped."""
+        t, route = step.next.stamp, self.world.route
+        if self._anchor:
+            start = self.world.pose_at(step.observation.stamp, exact=True)
+            if start is None:
+                return self._restart(step.next, "no_pose_at_stamp")
+            if self._anchor == "reset":
+                self.reward_fn.reset(start, route)
+            else:
+                self.reward_fn.resync(start, route)
+            self._anchor = ""
+        pose = self.world.pose_at(t, exact=True)
+        if pose is None:
+            return self._restart(step.next, "no_pose_at_stamp")
         reward = self.reward_fn.step(pose, route, self.world.take_events(until=t))
         if not math.isfinite(reward.total):  # never into the replay (it would refuse it anyway)
             return self._restart(step.next, "non_finite_reward", str(reward.components))
@@ -159,14 +168,14 @@ class Vehicle:
         if ended:
             self.in_episode = False
             self.chain.stop()
-            self.reset_pub.publish(self.trainer.ctx.new(
-                T.HEADER, stamp=stamp(self.trainer.ctx, self.trainer.ctx.now()), frame_id=reward.reason))
+            # stamped in this vehicle's simulation time (another CARLA server's clock may differ)
+            self.reset_pub.publish(self.trainer.ctx.new(T.HEADER, stamp=stamp(self.trainer.ctx, t),
+                                                        frame_id=reward.reason))
         self.trainer.record_step(self, step, reward)
 
-    def set_evaluating(self, evaluating: bool, force: bool = False) -> None:
-        if evaluating != self.evaluating or force:
-            self.evaluating = evaluating
-            self.exploration_pub.publish(self.trainer.ctx.new(T.BOOL, data=not evaluating))
+    def publish_exploration(self) -> None:
+        """Latched: exploration noise off while this vehicle drives an evaluation episode."""
+        self.exploration_pub.publish(self.trainer.ctx.new(T.BOOL, data=not self.evaluating))
 
 
 class TrainerNode:
@@ -205,6 +214,8 @@ class TrainerNode:
         if self.checkpoint_episodes and replay_on_disk and not self.checkpoint_replay:
             raise ValueError("checkpoint_episodes (exact resume points) with replay_on_disk needs "
                              "checkpoint_replay: true (the memmap is flushed at other times than checkpoints)")
+        if self.checkpoint_episodes and self.async_updates:
+            raise ValueError("checkpoint_episodes (exact resume points) needs async_updates: false")
         if self.checkpoint_episodes and len(vehicle_topics) > 1:
             raise ValueError("checkpoint_episodes (exact resume points) needs one vehicle: with several, "
                              "episodes do not share boundaries")
@@ -218,9 +229,11 @@ class TrainerNode:
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=p("checkpoint_keep", 3, "checkpoints kept"))
         self.scalars = ScalarLogger(self.run_dir / "tensorboard", self.log_interval)
         self.drops = DropCounter(ctx)
-        # with async_updates the worker thread learns while callbacks add transitions: each lock is held
-        # only for its own structure, so a callback never waits for a gradient update
-        self._replay_lock = threading.Lock()
+        # with async_updates the worker thread learns while callbacks add transitions.  _data_lock: the
+        # replay and the counters that describe it (a checkpoint reads them together); _learner_lock:
+        # the networks.  Callbacks take only _data_lock, and nobody holds it for long (no update, no
+        # disk write), so a callback never waits for a gradient update or a checkpoint
+        self._data_lock = threading.Lock()
         self._learner_lock = threading.Lock()
 
         # training bookkeeping, all vehicles together
@@ -248,7 +261,7 @@ class TrainerNode:
         if p("resume", False, "continue from the newest checkpoint in run_dir"):
             self.resume()
         for vehicle in self.vehicles:
-            vehicle.set_evaluating(vehicle.evaluating, force=True)  # latched: exploration on (or off)
+            vehicle.publish_exploration()
         self.publish_weights()
         self._learn_wanted = threading.Event()
         self._stop = threading.Event()
@@ -269,7 +282,7 @@ class TrainerNode:
 
     # ------------------------------------------------------------------ transitions (called by Vehicle)
     def start_stream(self, index: int, first: Observation) -> None:
-        with self._replay_lock:
+        with self._data_lock:
             self.replay.start_episode(index, first.frame, first.state)
 
     def before_episode_start(self, vehicle: Vehicle) -> None:
@@ -281,35 +294,40 @@ class TrainerNode:
     def record_step(self, vehicle: Vehicle, step: Step, reward: Any) -> None:
         """A scored transition of ``vehicle``: into its replay stream (unless evaluating), then learn."""
         if not vehicle.evaluating:
-            with self._replay_lock:
+            with self._data_lock:
                 self.replay.add(vehicle.index, step.action, reward.total, step.next.frame, step.next.state,
                                 reward.terminated, reward.truncated)
-            self.env_steps += 1
+                self.env_steps += 1
         if reward.terminated or reward.truncated:
             self._end_episode(vehicle, reward.reason)
         elif not vehicle.evaluating:
             self._after_env_step()
 
     def _end_episode(self, vehicle: Vehicle, reason: str) -> None:
-        if vehicle.evaluating:
-            self.eval_returns.append((self.env_steps, vehicle.episode_return))
+        evaluated = vehicle.evaluating
+        with self._data_lock:  # one consistent set of counters for a checkpoint taken meanwhile
+            if evaluated:
+                self.eval_returns.append((self.env_steps, vehicle.episode_return))
+            else:
+                self.episodes += 1
+                self.episode_returns.append((self.env_steps, vehicle.episode_return))
+                if self.eval_every and self.episodes % self.eval_every == 0:
+                    self._eval_pending += self.eval_episodes
+            evaluate_next = self._eval_pending > 0
+            self._eval_pending -= int(evaluate_next)
+            vehicle.evaluating = evaluate_next
+        if evaluated:
             self.scalars.log(self.env_steps, {"eval/return": vehicle.episode_return,
                                               "eval/length": vehicle.episode_steps})
         else:
-            self.episodes += 1
-            self.episode_returns.append((self.env_steps, vehicle.episode_return))
             per_step = max(1, vehicle.episode_steps)
             self.scalars.log(self.env_steps, {
                 "episode/return": vehicle.episode_return, "episode/length": vehicle.episode_steps,
                 **{f"reward/{k}": v / per_step for k, v in vehicle.episode_components.items()},
                 f"episode/end_{reason}": 1.0})
-            if self.eval_every and self.episodes % self.eval_every == 0:
-                self._eval_pending += self.eval_episodes
             self._after_env_step()  # the episode's last training step still gets its updates
-        evaluate_next = self._eval_pending > 0
-        if evaluate_next:
-            self._eval_pending -= 1
-        vehicle.set_evaluating(evaluate_next)
+        if evaluated != evaluate_next:
+            vehicle.publish_exploration()
         if self.checkpoint_episodes:
             # the policy drives the next episode with exactly the weights a resume would publish
             self.publish_weights()
@@ -338,8 +356,11 @@ class TrainerNode:
 
     def learn(self, updates: int) -> None:
         for _ in range(max(0, updates)):
-            with self._replay_lock:
-                batch = self.replay.sample(self.batch_size, self.learner.device)
+            if self._stop.is_set():  # shutting down: the final checkpoint must not wait for a backlog
+                return
+            with self._data_lock:
+                arrays = self.replay.sample_arrays(self.batch_size)
+            batch = batch_to(arrays, self.learner.device)  # the host-to-device copy outside the lock
             with self._learner_lock:
                 metrics = self.learner.update(batch)
                 if self.rollback_after and self.learner.health.consecutive_bad >= self.rollback_after:
@@ -405,12 +426,16 @@ class TrainerNode:
 
     def save_checkpoint(self, episode_boundary: bool = False) -> Path:
         """``episode_boundary``: called before the first tick of an episode is processed (exact resume point)."""
-        with self._replay_lock, self._learner_lock:
-            replay_state = self.replay.state_dict() if self.checkpoint_replay else None
-            path = self.checkpointer.save(self.env_steps, self.learner, self.training_state(episode_boundary),
-                                          replay_state)
+        with self._data_lock:  # a snapshot: the disk write below does not hold up the callbacks
+            env_steps, state = self.env_steps, self.training_state(episode_boundary)
+            replay_state = None
+            if self.checkpoint_replay:
+                replay_state = {k: v.copy() if isinstance(v, np.ndarray) else v
+                                for k, v in self.replay.state_dict().items()}
+        with self._learner_lock:
+            path = self.checkpointer.save(env_steps, self.learner, state, replay_state)
         self.replay.flush()
-        self._checkpointed_steps = self.env_steps
+        self._checkpointed_steps = env_steps
         if episode_boundary:
             self._boundary_episodes = self.episodes
         return path
@@ -451,11 +476,14 @@ class TrainerNode:
         self._checkpoint_period = self.env_steps // self.checkpoint_every if self.checkpoint_every else 0
         self.episode_returns = [tuple(x) for x in state["episode_returns"]]
         self.eval_returns = [tuple(x) for x in state["eval_returns"]]
-        evaluating = state.get("vehicles_evaluating", [])
+        if "vehicles_evaluating" in state:
+            evaluating, self._eval_pending = state["vehicles_evaluating"], int(state["eval_pending"])
+        else:  # written before scale-out: one vehicle, eval_left counted the running evaluation episode too
+            evaluating = [bool(state.get("evaluating", False))]
+            self._eval_pending = max(0, int(state.get("eval_left", 0)) - int(evaluating[0]))
         if len(evaluating) == len(self.vehicles):  # else: another vehicle count, all start training
             for vehicle, flag in zip(self.vehicles, evaluating):
                 vehicle.evaluating = bool(flag)
-        self._eval_pending = int(state.get("eval_pending", 0))
         self.rollbacks = int(state.get("rollbacks", 0))
         self.resumed_node_states = dict(state.get("nodes", {}))
         if state.get("episode_boundary"):
