@@ -62,7 +62,9 @@ def test_kill_9_and_resume_is_bit_identical(tmp_path: Path) -> None:
         stderr = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
         # a run that ended by itself must have succeeded; a killed one must have been alive until the kill
-        assert proc.returncode == (0 if finished else -signal.SIGKILL), (seed, delay, stderr[-3000:])
+        # (or have just finished, successfully: a resumed run can end between poll() and kill())
+        expected = (0,) if finished else (0, -signal.SIGKILL)
+        assert proc.returncode in expected, (seed, delay, stderr[-3000:])
         for path in checkpointer.list():
             assert checkpointer.verify(path), f"corrupt checkpoint {path} after kill at {delay:.2f} s (seed {seed})"
         schedule.append((round(delay, 2), [p.name for p in checkpointer.list()]))
