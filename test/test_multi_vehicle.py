@@ -323,3 +323,17 @@ def test_learning_stops_at_once_when_closing(tmp_path):
     node._stop.set()
     node.learn(1000)  # would raise (empty replay) if it tried
     assert node.learner.num_updates == 0
+
+
+def test_a_lost_first_step_still_counts_toward_the_time_limit(tmp_path):
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6, **{"reward.max_episode_steps": 4})
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    for k in range(5):
+        t = 1.0 + 0.05 * k
+        control = (new_message(T.CONTROL, header=header(t, "0"), throttle=3.0) if k == 0  # invalid: lost
+                   else _control(tp, t, 0.0)[1])
+        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0))] + _obs_msgs(tp, t, k)
+              + [(tp.control, control)])
+    # 1 lost + 3 scored = 4 steps: truncated ("timeout") on the third scored step
+    assert [m.frame_id for m in rec.on(tp.reset_request)] == ["timeout"] and len(rec.on(tp.reward)) == 3

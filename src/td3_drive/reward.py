@@ -125,16 +125,16 @@ class RewardFunction:
         self._stopped_steps = 0
         return proj
 
-    def resync(self, pose: VehiclePose, route: np.ndarray) -> None:
-        """A step was lost (never scored): measure the next one from ``pose``.
+    def resync(self, pose: VehiclePose, route: np.ndarray, lost_steps: int = 1) -> None:
+        """``lost_steps`` steps were never scored: measure the next one from ``pose``.
 
-        Unlike ``reset`` the episode goes on: the lost step counts towards the time limit,
+        Unlike ``reset`` the episode goes on: lost steps count towards the time limit,
         and the farthest progress and the stopped counter are kept.
         """
         _check_pose(pose)
         self._prev_s = project_on_route(pose, route).s_along
         self._prev_speed, self._prev_yaw, self._prev_accel = pose.speed, pose.yaw, None
-        self.steps += 1
+        self.steps += lost_steps
 
     def step(self, pose: VehiclePose, route: np.ndarray, events: StepEvents | None = None) -> RewardStep:
         """Reward for arriving at ``pose`` after one step of ``config.dt`` seconds."""

@@ -124,8 +124,10 @@ class TransitionAssembler:
 
     def action_lost(self, stamp: float) -> list[Outcome]:
         """The action for ``stamp`` will never come (its control was invalid): do not wait for it."""
-        if self._current is not None and stamp >= self._current.stamp and stamp not in self._actions:
+        if (self._current is None or stamp >= self._current.stamp) and stamp not in self._actions:
             self._lost.add(stamp)
+            if len(self._lost) > self.max_actions:  # bounded like the actions: far-future stamps go first
+                self._lost.remove(max(self._lost))
         return self.poll()
 
     def poll(self) -> list[Outcome]:

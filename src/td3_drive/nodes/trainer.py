@@ -73,6 +73,7 @@ class Vehicle:
         #: the reward is (re)anchored at the pose of the chain's first observation once that pose is
         #: here: "reset" at an episode start, "resync" after a lost step; "" when anchored
         self._anchor = ""
+        self._lost_steps = 0  # steps lost since the reward was last anchored (they still take time)
         self.in_episode = False
         self.evaluating = False
         self.episode_return, self.episode_steps = 0.0, 0
@@ -120,7 +121,7 @@ class Vehicle:
         self.in_episode = True
         self.episode_return, self.episode_steps = 0.0, 0
         self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
-        self._anchor = "reset"  # at the pose stamped first.stamp (after a teleport it may come later)
+        self._anchor, self._lost_steps = "reset", 0  # at the pose stamped first.stamp (a teleport's may be late)
         if not self.evaluating:
             self.trainer.start_stream(self.index, first)
         self._handle(self.chain.start(first))
@@ -138,6 +139,7 @@ class Vehicle:
         """The step into ``observation`` is lost: it starts a new replay segment, the reward resyncs."""
         self.trainer.drops.drop(reason, detail or f"{self.label} at {observation.stamp}")
         self._anchor = self._anchor or "resync"  # an episode not yet anchored still needs its reset
+        self._lost_steps += 1
         if not self.evaluating:
             self.trainer.start_stream(self.index, observation)
 
@@ -149,10 +151,13 @@ class Vehicle:
             if start is None:
                 return self._restart(step.next, "no_pose_at_stamp")
             if self._anchor == "reset":
+                # events up to the first tick (the crash before the teleport) are not this episode's,
+                # however late they arrived
+                self.world.take_events(until=step.observation.stamp)
                 self.reward_fn.reset(start, route)
-            else:
-                self.reward_fn.resync(start, route)
-            self._anchor = ""
+            if self._lost_steps:
+                self.reward_fn.resync(start, route, self._lost_steps)
+            self._anchor, self._lost_steps = "", 0
         pose = self.world.pose_at(t, exact=True)
         if pose is None:
             return self._restart(step.next, "no_pose_at_stamp")
@@ -293,29 +298,32 @@ class TrainerNode:
 
     def record_step(self, vehicle: Vehicle, step: Step, reward: Any) -> None:
         """A scored transition of ``vehicle``: into its replay stream (unless evaluating), then learn."""
-        if not vehicle.evaluating:
-            with self._data_lock:
+        evaluated, ended = vehicle.evaluating, reward.terminated or reward.truncated
+        with self._data_lock:  # the step and its episode's counters: one state for a checkpoint meanwhile
+            if not evaluated:
                 self.replay.add(vehicle.index, step.action, reward.total, step.next.frame, step.next.state,
                                 reward.terminated, reward.truncated)
                 self.env_steps += 1
-        if reward.terminated or reward.truncated:
-            self._end_episode(vehicle, reward.reason)
-        elif not vehicle.evaluating:
+            if ended:
+                self._count_episode(vehicle)
+        if ended:
+            self._end_episode(vehicle, evaluated, reward.reason)
+        elif not evaluated:
             self._after_env_step()
 
-    def _end_episode(self, vehicle: Vehicle, reason: str) -> None:
-        evaluated = vehicle.evaluating
-        with self._data_lock:  # one consistent set of counters for a checkpoint taken meanwhile
-            if evaluated:
-                self.eval_returns.append((self.env_steps, vehicle.episode_return))
-            else:
-                self.episodes += 1
-                self.episode_returns.append((self.env_steps, vehicle.episode_return))
-                if self.eval_every and self.episodes % self.eval_every == 0:
-                    self._eval_pending += self.eval_episodes
-            evaluate_next = self._eval_pending > 0
-            self._eval_pending -= int(evaluate_next)
-            vehicle.evaluating = evaluate_next
+    def _count_episode(self, vehicle: Vehicle) -> None:
+        """Counters of a finished episode, and whether the vehicle's next one is an evaluation (under _data_lock)."""
+        if vehicle.evaluating:
+            self.eval_returns.append((self.env_steps, vehicle.episode_return))
+        else:
+            self.episodes += 1
+            self.episode_returns.append((self.env_steps, vehicle.episode_return))
+            if self.eval_every and self.episodes % self.eval_every == 0:
+                self._eval_pending += self.eval_episodes
+        vehicle.evaluating = self._eval_pending > 0
+        self._eval_pending -= int(vehicle.evaluating)
+
+    def _end_episode(self, vehicle: Vehicle, evaluated: bool, reason: str) -> None:
         if evaluated:
             self.scalars.log(self.env_steps, {"eval/return": vehicle.episode_return,
                                               "eval/length": vehicle.episode_steps})
@@ -326,7 +334,7 @@ class TrainerNode:
                 **{f"reward/{k}": v / per_step for k, v in vehicle.episode_components.items()},
                 f"episode/end_{reason}": 1.0})
             self._after_env_step()  # the episode's last training step still gets its updates
-        if evaluated != evaluate_next:
+        if evaluated != vehicle.evaluating:
             vehicle.publish_exploration()
         if self.checkpoint_episodes:
             # the policy drives the next episode with exactly the weights a resume would publish
@@ -415,8 +423,8 @@ class TrainerNode:
 
     # ------------------------------------------------------------------ persistence
     def training_state(self, episode_boundary: bool = False) -> dict[str, Any]:
-        state = {"env_steps": self.env_steps, "episodes": self.episodes,
-                 "episode_returns": self.episode_returns, "eval_returns": self.eval_returns,
+        state = {"env_steps": self.env_steps, "episodes": self.episodes,  # copies: written after the lock
+                 "episode_returns": list(self.episode_returns), "eval_returns": list(self.eval_returns),
                  "vehicles_evaluating": [v.evaluating for v in self.vehicles], "eval_pending": self._eval_pending,
                  "rollbacks": self.rollbacks, "episode_boundary": episode_boundary,
                  "replay_written": [b.written for b in self.replay.buffers]}
@@ -481,9 +489,11 @@ class TrainerNode:
         else:  # written before scale-out: one vehicle, eval_left counted the running evaluation episode too
             evaluating = [bool(state.get("evaluating", False))]
             self._eval_pending = max(0, int(state.get("eval_left", 0)) - int(evaluating[0]))
-        if len(evaluating) == len(self.vehicles):  # else: another vehicle count, all start training
+        if len(evaluating) == len(self.vehicles):
             for vehicle, flag in zip(self.vehicles, evaluating):
                 vehicle.evaluating = bool(flag)
+        else:  # another vehicle count: all start training, the running evaluation episodes are still owed
+            self._eval_pending += sum(bool(flag) for flag in evaluating)
         self.rollbacks = int(state.get("rollbacks", 0))
         self.resumed_node_states = dict(state.get("nodes", {}))
         if state.get("episode_boundary"):
