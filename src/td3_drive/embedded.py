@@ -107,6 +107,10 @@ class EmbeddedGraph:
             self.recorder.close()
 
 
+#: nodes that run once per vehicle (the trainer and evaluator run once)
+VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
+
+
 def vehicle_parameters(parameters: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dict[str, Any]]:
     """Scale-out on one runtime: per vehicle ``i`` the simulator, camera_preprocessor and policy
     become ``v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart),
@@ -123,10 +127,6 @@ def vehicle_parameters(parameters: dict[str, dict[str, Any]], vehicles: int) -> 
     out.setdefault("trainer", {}).update(vehicle_namespaces=[f"v{i}" for i in range(vehicles)],
                                          vehicle_role_names=[f"hero{i}" for i in range(vehicles)])
     return out
-
-
-#: nodes that run once per vehicle (the trainer and evaluator run once)
-VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
 
 
 def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
