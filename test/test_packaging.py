@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: what the package consists of; everything else in the work tree stays out of the build
 PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "src", "launch", "config"]
-EXECUTABLES = ["camera_preprocessor", "policy", "trainer", "carla_episode_manager"]
+EXECUTABLES = ["camera_preprocessor", "policy", "trainer", "carla_episode_manager",
+               "td3-drive"]  # `ros2 run td3_drive td3-drive domain-bridge ...` (docs/ros2.md)
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
 
 

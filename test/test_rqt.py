@@ -15,7 +15,7 @@ def _plugins(data: dict) -> dict[str, dict]:
 
 
 def test_committed_file_is_the_generated_one():
-    assert rqt.DEFAULT_FILE.read_text() == rqt.render(), "regenerate: python -m td3_drive.rqt -o " + str(
+    assert rqt.DEFAULT_FILE.read_text() == rqt.render(), "regenerate: td3-drive rqt-perspective -o " + str(
         rqt.DEFAULT_FILE)
 
 
@@ -52,7 +52,9 @@ def test_plotted_fields_are_float32_data_of_published_topics():
 
 def test_scale_out_perspective_uses_the_vehicle_and_trainer_namespaces(tmp_path):
     out = tmp_path / "v1.perspective"
-    assert rqt.main(["--namespace", "v1", "--trainer-namespace", "", "-o", str(out)]) == 0
+    from td3_drive import cli
+
+    assert cli.main(["rqt-perspective", "--namespace", "v1", "--trainer-namespace", "", "-o", str(out)]) == 0
     plugins = _plugins(json.loads(out.read_text()))
     fields = [f for name, s in plugins.items() if "rqt_plot" in name for f in s["topics"]]
     assert "/v1/td3/features/actor/l2_norm/data" in fields and "/td3/features/critic/l2_norm/data" in fields

@@ -49,8 +49,10 @@ def test_crossings_are_exactly_the_trainers_topics_for_that_vehicle(tmp_path):
 
 def test_domain_bridge_yaml(tmp_path):
     out = tmp_path / "bridge_v1.yaml"
-    assert scaleout.main(["--namespace", "v1", "--role-name", "hero1", "--vehicle-domain", "11",
-                          "--trainer-domain", "10", "-o", str(out)]) == 0
+    from td3_drive import cli
+
+    assert cli.main(["domain-bridge", "--namespace", "v1", "--role-name", "hero1", "--vehicle-domain", "11",
+                     "--trainer-domain", "10", "-o", str(out)]) == 0
     config = yaml.safe_load(out.read_text())
     assert (config["name"], config["from_domain"], config["to_domain"]) == ("td3_v1", 11, 10)
     topics = config["topics"]
@@ -62,9 +64,14 @@ def test_domain_bridge_yaml(tmp_path):
     assert not any(t in topics for t in ("/clock", "/carla/status", "/carla/world_info")), "global per server"
 
 
-def test_bad_domains_are_refused():
+def test_bad_domains_are_refused(tmp_path):
     import pytest
+
+    from td3_drive import cli
 
     for vehicle_domain, trainer_domain in ((3, 3), (300, 1)):
         with pytest.raises(ValueError):
             scaleout.domain_bridge_config(T.Topics("hero1", "v1"), vehicle_domain, trainer_domain)
+    with pytest.raises(SystemExit, match="share a domain"):
+        cli.main(["domain-bridge", "--namespace", "v1", "--role-name", "hero1", "--vehicle-domain", "3",
+                  "--trainer-domain", "3", "-o", str(tmp_path / "x.yaml")])

@@ -5,6 +5,8 @@
     td3-drive play BAG [--checkpoint PATH]
     td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
+    td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] -o FILE
+    td3-drive domain-bridge --namespace NS --role-name ROLE --vehicle-domain N --trainer-domain N -o FILE
 
 Each command prints progress on stderr and a JSON summary as the last stdout line.
 """
@@ -194,6 +196,32 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
             "actions": policy.actions}
 
 
+def _write(command: str, text: str, output: Path) -> dict[str, Any]:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    return {"command": command, "output": str(output)}
+
+
+def cmd_rqt_perspective(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive import rqt
+
+    return _write("rqt-perspective", rqt.render(args.namespace, args.trainer_namespace), args.output)
+
+
+def cmd_domain_bridge(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from td3_drive import scaleout
+    from td3_drive.topics import Topics
+
+    try:
+        config = scaleout.domain_bridge_config(Topics(args.role_name, args.namespace), args.vehicle_domain,
+                                               args.trainer_domain)
+    except ValueError as exc:
+        raise SystemExit(f"domain-bridge: {exc}") from None
+    return _write("domain-bridge", yaml.safe_dump(config, sort_keys=False), args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="td3-drive", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", type=Path)
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("rqt-perspective", help="write an rqt perspective: feature plots, reward, observation image")
+    p.add_argument("--namespace", default="", help="the vehicle pipeline's namespace (scale-out: v0, v1, ...)")
+    p.add_argument("--trainer-namespace", default=None,
+                   help="the trainer's namespace (default: --namespace; scale-out: empty)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_rqt_perspective)
+
+    p = sub.add_parser("domain-bridge", help="write the domain_bridge config joining one CARLA server's ROS "
+                                             "domain to the trainer's (docs/ros2.md, several servers)")
+    p.add_argument("--namespace", required=True, help="the vehicle pipeline's namespace, e.g. v1")
+    p.add_argument("--role-name", required=True, help="its ego role name, e.g. hero1 (unique across servers)")
+    p.add_argument("--vehicle-domain", type=int, required=True, help="ROS_DOMAIN_ID of that server's graph")
+    p.add_argument("--trainer-domain", type=int, required=True, help="ROS_DOMAIN_ID of the trainer")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_domain_bridge)
 
     from td3_drive import evaluation  # eval, compare (docs/evaluate.md)
 

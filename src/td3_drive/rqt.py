@@ -1,7 +1,7 @@
 """A saved rqt perspective for watching training: feature statistics, reward, the observation image.
 
     rqt --perspective-file $(ros2 pkg prefix td3_drive)/share/td3_drive/config/rqt/td3_features.perspective
-    python -m td3_drive.rqt --namespace v0 --trainer-namespace "" -o v0.perspective   # a scale-out vehicle
+    td3-drive rqt-perspective --namespace v0 --trainer-namespace "" -o v0.perspective   # a scale-out vehicle
 
 The file is what rqt's "Perspectives > Export" writes: nested ``groups``/``keys``
 whose values are Python ``repr`` strings.  Plugin settings use the keys rqt_plot
@@ -12,9 +12,7 @@ Topic names come from ``td3_drive.topics``, so the file cannot drift from the no
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +68,3 @@ def perspective(namespace: str = "", trainer_namespace: str | None = None) -> di
 
 def render(namespace: str = "", trainer_namespace: str | None = None) -> str:
     return json.dumps(perspective(namespace, trainer_namespace), indent=2, sort_keys=True) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m td3_drive.rqt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--namespace", default="", help="the vehicle pipeline's namespace (scale-out: v0, v1, ...)")
-    parser.add_argument("--trainer-namespace", default=None,
-                        help="the trainer's namespace (default: --namespace; scale-out: empty)")
-    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    args = parser.parse_args(argv)
-    text = render(args.namespace, args.trainer_namespace)
-    if args.output:
-        args.output.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

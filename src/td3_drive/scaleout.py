@@ -10,18 +10,13 @@ exploration flag back).  This module lists those topics from ``topics.Topics``
 subscriptions) and writes the domain_bridge YAML (keys as parsed by domain_bridge's
 ``parse_domain_bridge_yaml_config.cpp``: ``reversed`` sends a topic the other way):
 
-    python -m td3_drive.scaleout --namespace v1 --role-name hero1 \\
+    td3-drive domain-bridge --namespace v1 --role-name hero1 \\
         --vehicle-domain 11 --trainer-domain 10 -o bridge_v1.yaml
     ros2 run domain_bridge domain_bridge bridge_v1.yaml
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 from td3_drive import topics as T
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, QoS
@@ -68,29 +63,3 @@ def domain_bridge_config(vehicle: T.Topics, vehicle_domain: int, trainer_domain:
             entry["reversed"] = True  # from the trainer's domain into the vehicle's
         topics[c.topic] = entry
     return {"name": name, "from_domain": vehicle_domain, "to_domain": trainer_domain, "topics": topics}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m td3_drive.scaleout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--namespace", required=True, help="the vehicle pipeline's namespace, e.g. v1")
-    parser.add_argument("--role-name", required=True, help="its ego role name, e.g. hero1 (unique across servers)")
-    parser.add_argument("--vehicle-domain", type=int, required=True, help="ROS_DOMAIN_ID of that server's graph")
-    parser.add_argument("--trainer-domain", type=int, required=True, help="ROS_DOMAIN_ID of the trainer")
-    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    args = parser.parse_args(argv)
-    try:
-        config = domain_bridge_config(T.Topics(args.role_name, args.namespace), args.vehicle_domain,
-                                      args.trainer_domain)
-    except ValueError as exc:
-        parser.error(str(exc))
-    text = yaml.safe_dump(config, sort_keys=False)
-    if args.output:
-        args.output.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
