@@ -54,6 +54,26 @@ def _start(rt, tp: T.Topics, t: float) -> None:
     _send(rt, [(tp.route, straight_route()), (tp.episode_start, header(t, "0"))])
 
 
+def _drive_tick(rt, tp: T.Topics, k: int, control: str = "valid", odometry: bool = True) -> float:
+    """Tick k of an episode started at 1.0 s, in bridge order: pose, observation, control.
+
+    ``control``: "valid", "invalid" (throttle 3: dropped by the trainer), or "none"."""
+    t = 1.0 + 0.05 * k
+    messages = [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0))] if odometry else []
+    messages += _obs_msgs(tp, t, k)
+    if control == "valid":
+        messages.append(_control(tp, t, 0.0))
+    elif control == "invalid":
+        messages.append((tp.control, new_message(T.CONTROL, header=header(t, "0"), throttle=3.0)))
+    _send(rt, messages)
+    return t
+
+
+def _obs_msgs(tp: T.Topics, t: float, seed: int) -> list:
+    image, state = observation_pair(t, seed=seed)
+    return [(tp.observation_image, image), (tp.observation_state, state)]
+
+
 def test_one_trainer_learns_from_two_vehicles_and_resets_only_the_one_that_crashed(tmp_path):
     rt, node, rec = _two_vehicle_trainer(tmp_path)
     rt.spin()
@@ -135,10 +155,7 @@ def test_an_event_later_than_its_pose_counts_in_the_next_step_never_lost(tmp_pat
     tp = T.Topics()
     _start(rt, tp, 1.0)
     for k in range(4):
-        t = 1.0 + 0.05 * k
-        image, state = observation_pair(t, seed=k)
-        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0)),
-                   (tp.observation_image, image), (tp.observation_state, state), _control(tp, t, 0.0)])
+        t = _drive_tick(rt, tp, k)
         if k == 1:  # stamped 1.05, delivered after that step was scored
             _send(rt, [(tp.collision, new_message(T.COLLISION, header=header(t, "c"), other_actor_id=3))])
     assert [m.frame_id for m in rec.on(tp.reset_request)] == ["collision"]
@@ -150,14 +167,7 @@ def test_lost_step_resyncs_the_reward_and_keeps_the_episode_clock(tmp_path):
     tp = T.Topics()
     _start(rt, tp, 1.0)
     for k in range(6):
-        t = 1.0 + 0.05 * k
-        rt.time_s = t
-        image, state = observation_pair(t, seed=k)
-        controls = [] if k == 2 else [_control(tp, t, 0.0)]  # tick 2's control is lost (invalid)
-        if k == 2:
-            controls = [(tp.control, new_message(T.CONTROL, header=header(t, "0"), steer=0.0, throttle=5.0))]
-        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0)),
-                   (tp.observation_image, image), (tp.observation_state, state), *controls])
+        _drive_tick(rt, tp, k, control="invalid" if k == 2 else "valid")  # tick 2's control is lost
     assert node.drops.counts == {"control_out_of_range": 1, "missing_action": 1}
     rewards = [m.data for m in rec.on(tp.reward)]
     # the step after the gap is scored from the pose it restarted at: 0.4 m of progress, not 0.8
@@ -251,11 +261,6 @@ def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
     assert node.learner.num_updates >= 1 and node.checkpointer.latest() is not None
 
 
-def _obs_msgs(tp: T.Topics, t: float, seed: int) -> list:
-    image, state = observation_pair(t, seed=seed)
-    return [(tp.observation_image, image), (tp.observation_state, state)]
-
-
 def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_path):
     """First tick of an episode under ROS: the control (and the teleported pose) may beat the observation."""
     rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
@@ -266,9 +271,7 @@ def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_p
     _send(rt, [_control(tp, 1.0, 0.0)] + _obs_msgs(tp, 1.0, 0))
     _send(rt, [(tp.odometry, odometry_msg(1.0, 10.0, 0.0, speed=8.0))])
     for k in range(1, 4):
-        t = 1.0 + 0.05 * k
-        _send(rt, [(tp.odometry, odometry_msg(t, 10.0 + 0.4 * k, 0.0, speed=8.0))] + _obs_msgs(tp, t, k)
-              + [_control(tp, t, 0.0)])
+        _drive_tick(rt, tp, k)
     assert node.drops.counts == {}
     rewards = [m.data for m in rec.on(tp.reward)]
     # anchored at x=10 (after the teleport), not at x=300: 0.4 m of progress per step, no jump
@@ -280,9 +283,7 @@ def test_a_pose_that_never_comes_drops_the_step_instead_of_scoring_an_old_pose(t
     tp = T.Topics()
     _start(rt, tp, 1.0)
     for k in range(5):
-        t = 1.0 + 0.05 * k
-        odometry = [] if k == 2 else [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0))]
-        _send(rt, odometry + _obs_msgs(tp, t, k) + [_control(tp, t, 0.0)])
+        _drive_tick(rt, tp, k, odometry=k != 2)
     # both steps that touch the missing pose (into and out of 1.10) are dropped, never scored with another pose
     assert node.drops.counts == {"no_pose_at_stamp": 2}
     assert len(rec.on(tp.reward)) == 2 and len(node.replay) == 2  # 1.00->1.05 and 1.15->1.20
@@ -330,10 +331,6 @@ def test_a_lost_first_step_still_counts_toward_the_time_limit(tmp_path):
     tp = T.Topics()
     _start(rt, tp, 1.0)
     for k in range(5):
-        t = 1.0 + 0.05 * k
-        control = (new_message(T.CONTROL, header=header(t, "0"), throttle=3.0) if k == 0  # invalid: lost
-                   else _control(tp, t, 0.0)[1])
-        _send(rt, [(tp.odometry, odometry_msg(t, 10 + 0.4 * k, 0.0, speed=8.0))] + _obs_msgs(tp, t, k)
-              + [(tp.control, control)])
+        _drive_tick(rt, tp, k, control="invalid" if k == 0 else "valid")
     # 1 lost + 3 scored = 4 steps: truncated ("timeout") on the third scored step
     assert [m.frame_id for m in rec.on(tp.reset_request)] == ["timeout"] and len(rec.on(tp.reward)) == 3
