@@ -477,6 +477,38 @@ def test_callback_groups_and_timers(fake):
         fake.ctx.create_timer(0, lambda: None)
 
 
+def test_scale_out_trainer_on_the_rclpy_adapter(monkeypatch, tmp_path):
+    """The trainer as train.launch.py num_vehicles:=2 starts it, on the adapter: typed list parameters,
+    every vehicle's topics with the contract's QoS, subscriptions serialised in one group, learning
+    in its own thread, a clean close."""
+    from td3_drive.nodes.trainer import TrainerNode
+    from td3_drive.runtime import ros
+
+    install_fake_rclpy(monkeypatch, overrides={
+        "vehicle_namespaces": ["v0", "v1"], "vehicle_role_names": ["hero0", "hero1"], "async_updates": True,
+        "run_dir": str(tmp_path), "device": "cpu", "learner.encoder_mode": "shared"})
+    node = sys.modules["rclpy.node"].Node("trainer")
+    ctx = ros.RosContext(node, parallel_timers=True, converter=ros.MessageConverter(FakeRosidl().cls))
+    trainer = TrainerNode(ctx)
+    try:
+        assert node.descriptors["vehicle_namespaces"].type == 9  # PARAMETER_STRING_ARRAY
+        subs = {s.topic: s for s in node.subscriptions}
+        for ns, role in (("v0", "hero0"), ("v1", "hero1")):
+            assert {f"/{ns}/td3/observation/image", f"/{ns}/td3/observation/state", f"/{ns}/td3/episode_start",
+                    f"/carla/{role}/odometry", f"/carla/{role}/collision", f"/carla/{role}/lane_invasion",
+                    f"/carla/{role}/waypoints", f"/carla/{role}/vehicle_control_cmd"} <= set(subs)
+            assert subs[f"/carla/{role}/waypoints"].qos.durability == "TRANSIENT_LOCAL"
+        assert len({id(s.group) for s in node.subscriptions}) == 1, "callbacks run one at a time"
+        pubs = {p.topic: p for p in node.publishers}
+        assert pubs["/td3/actor_weights"].qos.durability == "TRANSIENT_LOCAL"
+        assert {"/v0/td3/reset_request", "/v1/td3/reset_request", "/v0/td3/exploration"} <= set(pubs)
+        assert [m.data for m in pubs["/v1/td3/exploration"].sent] == [True]
+        assert trainer._worker is not None and trainer._worker.is_alive()
+    finally:
+        trainer.close()
+    assert not trainer._worker.is_alive()
+
+
 def test_parameters_typed_by_default_and_described(monkeypatch):
     from td3_drive.runtime import ros
 
