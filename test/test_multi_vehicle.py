@@ -334,3 +334,15 @@ def test_a_lost_first_step_still_counts_toward_the_time_limit(tmp_path):
         _drive_tick(rt, tp, k, control="invalid" if k == 0 else "valid")
     # 1 lost + 3 scored = 4 steps: truncated ("timeout") on the third scored step
     assert [m.frame_id for m in rec.on(tp.reset_request)] == ["timeout"] and len(rec.on(tp.reward)) == 3
+
+
+def test_a_collision_from_before_the_episode_never_ends_the_new_one(tmp_path):
+    """The crash that ended the last episode, delivered after the new episode's first observation."""
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    _drive_tick(rt, tp, 0)
+    _send(rt, [(tp.collision, new_message(T.COLLISION, header=header(0.95, "c"), other_actor_id=3))])
+    for k in range(1, 4):
+        _drive_tick(rt, tp, k)
+    assert rec.on(tp.reset_request) == [] and len(rec.on(tp.reward)) == 3 and node.in_episode

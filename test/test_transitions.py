@@ -123,3 +123,16 @@ def test_an_action_that_beats_its_episode_start_is_kept():
     chain.add_action(1.0, act(1.0))  # the new episode's first control, before its observation
     assert chain.start(obs(1.0)) == []
     assert steps_of(chain.add_observation(obs(2.0))) == [(1.0, 1.0, 2.0)]
+
+
+def test_lost_and_stored_stamps_stay_bounded():
+    chain = TransitionAssembler(max_actions=8)
+    for i in range(100):  # garbage far-future stamps, between episodes and during one
+        chain.action_lost(1000.0 + i)
+        chain.add_action(2000.0 + i, act(1.0))
+    assert len(chain._lost) <= 8 and len(chain._actions) <= 8
+    chain.start(obs(1.0))
+    for i in range(100):
+        chain.action_lost(3000.0 + i)
+        chain.add_action(4000.0 + i, act(1.0))
+    assert len(chain._lost) <= 8 and len(chain._actions) <= 8
