@@ -82,7 +82,7 @@ def _make_deterministic() -> None:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(args.run_dir)
     extra: dict[str, dict[str, Any]] = {"trainer": {"run_dir": str(run_dir), "resume": args.resume}}
-    if getattr(args, "deterministic", False):
+    if args.deterministic:
         _make_deterministic()
         for node, values in DETERMINISTIC.items():
             extra.setdefault(node, {}).update(values)
@@ -93,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     embedded.snapshot_config(run_dir, embedded.vehicle_parameters(params, args.vehicles), sys.argv)
     graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir),
-                                 bag_exclude=("/td3/actor_weights",) if args.bag_observations else embedded.BAG_EXCLUDE,
+                                 bag_exclude=tuple(t for t in embedded.BAG_EXCLUDE
+                                                   if not (args.bag_observations and t.endswith("/observation/image"))),
                                  vehicles=args.vehicles)
     trainer, policy = graph.nodes["trainer"], graph.of_kind("policy")[0]
     steps = args.steps if args.steps is not None else trainer.total_steps
@@ -101,16 +102,20 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     start_steps = trainer.env_steps
     # a resume from an episode-boundary checkpoint restored the simulator's tick count: ticks already
     # run count toward --steps, so a resumed run stops at the same total as an uninterrupted one
-    graph.sim.start()
-    done_ticks = graph.sim.ticks - 1
+    graph.start()
+
+    def ticks_run() -> int:  # the first tick is the episode start, not a step
+        return graph.sim.ticks - 1
+
+    done_ticks = ticks_run()
     steps_left = max(0, steps - done_ticks)
     bar = _progress(steps, "train")
 
     def on_progress() -> None:
-        bar.n = min(steps, graph.sim.ticks - 1)
+        bar.n = min(steps, ticks_run())
         last = trainer.episode_returns[-1][1] if trainer.episode_returns else float("nan")
         elapsed = time.perf_counter() - start
-        bar.set_postfix(steps_s=f"{(graph.sim.ticks - 1 - done_ticks) / max(elapsed, 1e-9):.1f}", ret=f"{last:.1f}",
+        bar.set_postfix(steps_s=f"{(ticks_run() - done_ticks) / max(elapsed, 1e-9):.1f}", ret=f"{last:.1f}",
                         feat_l2=f"{policy.last_feature_l2:.1f}", upd=trainer.learner.num_updates, refresh=False)
         bar.refresh()
 
@@ -126,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "command": "train", "run_dir": str(run_dir), "checkpoint": str(checkpoint), "ticks": graph.sim.ticks,
         "env_steps": trainer.env_steps, "new_env_steps": trainer.env_steps - start_steps,
         "updates": trainer.learner.num_updates, "episodes": trainer.episodes, "wall_s": round(wall, 1),
-        "steps_per_s": round((graph.sim.ticks - 1 - done_ticks) / wall, 2), "resumed_at_tick": done_ticks,
+        "steps_per_s": round((ticks_run() - done_ticks) / wall, 2), "resumed_at_tick": done_ticks,
         "vehicles": args.vehicles, "env_steps_per_s": round((trainer.env_steps - start_steps) / wall, 2),
         "rollbacks": trainer.rollbacks,
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),

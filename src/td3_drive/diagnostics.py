@@ -17,9 +17,13 @@ class DropCounter:
         self.ctx = ctx
         self.counts: dict[str, int] = {}
 
+    def count(self, reason: str) -> int:
+        """Count one drop without logging (for a node that logs it its own way); returns the new count."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        return self.counts[reason]
+
     def drop(self, reason: str, detail: str = "") -> None:
-        count = self.counts.get(reason, 0) + 1
-        self.counts[reason] = count
+        count = self.count(reason)
         if count & (count - 1) == 0:  # powers of two: loud at first, quiet when it persists
             self.ctx.logger.warning(f"{self.ctx.name}: dropped input ({reason}) x{count} {detail}".rstrip())
 

@@ -87,15 +87,21 @@ class EmbeddedGraph:
         """Every node of one kind ('policy' and 'v0/policy', 'v1/policy', ...), in vehicle order."""
         return [node for name, node in self.nodes.items() if name.rsplit("/", 1)[-1] == kind]
 
-    def run(self, ticks: int, on_progress: Callable[[], None] | None = None, every: int = 20) -> None:
-        """Advance the lockstep graph by ``ticks`` ticks of the first simulator (the others keep pace)."""
+    def start(self) -> None:
+        """Publish every simulator's first tick (a no-op once started)."""
         for sim in self.sims:
-            if not sim.started:
-                sim.start()
+            sim.start()
+
+    def run(self, ticks: int, on_progress: Callable[[], None] | None = None, every: int = 20,
+            stop: Callable[[], bool] | None = None) -> None:
+        """Advance the lockstep graph by ``ticks`` ticks of the first simulator (the others keep pace),
+        or until ``stop()`` is true (checked on every delivered message)."""
+        self.start()
         target = self.sim.ticks + ticks
-        while self.sim.ticks < target:
+        done = stop or (lambda: False)
+        while self.sim.ticks < target and not done():
             goal = min(target, self.sim.ticks + every)
-            self.runtime.spin(until=lambda: self.sim.ticks >= goal)
+            self.runtime.spin(until=lambda: self.sim.ticks >= goal or done())
             if on_progress:
                 on_progress()
 

@@ -95,14 +95,10 @@ def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
                  on_episode: Callable[[int], None] | None = None, chunk: int = 20) -> None:
     """Advance ``graph`` until its evaluator has ``episodes`` finished episodes or ``max_ticks`` ticks."""
     evaluator = graph.nodes["evaluator"]
-    if not graph.sim.started:
-        graph.sim.start()
-    while len(evaluator.episodes) < episodes and graph.sim.ticks < max_ticks:
-        goal = min(graph.sim.ticks + chunk, max_ticks)
-        # stop on the tick that ends the last episode, not at the next chunk boundary
-        graph.runtime.spin(until=lambda: graph.sim.ticks >= goal or len(evaluator.episodes) >= episodes)
-        if on_episode is not None:
-            on_episode(len(evaluator.episodes))
+    graph.start()
+    # stop on the tick that ends the last episode, not at the next chunk boundary
+    graph.run(max_ticks - graph.sim.ticks, None if on_episode is None else lambda: on_episode(len(evaluator.episodes)),
+              every=chunk, stop=lambda: len(evaluator.episodes) >= episodes)
 
 
 def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None, episodes: int = 5,
@@ -110,7 +106,7 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
              overrides: list[str] | None = None, progress: bool = True) -> EvalResult:
     """Drive ``episodes`` fixed-seed episodes with a checkpoint or the PID controller; no learning."""
     from td3_drive import cli
-    from td3_drive.metrics import EpisodeMetrics, summarize
+    from td3_drive.metrics import summarize
 
     params = eval_parameters(controller, checkpoint, eval_seed, config, overrides)
     graph = embedded.build_graph(params, controller=controller, trainer=False, evaluator=True)
@@ -134,15 +130,14 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
     for k, (m, ret) in enumerate(zip(evaluator.episodes, evaluator.returns), start=1):
         # simulator episode k (1-based, see sim/node.py) ran on seed config.seed + k
         rows.append({"agent": agent, "episode": k, "seed": int(eval_seed) + k, "return": float(ret), **m.to_dict()})
-    metrics = [EpisodeMetrics(**{f: r[f] for f in EpisodeMetrics.__dataclass_fields__}) for r in rows]
-    return EvalResult(agent, rows, summarize(metrics) if metrics else None, graph.sim.ticks,
+    return EvalResult(agent, rows, summarize(evaluator.episodes) if evaluator.episodes else None, graph.sim.ticks,
                       graph.sim.ticks >= max_ticks, round(time.perf_counter() - start, 2),
                       {"controller": controller, "checkpoint": str(checkpoint) if checkpoint else None,
                        "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": cli._drops(graph)})
 
 
-def write_episodes(result_rows: list[dict[str, Any]], csv_path: Path) -> None:
-    """Per-episode rows -> CSV (one column per field, NaN as empty)."""
+def write_csv(result_rows: list[dict[str, Any]], csv_path: Path) -> None:
+    """Rows (per episode, per agent, per test) -> CSV (one column per field, NaN as empty)."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
     for row in result_rows:
@@ -180,7 +175,7 @@ def save_eval(result: EvalResult, out: Path) -> dict[str, str]:
     """``out/episodes.json`` (meta, per-episode rows, summary) and ``out/episodes.csv``."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(result.to_dict(), out / "episodes.json")
-    write_episodes(result.episodes, out / "episodes.csv")
+    write_csv(result.episodes, out / "episodes.csv")
     return {"json": str(out / "episodes.json"), "csv": str(out / "episodes.csv")}
 
 
@@ -228,17 +223,25 @@ def load_preset(name_or_path: str) -> Preset:
             raise SystemExit(f"unknown preset {name_or_path!r} (known: {known})") from None
     raw = yaml.safe_load(path.read_text()) or {}
     train, ev = raw.get("train", {}) or {}, raw.get("eval", {}) or {}
-    preset = Preset(name=raw.get("name", path.stem), description=raw.get("description", ""),
-                    steps=int(train.get("steps", 6000)), seeds=[int(s) for s in train.get("seeds", [0, 1, 2])],
-                    train_config=train.get("config", "train"), train_set=list(train.get("set", []) or []),
-                    agents=list(raw.get("agents", list(AGENTS))), eval_episodes=int(ev.get("episodes", 5)),
-                    eval_seed=int(ev.get("seed", DEFAULT_EVAL_SEED)), eval_max_ticks=int(ev.get("max_ticks", 100_000)),
-                    eval_config=ev.get("config", "drive"), eval_set=list(ev.get("set", []) or []),
-                    curve_points=int(raw.get("curve_points", 50)))
-    unknown = [a for a in preset.agents if a not in AGENTS]
-    if unknown:
-        raise SystemExit(f"preset {preset.name}: unknown agents {unknown} (known: {list(AGENTS)})")
+    # YAML key -> Preset field, with its type; absent keys keep the dataclass defaults
+    given = {
+        "description": raw.get("description"), "agents": raw.get("agents"), "curve_points": raw.get("curve_points"),
+        "steps": train.get("steps"), "seeds": train.get("seeds"), "train_config": train.get("config"),
+        "train_set": train.get("set"), "eval_episodes": ev.get("episodes"), "eval_seed": ev.get("seed"),
+        "eval_max_ticks": ev.get("max_ticks"), "eval_config": ev.get("config"), "eval_set": ev.get("set"),
+    }
+    cast = {"steps": int, "curve_points": int, "eval_episodes": int, "eval_seed": int, "eval_max_ticks": int,
+            "seeds": lambda v: [int(x) for x in v], "agents": list, "train_set": list, "eval_set": list}
+    preset = Preset(name=raw.get("name", path.stem),
+                    **{k: cast.get(k, lambda v: v)(v) for k, v in given.items() if v is not None})
+    _check_agents(preset.agents, f"preset {preset.name}: ")
     return preset
+
+
+def _check_agents(agents: list[str], where: str = "") -> None:
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise SystemExit(f"{where}unknown agents {unknown} (known: {list(AGENTS)})")
 
 
 # ------------------------------------------------------------------ compare
@@ -264,7 +267,7 @@ def train_run(agent: str, seed: int, run_dir: Path, preset: Preset, extra_set: l
 def _has_checkpoint(run_dir: Path) -> bool:
     from td3_drive.checkpoint import Checkpointer
 
-    return (run_dir / "checkpoints").is_dir() and Checkpointer(run_dir / "checkpoints").latest() is not None
+    return Checkpointer(run_dir / "checkpoints").latest() is not None  # verifies checksums: call once per run
 
 
 def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: bool = True,
@@ -280,16 +283,17 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
     trained, reused = [], []
     for i, (agent, seed) in enumerate(jobs, start=1):
         run_dir = run_dir_for(runs, agent, seed)
-        finished = (run_dir / "train_summary.json").exists() and _has_checkpoint(run_dir)
+        has_checkpoint = _has_checkpoint(run_dir)
+        finished = (run_dir / "train_summary.json").exists() and has_checkpoint
         # --no-train: any run with a checkpoint is taken as it is (e.g. runs trained elsewhere)
-        if finished or (not train_missing and _has_checkpoint(run_dir)):
+        if finished or (not train_missing and has_checkpoint):
             reused.append(str(run_dir))
             log(f"[{i}/{len(jobs)}] reuse {agent} seed {seed}: {run_dir}")
             continue
         if not train_missing:
             raise SystemExit(f"no run with a checkpoint at {run_dir} (and --no-train)")
         # a checkpoint without train_summary.json: an interrupted compare run, continued with --resume
-        resume = _has_checkpoint(run_dir)
+        resume = has_checkpoint
         log(f"[{i}/{len(jobs)}] {'resume' if resume else 'train'} {agent} seed {seed} ({preset.steps} steps) -> {run_dir}")
         train_run(agent, seed, run_dir, preset, list(extra_train_set or []), resume)
         trained.append(str(run_dir))
@@ -333,9 +337,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         preset.eval_episodes = args.episodes
     if args.agents:
         preset.agents = args.agents.split(",")
-        unknown = [a for a in preset.agents if a not in AGENTS]
-        if unknown:
-            raise SystemExit(f"unknown agents {unknown} (known: {list(AGENTS)})")
+        _check_agents(preset.agents)
     return compare(preset, Path(args.out), Path(args.runs) if args.runs else None, not args.no_train, args.set)
 
 

@@ -74,6 +74,11 @@ class EpisodeMetrics:
         """Plain dict (Python scalars), e.g. for JSON or CSV."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "EpisodeMetrics":
+        """Back from :meth:`to_dict` (extra keys such as ``agent`` or ``return`` are ignored)."""
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
 
 def route_length(route: np.ndarray) -> float:
     """Length (m) of an (N, 2) polyline."""

@@ -488,10 +488,6 @@ class VehicleReplay:
     def __len__(self) -> int:
         return sum(len(b) for b in self.buffers)
 
-    @property
-    def bytes_per_transition(self) -> int:
-        return self.buffers[0].bytes_per_transition
-
     def start_episode(self, stream: int, frame: np.ndarray, state: np.ndarray | None) -> None:
         self.buffers[stream].start_episode(frame, state)
 

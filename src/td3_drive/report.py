@@ -64,9 +64,15 @@ def run_scalars(run_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, n
     return out
 
 
+def _trainer_parameters(run_dir: Path) -> dict[str, Any]:
+    """The trainer's parameters from a run's config.yaml snapshot ({} if there is none)."""
+    path = run_dir / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return ((config or {}).get("trainer") or {}).get("ros__parameters", {})
+
+
 def _update_schedule(run_dir: Path) -> tuple[float, float]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    trainer = ((config or {}).get("trainer") or {}).get("ros__parameters", {})
+    trainer = _trainer_parameters(run_dir)
     return float(trainer.get("learning_starts", 1000)), float(trainer.get("utd_ratio", 1.0)) or 1.0
 
 
@@ -179,7 +185,7 @@ def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[E
         row: dict[str, Any] = {"agent": agent, "label": labels.get(agent, agent), "runs": len(evals[agent]),
                                "episodes": len(episodes)}
         if episodes:
-            s = summarize([EpisodeMetrics(**{f: r[f] for f in EpisodeMetrics.__dataclass_fields__}) for r in episodes])
+            s = summarize([EpisodeMetrics.from_dict(r) for r in episodes])
             m = s["metrics"]
             returns = np.array([r["return"] for r in episodes], dtype=np.float64)
             per_seed = [np.mean([r["return"] for r in e.episodes]) for e in evals[agent] if e.episodes]
@@ -237,12 +243,6 @@ def _holm(block: list[dict[str, Any]]) -> None:
         r["p_holm"] = running
     for r in block:
         r.setdefault("p_holm", math.nan)
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    from td3_drive.evaluation import write_episodes
-
-    write_episodes(rows, path)
 
 
 # ------------------------------------------------------------------ markdown
@@ -339,14 +339,13 @@ def _encoder_note(meta: dict[str, Any]) -> str:
 def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: dict[str, list[EvalResult]],
                  labels: dict[str, str], meta: dict[str, Any] | None = None) -> dict[str, str]:
     """Write report.md, the PNGs, metrics/episodes/stats CSV + JSON and curves.json into ``out``."""
-    from td3_drive.evaluation import write_json
+    from td3_drive.evaluation import write_csv, write_json
 
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     first = next((d for dirs in runs.values() for d in dirs if (d / "config.yaml").exists()), None)
     if first is not None:
-        trainer = (yaml.safe_load((first / "config.yaml").read_text()).get("trainer") or {}).get("ros__parameters", {})
-        meta.setdefault("encoder_mode", trainer.get("learner.encoder_mode", "separate"))
+        meta.setdefault("encoder_mode", _trainer_parameters(first).get("learner.encoder_mode", "separate"))
     tags = [tag for panels in CURVES.values() for tag, _ in panels]
     grid = np.linspace(0.0, float(preset.steps), max(2, preset.curve_points))
     curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -370,11 +369,11 @@ def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: 
     table = metrics_table(rows, evals, labels)
     tests = mann_whitney(rows)
     all_rows = [row for agent_rows in rows.values() for row in agent_rows]
-    _write_csv(table, out / "metrics.csv")
+    write_csv(table, out / "metrics.csv")
     write_json(table, out / "metrics.json")
-    _write_csv(all_rows, out / "episodes.csv")
+    write_csv(all_rows, out / "episodes.csv")
     write_json(all_rows, out / "episodes.json")
-    _write_csv(tests, out / "stats.csv")
+    write_csv(tests, out / "stats.csv")
     write_json(tests, out / "stats.json")
     write_json({agent: {tag: {k: v.tolist() for k, v in agg.items()} for tag, agg in by_tag.items()}
                 for agent, by_tag in curves.items()}, out / "curves.json")

@@ -31,18 +31,19 @@ def _plugin(settings: dict[str, Any]) -> dict[str, Any]:
     return {"keys": {}, "groups": {"plugin": {"keys": {k: _value(v) for k, v in settings.items()}, "groups": {}}}}
 
 
-def plots(vehicle: Topics, trainer: Topics) -> list[tuple[str, list[str], list[float]]]:
-    """(title, rqt_plot field paths, y limits) of each plot."""
+def plots(vehicle: Topics, trainer: Topics) -> list[tuple[list[str], list[float]]]:
+    """(rqt_plot field paths, y limits) of each plot."""
     def field(topic: str) -> str:
         return f"{topic}/data"  # std_msgs/Float32
 
     return [
-        ("feature L2 norm (LayerNorm keeps it ~sqrt(dim))",
-         [field(vehicle.features("actor", "l2_norm")), field(trainer.features("critic", "l2_norm")),
+        # feature L2 norms: LayerNorm keeps them near sqrt(dim)
+        ([field(vehicle.features("actor", "l2_norm")), field(trainer.features("critic", "l2_norm")),
           field(vehicle.features("actor", "l2_norm_max"))], [0.0, 40.0]),
-        ("feature spread and dead units",
-         [field(vehicle.features("actor", s)) for s in ("std", "dead_fraction", "mean")], [-1.0, 2.0]),
-        ("reward per step", [field(vehicle.reward)], [-2.0, 2.0]),
+        # feature spread and dead units
+        ([field(vehicle.features("actor", s)) for s in ("std", "dead_fraction", "mean")], [-1.0, 2.0]),
+        # reward per step
+        ([field(vehicle.reward)], [-2.0, 2.0]),
     ]
 
 
@@ -52,7 +53,7 @@ def perspective(namespace: str = "", trainer_namespace: str | None = None) -> di
     trainer = Topics(namespace=namespace if trainer_namespace is None else trainer_namespace)
     groups: dict[str, Any] = {}
     serials: dict[str, list[int]] = {"rqt_plot/Plot": [], "rqt_image_view/ImageView": []}
-    for serial, (_, topics, y_limits) in enumerate(plots(vehicle, trainer), start=1):
+    for serial, (topics, y_limits) in enumerate(plots(vehicle, trainer), start=1):
         groups[f"plugin__rqt_plot__Plot__{serial}"] = _plugin(
             {"topics": topics, "autoscroll": True, "plot_type": MATPLOT, "x_limits": [0.0, 60.0],
              "y_limits": y_limits})

@@ -78,10 +78,6 @@ class TransitionAssembler:
         self._lost: set[float] = set()
 
     @property
-    def active(self) -> bool:
-        return self._current is not None
-
-    @property
     def current_stamp(self) -> float | None:
         return None if self._current is None else self._current.stamp
 

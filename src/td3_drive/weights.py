@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -76,11 +77,12 @@ def _read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def decode_actor(data: bytes, expected_architecture: dict[str, Any], max_bytes: int = MAX_WEIGHT_BYTES) -> ActorWeights:
-    """Validate and decode actor weights; raises :class:`WeightsRejected` with a reason."""
-    data = bytes(data)
-    if len(data) > max_bytes:
+def decode_actor(data: bytes | np.ndarray, expected_architecture: dict[str, Any],
+                 max_bytes: int = MAX_WEIGHT_BYTES) -> ActorWeights:
+    """Validate and decode actor weights (bytes or a uint8 array); raises :class:`WeightsRejected`."""
+    if len(data) > max_bytes:  # before copying a single byte (a message's uint8 array or bytes)
         raise WeightsRejected("oversized", f"{len(data)} bytes > cap {max_bytes}")
+    data = bytes(data)
     header = _read_header(data)
     metadata = header.pop("__metadata__", None) or {}
     if metadata.get("format") != FORMAT:

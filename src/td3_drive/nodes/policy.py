@@ -87,7 +87,8 @@ class PolicyNode:
         self.load_bytes(file.read_bytes())
         self.ctx.logger.info(f"{self.ctx.name}: loaded {file} (weights version {self.weights_version})")
 
-    def load_bytes(self, data: bytes) -> None:
+    def load_bytes(self, data: Any) -> None:
+        """Safetensors actor weights (bytes, or a message's uint8 array)."""
         weights = decode_actor(data, self.architecture, max_bytes=self.max_weight_bytes)
         self.runner.load_state_dict(weights.state_dict)
         self.weights_version = weights.version
@@ -95,10 +96,9 @@ class PolicyNode:
     def on_weights(self, msg: Any) -> None:
         try:
             size = len(msg.data)
-            if size > self.max_weight_bytes:  # checked before copying a single byte
+            if size > self.max_weight_bytes:  # at the node boundary: never handed to the decoder
                 raise WeightsRejected("oversized", f"{size} bytes > cap {self.max_weight_bytes}")
-            data = msg.data.tobytes() if isinstance(msg.data, np.ndarray) else bytes(msg.data)
-            self.load_bytes(data)
+            self.load_bytes(msg.data)
         except WeightsRejected as exc:
             self.weight_rejections[exc.reason] = self.weight_rejections.get(exc.reason, 0) + 1
             self.drops.drop(f"weights_{exc.reason}", str(exc)[:200])

@@ -105,7 +105,7 @@ class Vehicle:
         if not world.ready and world.pending_start(t):
             return self.trainer.drops.drop("no_pose_or_route", f"{self.label}: episode start before odometry/route")
         if world.starts_episode(t):
-            self.trainer.before_episode_start(self)
+            self.trainer.before_episode_start()
             return self._begin_episode(observation)
         if self.in_episode:
             self._handle(self.chain.add_observation(observation))
@@ -122,8 +122,7 @@ class Vehicle:
         self.episode_return, self.episode_steps = 0.0, 0
         self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
         self._anchor, self._lost_steps = "reset", 0  # at the pose stamped first.stamp (a teleport's may be late)
-        if not self.evaluating:
-            self.trainer.start_stream(self.index, first)
+        self.trainer.start_stream(self, first)
         self._handle(self.chain.start(first))
 
     def _handle(self, outcomes: list[Step | Restart]) -> None:
@@ -140,8 +139,7 @@ class Vehicle:
         self.trainer.drops.drop(reason, detail or f"{self.label} at {observation.stamp}")
         self._anchor = self._anchor or "resync"  # an episode not yet anchored still needs its reset
         self._lost_steps += 1
-        if not self.evaluating:
-            self.trainer.start_stream(self.index, observation)
+        self.trainer.start_stream(self, observation)
 
     def _step(self, step: Step) -> None:
         """Score a step with the poses stamped at both of its ends; without them it is dropped."""
@@ -280,17 +278,15 @@ class TrainerNode:
         """Whether any vehicle is in an episode."""
         return any(v.in_episode for v in self.vehicles)
 
-    @property
-    def evaluating(self) -> bool:
-        """Whether any vehicle drives an evaluation episode."""
-        return any(v.evaluating for v in self.vehicles)
-
     # ------------------------------------------------------------------ transitions (called by Vehicle)
-    def start_stream(self, index: int, first: Observation) -> None:
+    def start_stream(self, vehicle: Vehicle, first: Observation) -> None:
+        """A new segment of ``vehicle``'s replay stream starts at ``first`` (evaluation is not stored)."""
+        if vehicle.evaluating:
+            return
         with self._data_lock:
-            self.replay.start_episode(index, first.frame, first.state)
+            self.replay.start_episode(vehicle.index, first.frame, first.state)
 
-    def before_episode_start(self, vehicle: Vehicle) -> None:
+    def before_episode_start(self) -> None:
         if (self.checkpoint_episodes and self.episodes and self.episodes != self._boundary_episodes
                 and self.episodes % self.checkpoint_episodes == 0):
             # before anything of the new episode is processed: a resume replays this tick exactly

@@ -15,6 +15,8 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import Nodetype
 
+from td3_drive.runtime.interface import split_seconds
+
 MSG_DIR = Path(__file__).resolve().parent.parent / "msg"
 
 _NUMPY_DTYPES = {
@@ -102,8 +104,6 @@ def deserialize(data: bytes, type_name: str) -> Any:
 
 def stamp(seconds: float) -> Any:
     """builtin_interfaces/Time for a time in seconds."""
-    from td3_drive.runtime.interface import split_seconds
-
     sec, nanosec = split_seconds(seconds)
     return new_message("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
+from td3_drive.nodes.common import declare_topics
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
-from td3_drive.topics import Topics
 
 _PARAMETER_DOCS = {
     "env_id": "highway-env racetrack id",
@@ -62,10 +62,8 @@ class SimulatorNode:
             for f in fields(SimConfig)
         }
         self.config = SimConfig(**values)
-        role = ctx.parameter("role_name", "ego_vehicle", "CARLA role name of the ego vehicle")
-        namespace = ctx.parameter("namespace", "", "prefix of the /td3 topics (scale-out)")
-        self.topics = Topics(role_name=role, namespace=namespace)
-        self.role_name = role
+        self.topics = declare_topics(ctx)
+        self.role_name = self.topics.role_name
         self.sim = RacetrackSim(self.config)
         # tick time in integer nanoseconds, so /clock advances by exactly dt per tick
         self._dt_ns = int(round(self.config.dt * 1e9))
@@ -95,8 +93,6 @@ class SimulatorNode:
         self.resets_by_reason: dict[str, int] = {}
         self.reset_requests = 0
         self.controls_received = 0
-        self.controls_clamped = 0
-        self.controls_rejected = 0
         self.collisions = 0
         self.lane_invasions = 0
         self.started = False
@@ -106,6 +102,16 @@ class SimulatorNode:
         self._hand_brake = False
         self._last_control_warning_s = -math.inf
         self._resume_point: dict[str, Any] = {}
+
+    @property
+    def controls_clamped(self) -> int:
+        """Controls applied after clamping to the valid range."""
+        return self.drops.counts.get("control_clamped", 0)
+
+    @property
+    def controls_rejected(self) -> int:
+        """Non-finite controls, ignored (the previous control stays applied)."""
+        return self.drops.counts.get("control_non_finite", 0)
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -145,12 +151,7 @@ class SimulatorNode:
         brake = 1.0 if msg.hand_brake else msg.brake
         applied, verdict = sanitize_control(msg.throttle, msg.steer, brake, self._applied)
         if verdict != "ok":
-            if verdict == "clamped":
-                self.controls_clamped += 1
-                self.drops.counts["control_clamped"] = self.drops.counts.get("control_clamped", 0) + 1
-            else:
-                self.controls_rejected += 1
-                self.drops.counts["control_non_finite"] = self.drops.counts.get("control_non_finite", 0) + 1
+            self.drops.count("control_clamped" if verdict == "clamped" else "control_non_finite")
             if self.ctx.now() - self._last_control_warning_s >= 1.0:  # at most once per sim second
                 self._last_control_warning_s = self.ctx.now()
                 self.ctx.logger.warning(
