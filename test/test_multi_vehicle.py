@@ -346,3 +346,14 @@ def test_a_collision_from_before_the_episode_never_ends_the_new_one(tmp_path):
     for k in range(1, 4):
         _drive_tick(rt, tp, k)
     assert rec.on(tp.reset_request) == [] and len(rec.on(tp.reward)) == 3 and node.in_episode
+
+
+def test_a_collision_during_a_lost_first_step_still_ends_the_episode(tmp_path):
+    rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
+    tp = T.Topics()
+    _start(rt, tp, 1.0)
+    _drive_tick(rt, tp, 0, control="invalid")  # the step 1.00 -> 1.05 is lost
+    _send(rt, [(tp.collision, new_message(T.COLLISION, header=header(1.05, "c"), other_actor_id=3))])
+    for k in range(1, 3):
+        _drive_tick(rt, tp, k)
+    assert [m.frame_id for m in rec.on(tp.reset_request)] == ["collision"]

@@ -74,6 +74,7 @@ class Vehicle:
         #: here: "reset" at an episode start, "resync" after a lost step; "" when anchored
         self._anchor = ""
         self._lost_steps = 0  # steps lost since the reward was last anchored (they still take time)
+        self._episode_start_s = -np.inf  # events stamped up to here belong to the previous episode
         self.in_episode = False
         self.evaluating = False
         self.episode_return, self.episode_steps = 0.0, 0
@@ -117,8 +118,7 @@ class Vehicle:
 
     # ------------------------------------------------------------------ episode
     def _begin_episode(self, first: Observation) -> None:
-        self.world.take_events(until=first.stamp)  # what happened before the start is not this episode's
-        self.in_episode = True
+        self.in_episode, self._episode_start_s = True, first.stamp
         self.episode_return, self.episode_steps = 0.0, 0
         self.episode_components = dict.fromkeys(COMPONENTS, 0.0)
         self._anchor, self._lost_steps = "reset", 0  # at the pose stamped first.stamp (a teleport's may be late)
@@ -150,8 +150,8 @@ class Vehicle:
                 return self._restart(step.next, "no_pose_at_stamp")
             if self._anchor == "reset":
                 # events up to the first tick (the crash before the teleport) are not this episode's,
-                # however late they arrived
-                self.world.take_events(until=step.observation.stamp)
+                # however late they arrived; those of lost steps after it are
+                self.world.take_events(until=self._episode_start_s)
                 self.reward_fn.reset(start, route)
             if self._lost_steps:
                 self.reward_fn.resync(start, route, self._lost_steps)
