@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m td3_drive.cli train $(if $(STEPS),--steps $(STEPS)) $(ARGS)
+	$(PY) -m td3_drive.cli train --eval-episodes 20 $(if $(STEPS),--steps $(STEPS)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q test $(ARGS)

@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         graph.close()
     wall = time.perf_counter() - start
     returns = [r for _, r in trainer.episode_returns]
-    return {
+    summary = {
         "command": "train", "run_dir": str(run_dir), "checkpoint": str(checkpoint), "ticks": graph.sim.ticks,
         "env_steps": trainer.env_steps, "new_env_steps": trainer.env_steps - start_steps,
         "updates": trainer.learner.num_updates, "episodes": trainer.episodes, "wall_s": round(wall, 1),
@@ -137,6 +137,27 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
         "skipped_updates": trainer.learner.health.total_skipped, "drops": _drops(graph),
     }
+    if args.eval_episodes > 0:
+        summary["eval"] = _final_evaluation(run_dir, args)
+    return summary
+
+
+def _final_evaluation(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate the run's newest checkpoint on the evaluation protocol and say how it drives."""
+    from td3_drive import evaluation
+
+    protocol = evaluation.Protocol(episodes=args.eval_episodes)
+    result = evaluation.evaluate(run_dir.name, "policy", run_dir, protocol)
+    files = evaluation.save_eval(result, run_dir / "eval")
+    s = result.summary or {}
+    completion = s.get("metrics", {}).get("route_completion", {}).get("mean", float("nan"))
+    print(f"evaluation ({protocol.episodes} episodes of {protocol.route_length_m:.0f} m from random starts, "
+          f"with traffic): success {s.get('successes', 0)}/{s.get('n', 0)} = {100 * s.get('success_rate', 0):.0f} %, "
+          f"route completion {completion:.2f}, ends {s.get('end_reasons', {})}; per episode: {files['csv']}",
+          file=sys.stderr, flush=True)
+    return {"success_rate": s.get("success_rate"), "route_completion": completion,
+            "end_reasons": s.get("end_reasons"), "episodes": len(result.episodes), "files": files,
+            "wall_s": result.wall_s}
 
 
 def _fresh_bag_path(run_dir: Path) -> Path:
@@ -160,9 +181,9 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
     """Deployment on the embedded simulator: a checkpoint (or the PID baseline), no noise, no learning."""
     from td3_drive import evaluation
 
-    seed = evaluation.DEFAULT_EVAL_SEED if args.seed is None else args.seed
-    result = evaluation.evaluate(args.controller, args.controller, args.checkpoint, args.episodes, seed,
-                                 args.max_ticks, args.config, args.set)
+    result = evaluation.evaluate(args.controller, args.controller, args.checkpoint,
+                                 evaluation.protocol_from_args(args), args.max_ticks, args.config, args.set,
+                                 video=args.video)
     return {"command": "drive", **result.to_dict()}
 
 
@@ -249,18 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bag", action="store_true", help="do not record an MCAP bag of the /td3 topics")
     p.add_argument("--bag-observations", action="store_true",
                    help="also record /td3/observation/image in the bag (28 KB per step)")
+    p.add_argument("--eval-episodes", type=int, default=0,
+                   help="after training, evaluate the final policy on this many protocol episodes "
+                        "(docs/evaluate.md; `make train` uses 20) and print success rate and route completion")
     p.add_argument("--deterministic", action="store_true",
                    help="CPU, one thread, deterministic kernels, checkpoints (with replay and node state) at every "
                         "episode start: a run killed at any point and resumed ends bit-identical")
     p.set_defaults(func=cmd_train)
 
+    from td3_drive import evaluation  # drive, eval, compare share the evaluation protocol (docs/evaluate.md)
+
     p = sub.add_parser("drive", help="deploy: drive with a checkpoint (or the PID baseline), no learning")
     common(p, "drive")
     p.add_argument("--checkpoint", help="run dir, checkpoint dir or actor.safetensors")
     p.add_argument("--controller", choices=["policy", "pid"], default="policy")
-    p.add_argument("--episodes", type=int, default=3)
+    evaluation.add_protocol_arguments(p, episodes=3)
     p.add_argument("--max-ticks", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--video", help="write the camera view with action, speed and feature L2 to this .mp4 or .gif")
     p.set_defaults(func=cmd_drive)
 
     p = sub.add_parser("play", help="feed a rosbag2 (MCAP or sqlite3) through preprocessing + policy")
@@ -284,8 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer-domain", type=int, required=True, help="ROS_DOMAIN_ID of the trainer")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_domain_bridge)
-
-    from td3_drive import evaluation  # eval, compare (docs/evaluate.md)
 
     evaluation.add_parsers(sub, common)
     return parser

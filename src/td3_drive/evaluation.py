@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,41 @@ AGENTS: dict[str, tuple[str, list[str]]] = {
 }
 PID = "pid"
 PID_LABEL = "PID + Pure Pursuit (classical)"
+
+
+# ------------------------------------------------------------------ protocol
+@dataclass(frozen=True)
+class Protocol:
+    """The evaluation protocol: what an episode is and when it counts as a success.
+
+    Every episode starts at a seeded random point of the lap, on either lane
+    (simulator ``random_start``), and follows a route of ``route_length_m`` along
+    its starting lane.  Success = route completed without a collision and without
+    leaving the route corridor (``max_lateral_deviation``), within a time limit
+    that a car averaging ``min_speed_fraction`` of the reward's target speed
+    still meets.  Episode k (1..N) runs on simulator seed ``eval_seed + k``.
+    """
+
+    route_length_m: float = 200.0
+    episodes: int = 20
+    eval_seed: int = DEFAULT_EVAL_SEED
+    traffic: bool = True  # False: no other vehicles (proves routes, starts and time limit, not the learner)
+    min_speed_fraction: float = 0.5
+
+    def time_limit_steps(self, target_speed: float, dt: float) -> int:
+        return math.ceil(self.route_length_m / (self.min_speed_fraction * target_speed) / dt)
+
+    def parameters(self) -> dict[str, dict[str, Any]]:
+        """Node parameters that set the protocol up (applied before any --set override)."""
+        from td3_drive.reward import RewardConfig
+
+        simulator: dict[str, Any] = {"random_start": True, "route_length_m": float(self.route_length_m),
+                                     "seed": int(self.eval_seed)}
+        if not self.traffic:
+            simulator["other_vehicles"] = 0
+        reward = RewardConfig()
+        return {"simulator": simulator,
+                "evaluator": {"reward.max_episode_steps": self.time_limit_steps(reward.target_speed, reward.dt)}}
 
 
 # ------------------------------------------------------------------ episodes
@@ -67,23 +102,23 @@ def checkpoint_architecture(actor_file: Path) -> dict[str, Any]:
     return json.loads(metadata.get("architecture", "{}"))
 
 
-def eval_parameters(controller: str, checkpoint: str | Path | None, eval_seed: int, config: str = "drive",
+def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Protocol, config: str = "drive",
                     overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Node parameters of an evaluation graph: no exploration, simulator seeded at ``eval_seed``.
+    """Node parameters of an evaluation graph: the protocol's episodes, no exploration.
 
-    The policy's ``layer_norm`` / ``frame_stack`` are taken from the checkpoint, so the
-    no-LayerNorm ablation's actor loads without extra flags.
+    The policy's ``layer_norm`` / ``frame_stack`` / ``trunk_dim`` are taken from the checkpoint, so the
+    ablations' actors load without extra flags.
     """
     from td3_drive import cli
 
-    extra: dict[str, dict[str, Any]] = {"simulator": {"seed": int(eval_seed)}}
+    extra = protocol.parameters()
     if controller == "policy":
         if not checkpoint:
             raise SystemExit("eval --controller policy needs --checkpoint (a run dir, checkpoint dir or actor file)")
         actor = cli._resolve_checkpoint(str(checkpoint))
         arch = checkpoint_architecture(actor)
         extra["policy"] = {"checkpoint": str(actor), "explore": False}
-        for key in ("layer_norm", "frame_stack"):
+        for key in ("layer_norm", "frame_stack", "trunk_dim"):
             if key in arch:
                 extra["policy"][key] = arch[key]
     elif controller != PID:
@@ -101,16 +136,24 @@ def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
               every=chunk, stop=lambda: len(evaluator.episodes) >= episodes)
 
 
-def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None, episodes: int = 5,
-             eval_seed: int = DEFAULT_EVAL_SEED, max_ticks: int = 100_000, config: str = "drive",
-             overrides: list[str] | None = None, progress: bool = True) -> EvalResult:
-    """Drive ``episodes`` fixed-seed episodes with a checkpoint or the PID controller; no learning."""
+def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None,
+             protocol: Protocol = Protocol(), max_ticks: int = 100_000, config: str = "drive",
+             overrides: list[str] | None = None, progress: bool = True, video: str | Path | None = None) -> EvalResult:
+    """Drive the protocol's fixed-seed episodes with a checkpoint or the PID controller; no learning.
+
+    ``video`` (.mp4 or .gif): the camera view of every episode with action, speed and feature L2 overlaid.
+    """
     from td3_drive import cli
     from td3_drive.metrics import summarize
+    from td3_drive.video import DriveRecorder
 
-    params = eval_parameters(controller, checkpoint, eval_seed, config, overrides)
+    episodes, eval_seed = protocol.episodes, protocol.eval_seed
+    params = eval_parameters(controller, checkpoint, protocol, config, overrides)
     graph = embedded.build_graph(params, controller=controller, trainer=False, evaluator=True)
     evaluator = graph.nodes["evaluator"]
+    recorder = DriveRecorder(video, graph.sim.topics) if video else None
+    if recorder is not None:
+        graph.runtime.add_tap(recorder)
     bar = cli._progress(episodes, f"eval {agent}") if progress else None
     start = time.perf_counter()
 
@@ -125,6 +168,8 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
     finally:
         if bar is not None:
             bar.close()
+        if recorder is not None:
+            recorder.close()
         graph.close()
     rows = []
     for k, (m, ret) in enumerate(zip(evaluator.episodes, evaluator.returns), start=1):
@@ -133,7 +178,9 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
     return EvalResult(agent, rows, summarize(evaluator.episodes) if evaluator.episodes else None, graph.sim.ticks,
                       graph.sim.ticks >= max_ticks, round(time.perf_counter() - start, 2),
                       {"controller": controller, "checkpoint": str(checkpoint) if checkpoint else None,
-                       "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": cli._drops(graph)})
+                       "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": cli._drops(graph),
+                       "protocol": asdict(protocol),
+                       **({"video": str(video), "video_frames": recorder.frames_written} if recorder else {})})
 
 
 def write_csv(result_rows: list[dict[str, Any]], csv_path: Path) -> None:
@@ -183,7 +230,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     """`td3-drive eval`: fixed-seed episodes of a checkpoint or the PID controller -> JSON + CSV."""
     controller = "pid" if args.controller == PID else "policy"
     agent = args.name or (PID if controller == PID else Path(str(args.checkpoint)).name)
-    result = evaluate(agent, controller, args.checkpoint, args.episodes, args.eval_seed, args.max_ticks,
+    result = evaluate(agent, controller, args.checkpoint, protocol_from_args(args), args.max_ticks,
                       args.config, args.set)
     files = save_eval(result, Path(args.out))
     return {"command": "eval", "agent": agent, "controller": controller, "out": str(args.out), "files": files,
@@ -204,12 +251,16 @@ class Preset:
     train_config: str = "train"
     train_set: list[str] = field(default_factory=list)
     agents: list[str] = field(default_factory=lambda: list(AGENTS))
-    eval_episodes: int = 5
+    eval_episodes: int = Protocol.episodes
     eval_seed: int = DEFAULT_EVAL_SEED
+    eval_route_length_m: float = Protocol.route_length_m
     eval_max_ticks: int = 100_000
     eval_config: str = "drive"
     eval_set: list[str] = field(default_factory=list)
     curve_points: int = 50
+
+    def protocol(self) -> Protocol:
+        return Protocol(self.eval_route_length_m, self.eval_episodes, self.eval_seed)
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -229,8 +280,10 @@ def load_preset(name_or_path: str) -> Preset:
         "steps": train.get("steps"), "seeds": train.get("seeds"), "train_config": train.get("config"),
         "train_set": train.get("set"), "eval_episodes": ev.get("episodes"), "eval_seed": ev.get("seed"),
         "eval_max_ticks": ev.get("max_ticks"), "eval_config": ev.get("config"), "eval_set": ev.get("set"),
+        "eval_route_length_m": ev.get("route_length_m"),
     }
     cast = {"steps": int, "curve_points": int, "eval_episodes": int, "eval_seed": int, "eval_max_ticks": int,
+            "eval_route_length_m": float,
             "seeds": lambda v: [int(x) for x in v], "agents": list, "train_set": list, "eval_set": list}
     preset = Preset(name=raw.get("name", path.stem),
                     **{k: cast.get(k, lambda v: v)(v) for k, v in given.items() if v is not None})
@@ -303,7 +356,7 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
     for agent, seed in jobs:
         run_dir = run_dir_for(runs, agent, seed)
         log(f"eval {agent} seed {seed}: {preset.eval_episodes} episodes from seed {preset.eval_seed + 1}")
-        result = evaluate(agent, "policy", run_dir, preset.eval_episodes, preset.eval_seed, preset.eval_max_ticks,
+        result = evaluate(agent, "policy", run_dir, preset.protocol(), preset.eval_max_ticks,
                           preset.eval_config, preset.eval_set)
         result.meta["train_seed"] = seed
         for row in result.episodes:
@@ -311,8 +364,7 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
         save_eval(result, out / "eval" / agent / f"seed_{seed}")
         evals.setdefault(agent, []).append(result)
     log(f"eval {PID}: {preset.eval_episodes} episodes")
-    pid = evaluate(PID, PID, None, preset.eval_episodes, preset.eval_seed, preset.eval_max_ticks,
-                   preset.eval_config, preset.eval_set)
+    pid = evaluate(PID, PID, None, preset.protocol(), preset.eval_max_ticks, preset.eval_config, preset.eval_set)
     save_eval(pid, out / "eval" / PID)
     evals[PID] = [pid]
 
@@ -342,15 +394,29 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ CLI wiring
+def add_protocol_arguments(p: argparse.ArgumentParser, episodes: int = Protocol.episodes) -> None:
+    """--episodes, --eval-seed, --route-length, --no-traffic: the evaluation protocol (:class:`Protocol`)."""
+    p.add_argument("--episodes", type=int, default=episodes)
+    p.add_argument("--eval-seed", type=int, default=DEFAULT_EVAL_SEED,
+                   help=f"episode k (1..N) runs on simulator seed EVAL_SEED + k (default {DEFAULT_EVAL_SEED})")
+    p.add_argument("--route-length", type=float, default=Protocol.route_length_m,
+                   help="metres of route per episode, from a seeded random start (default %(default)s)")
+    p.add_argument("--no-traffic", action="store_true", help="no other vehicles")
+
+
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    if args.episodes < 1 or args.route_length <= 0:
+        raise SystemExit("--episodes must be >= 1 and --route-length > 0")
+    return Protocol(args.route_length, args.episodes, args.eval_seed, traffic=not args.no_traffic)
+
+
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, str], None]) -> None:
     """Register the `eval` and `compare` subcommands on cli.build_parser's subparsers."""
     p = sub.add_parser("eval", help="N fixed-seed episodes of a checkpoint or the PID controller -> JSON + CSV")
     common(p, "drive")
     p.add_argument("--checkpoint", help="run dir, checkpoint dir or actor.safetensors")
     p.add_argument("--controller", choices=["policy", PID], default="policy")
-    p.add_argument("--episodes", type=int, default=5)
-    p.add_argument("--eval-seed", type=int, default=DEFAULT_EVAL_SEED,
-                   help=f"episode k (1..N) runs on simulator seed EVAL_SEED + k (default {DEFAULT_EVAL_SEED})")
+    add_protocol_arguments(p)
     p.add_argument("--max-ticks", type=int, default=100_000, help="stop after this many ticks in total")
     p.add_argument("--out", default="runs/eval", help="writes OUT/episodes.json and OUT/episodes.csv")
     p.add_argument("--name", help="agent name in the output (default: checkpoint dir name or 'pid')")

@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # only for annotations: the learner takes any object with the
 log = logging.getLogger(__name__)
 
 ALGOS = ("td3", "ddpg")
+#: |a| above this counts as a saturated action (logged as train/action_saturated_fraction)
+SATURATED = 0.99
 ENCODER_MODES = ("separate", "shared")
 
 
@@ -64,6 +66,11 @@ class LearnerConfig:
     state_dim: int = 53
     action_dim: int = 2
     hidden: tuple[int, ...] = (256, 256)
+    #: width of the Linear -> LayerNorm -> tanh trunk between the encoder and each head (DrQ-v2: 50); 0: none
+    trunk_dim: int = 50
+    #: weight of mean(pre-tanh action ^ 2) in the actor loss.  Adam follows even a tiny, same-signed
+    #: early dQ/da at full step size and pins tanh at +-1, where its gradient vanishes; this pulls it back.
+    action_penalty: float = 1e-2
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -94,6 +101,7 @@ class LearnerConfig:
         return {
             "frame_stack": self.frame_stack, "state_dim": self.state_dim, "action_dim": self.action_dim,
             "layer_norm": self.layer_norm, "hidden": list(self.hidden), "feature_dim": FEATURE_DIM,
+            "trunk_dim": self.trunk_dim,
         }
 
 
@@ -169,9 +177,9 @@ class Learner:
             return Encoder(cfg.frame_stack, FEATURE_DIM, cfg.layer_norm)
 
         self.critic_encoder = encoder()
-        self.critic_heads = CriticHeads(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.num_q, cfg.hidden)
+        self.critic_heads = CriticHeads(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.num_q, cfg.hidden, cfg.trunk_dim)
         self.actor_encoder = encoder() if cfg.encoder_mode == "separate" else self.critic_encoder
-        self.actor_head = ActorHead(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.hidden)
+        self.actor_head = ActorHead(FEATURE_DIM, cfg.state_dim, cfg.action_dim, cfg.hidden, cfg.trunk_dim)
         # Targets: encoders have target copies only in separate mode (DrQ-v2 has none).
         self.critic_heads_target = copy.deepcopy(self.critic_heads)
         self.actor_head_target = copy.deepcopy(self.actor_head)
@@ -253,11 +261,14 @@ class Learner:
             actor_features = (
                 self.actor_encoder(obs) if cfg.encoder_mode == "separate" else detached_critic_features
             )
-            pi = self.actor_head(actor_features, state)
+            pre_tanh = self.actor_head.pre_tanh(actor_features, state)
+            pi = torch.tanh(pre_tanh)
             actor_q = self.critic_heads.q1(detached_critic_features, state, pi)
-            actor_loss = -actor_q.mean()
+            actor_loss = -actor_q.mean() + cfg.action_penalty * pre_tanh.pow(2).mean()
+            abs_pi = pi.detach().abs()
             metrics.update({"train/actor_loss": actor_loss.item(), "q/actor_q": actor_q.detach().mean().item(),
-                            "train/action_abs_mean": pi.detach().abs().mean().item()})
+                            "train/action_abs_mean": abs_pi.mean().item(),
+                            "train/action_saturated_fraction": (abs_pi > SATURATED).float().mean().item()})
             if not self._step(self.actor_optimizer, actor_loss, self._actor_params, cfg.max_grad_norm_actor,
                               actor_features, "actor", metrics):
                 return metrics

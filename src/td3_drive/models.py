@@ -86,37 +86,66 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ActorHead(nn.Module):
-    """[features, kinematic state] -> action in [-1, 1]."""
+class Trunk(nn.Module):
+    """Encoder features -> a few bounded features: Linear -> LayerNorm -> tanh (DrQ-v2's trunk).
 
-    def __init__(self, feature_dim: int, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
+    Without it the heads see 512 unit-variance features beside a 53-d kinematic
+    state whose decisive entries are ~0.01-0.3: the state is drowned out.  The
+    trunk sits after the encoder, which stays exactly the analysed LayerNorm CNN.
+    """
+
+    def __init__(self, feature_dim: int, trunk_dim: int) -> None:
         super().__init__()
-        self.net = mlp(feature_dim + state_dim, hidden, action_dim)
+        self.net = nn.Sequential(nn.Linear(feature_dim, trunk_dim), nn.LayerNorm(trunk_dim), nn.Tanh())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def _trunk(feature_dim: int, trunk_dim: int) -> tuple[nn.Module, int]:
+    """The trunk (or identity when ``trunk_dim`` is 0) and the width of what it outputs."""
+    return (Trunk(feature_dim, trunk_dim), trunk_dim) if trunk_dim > 0 else (nn.Identity(), feature_dim)
+
+
+class ActorHead(nn.Module):
+    """[trunk(features), kinematic state] -> action in [-1, 1]."""
+
+    def __init__(self, feature_dim: int, state_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256),
+                 trunk_dim: int = 0) -> None:
+        super().__init__()
+        self.trunk, width = _trunk(feature_dim, trunk_dim)
+        self.net = mlp(width + state_dim, hidden, action_dim)
         # Start near a = 0 (DDPG's small final-layer init): a randomly sloped first
         # critic otherwise drives tanh into saturation, where its gradient vanishes
         # and the policy stays stuck at full lock.
         nn.init.uniform_(self.net[-1].weight, -3e-3, 3e-3)
         nn.init.uniform_(self.net[-1].bias, -3e-3, 3e-3)
 
+    def pre_tanh(self, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The action before the tanh squashing (what the saturation penalty acts on)."""
+        return self.net(torch.cat([self.trunk(features), state], dim=1))
+
     def forward(self, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(torch.cat([features, state], dim=1)))
+        return torch.tanh(self.pre_tanh(features, state))
 
 
 class CriticHeads(nn.Module):
-    """``num_q`` independent Q heads on [features, state, action] (2 for TD3, 1 for DDPG)."""
+    """``num_q`` independent Q heads on [trunk(features), state, action] (2 for TD3, 1 for DDPG); one trunk."""
 
     def __init__(
-        self, feature_dim: int, state_dim: int, action_dim: int, num_q: int = 2, hidden: tuple[int, ...] = (256, 256)
+        self, feature_dim: int, state_dim: int, action_dim: int, num_q: int = 2, hidden: tuple[int, ...] = (256, 256),
+        trunk_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.qs = nn.ModuleList(mlp(feature_dim + state_dim + action_dim, hidden, 1) for _ in range(num_q))
+        self.trunk, width = _trunk(feature_dim, trunk_dim)
+        self.qs = nn.ModuleList(mlp(width + state_dim + action_dim, hidden, 1) for _ in range(num_q))
 
     def forward(self, features: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
-        x = torch.cat([features, state, action], dim=1)
+        x = torch.cat([self.trunk(features), state, action], dim=1)
         return [q(x) for q in self.qs]
 
     def q1(self, features: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.qs[0](torch.cat([features, state, action], dim=1))
+        return self.qs[0](torch.cat([self.trunk(features), state, action], dim=1))
 
 
 class Actor(nn.Module):
@@ -134,7 +163,7 @@ def build_actor(architecture: dict) -> Actor:
     """An actor for an architecture dict (``LearnerConfig.actor_architecture()``)."""
     encoder = Encoder(architecture["frame_stack"], architecture["feature_dim"], architecture["layer_norm"])
     head = ActorHead(architecture["feature_dim"], architecture["state_dim"], architecture["action_dim"],
-                     tuple(architecture["hidden"]))
+                     tuple(architecture["hidden"]), architecture.get("trunk_dim", 0))
     return Actor(encoder, head)
 
 

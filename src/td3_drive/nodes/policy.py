@@ -39,7 +39,9 @@ class PolicyNode:
         p = ctx.parameter
         self.topics = declare_topics(ctx)
         config = LearnerConfig(layer_norm=p("layer_norm", True, "LayerNorm CNN (false: ablation architecture)"),
-                               frame_stack=p("frame_stack", 4, "frames per observation"))
+                               frame_stack=p("frame_stack", 4, "frames per observation"),
+                               trunk_dim=p("trunk_dim", LearnerConfig.trunk_dim,
+                                           "trunk width between encoder and actor MLP (0: none)"))
         self.architecture = config.actor_architecture()
         self.explore = p("explore", False, "add exploration noise (training); /td3/exploration overrides")
         self.publish_features = p("publish_features", True, "publish feature statistics and the feature vector")

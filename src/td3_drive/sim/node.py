@@ -43,6 +43,7 @@ _PARAMETER_DOCS = {
     "max_speed": "speed where throttle stops accelerating [m/s]",
     "coast_decel": "deceleration without throttle [m/s^2]",
     "initial_speed": "ego speed at episode start [m/s]",
+    "random_start": "start episodes at seeded random points of the lap, either lane (else highway-env's start)",
     "seed": "base seed; episode k uses seed + k",
 }
 

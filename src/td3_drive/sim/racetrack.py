@@ -92,6 +92,10 @@ class SimConfig:
     max_speed: float = 20.0
     coast_decel: float = 0.5  # rolling resistance and engine braking, m/s^2
     initial_speed: float = 0.0  # the ego starts at rest, as a freshly spawned CARLA vehicle
+    #: start each episode at a seeded random point of the lap, on either lane (CARLA training scripts draw
+    #: spawn points around the map); False: highway-env's start, 20-50 m into the first straight, so the
+    #: curves past ~100 m are rarely seen in training
+    random_start: bool = False
     seed: int = 0  # base seed: episode k uses seed + k
 
     @property
@@ -252,6 +256,22 @@ class _Track:
         s_first = max(0.0, first.local_coordinates(prev)[0])
         return total + float(np.linalg.norm(first.position(s_first, 0.0) - prev)) - s_first
 
+    def place_randomly(self, vehicle, rng: np.random.Generator) -> tuple[int, int, float]:
+        """Put ``vehicle`` on a lane centre at a uniformly random point of a random lane's lap, heading along it.
+
+        Returns (lane rank, segment index, longitudinal position on that segment's lane).
+        """
+        rank = int(rng.integers(self.num_lanes))
+        lengths = np.array([seg.lanes[rank].length for seg in self.segments])
+        u = float(rng.uniform(0.0, lengths.sum()))  # arc position over the whole lap of that lane
+        seg_index = min(int(np.searchsorted(np.cumsum(lengths), u, side="right")), len(lengths) - 1)
+        s = min(u - float(lengths[:seg_index].sum()), float(lengths[seg_index]) - 1e-3)
+        lane = self.segments[seg_index].lanes[rank]
+        vehicle.position = np.array(lane.position(s, 0.0), dtype=float)
+        vehicle.heading = float(lane.heading_at(s))
+        vehicle.on_state_update()
+        return rank, seg_index, s
+
     def route(self, rank: int, seg_index: int, s_start: float, length: float, spacing: float) -> np.ndarray:
         """Waypoints every ``spacing`` metres along the lane centre (highway-env frame)."""
         dense = self._centreline(rank, seg_index, s_start, length + spacing)
@@ -356,6 +376,8 @@ class RacetrackSim:
             self._track = _Track(road.network, c.camera_scaling, margin_m=5.0)
         ego.speed = float(c.initial_speed)
         ego.color = _EGO_RGB
+        if c.random_start:
+            self._track.place_randomly(ego, np.random.default_rng([self._seed, 2]))
         self._place_other_vehicles(np.random.default_rng([self._seed, 1]))
         self._actor_ids = {id(ego): EGO_ACTOR_ID}
         for k, v in enumerate(road.vehicles[1:] + road.objects):
