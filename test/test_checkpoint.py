@@ -55,7 +55,16 @@ def test_checkpoint_contains_no_pickle_and_an_exported_actor(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == [
         "actor.safetensors", "model.safetensors", "optim.safetensors", "state.json"]
     for file in path.iterdir():
-        assert not file.read_bytes().startswith(b"\x80")  # pickle protocol marker
+        data = file.read_bytes()
+        if file.suffix == ".json":
+            json.loads(data)
+            continue
+        # safetensors: u64 little-endian header length, then a JSON header, then raw tensor bytes.
+        # (A pickle starts with 0x80 and a protocol byte; a safetensors header length may too, so
+        # the format is checked, not the first byte.)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        assert all(set(v) == {"dtype", "shape", "data_offsets"} for k, v in header.items() if k != "__metadata__")
     decoded = decode_actor((path / "actor.safetensors").read_bytes(), CONFIG.actor_architecture())
     assert decoded.version == 0
 

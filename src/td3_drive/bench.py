@@ -57,7 +57,8 @@ def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    learner = Learner(LearnerConfig(encoder_mode=args.encoder, algo=args.algo, augment=args.augment), args.device)
+    learner = Learner(LearnerConfig(encoder_mode=args.encoder, algo=args.algo, augment=args.augment,
+                                    precision=args.precision), args.device)
     batch = random_batch(args.batch, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -69,6 +70,7 @@ def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(samples)
     return {"bench": "learner", "updates_per_s": round(args.updates / total, 3), "batch": args.batch,
             "encoder": args.encoder, "algo": args.algo, "device": args.device, "augment": args.augment,
+            "precision": args.precision, "bf16": learner.bf16,
             **_percentiles(samples), "machine": _machine(args.device)}
 
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", choices=["separate", "shared"], default="separate")
     p.add_argument("--algo", choices=["td3", "ddpg"], default="td3")
     p.add_argument("--augment", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="autocast of the network passes (bf16: needs native support to be faster)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

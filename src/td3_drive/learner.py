@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # only for annotations: the learner takes any object with the
 log = logging.getLogger(__name__)
 
 ALGOS = ("td3", "ddpg")
+PRECISIONS = ("fp32", "bf16", "auto")
 #: |a| above this counts as a saturated action (logged as train/action_saturated_fraction)
 SATURATED = 0.99
 ENCODER_MODES = ("separate", "shared")
@@ -71,12 +72,17 @@ class LearnerConfig:
     #: weight of mean(pre-tanh action ^ 2) in the actor loss.  Adam follows even a tiny, same-signed
     #: early dQ/da at full step size and pins tanh at +-1, where its gradient vanishes; this pulls it back.
     action_penalty: float = 1e-2
+    #: network passes of the update in "bf16" autocast (weights, optimizer state and losses stay fp32),
+    #: "fp32", or "auto": bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         if self.encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.algo == "ddpg":
             self.num_q, self.policy_noise, self.noise_clip, self.policy_freq = 1, 0.0, 0.0, 1
         self.hidden = tuple(self.hidden)
@@ -140,6 +146,15 @@ def _grad_norm(params: list[nn.Parameter], max_norm: float | None) -> tuple[floa
     return before_f, after
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matmuls and convolutions natively (not emulated, which is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def _all_finite(modules: Iterable[nn.Module]) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
@@ -171,6 +186,8 @@ class Learner:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.num_updates = 0
         self.num_actor_updates = 0
+        #: whether the update's network passes run in bf16 autocast (``precision``, resolved for this device)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16(self.device))
         self.health = HealthCounters()
 
         def encoder() -> Encoder:
@@ -235,6 +252,10 @@ class Learner:
     # ------------------------------------------------------------------ update
     def update(self, batch: Batch) -> dict[str, float]:
         """One TD3 step.  Returns scalar metrics; actor metrics only when the actor updated."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         self.num_updates += 1
         obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
@@ -247,7 +268,7 @@ class Learner:
         y = self.critic_target(next_obs, next_state, reward, discount)
         critic_features = self.critic_encoder(obs)
         qs = self.critic_heads(critic_features, state, action)
-        critic_loss = sum(F.mse_loss(q, y) for q in qs)
+        critic_loss = sum(F.mse_loss(q.float(), y.float()) for q in qs)
         metrics: dict[str, float] = {
             "train/critic_loss": critic_loss.item(), "q/q1": qs[0].detach().mean().item(), "q/target": y.mean().item(),
         }
@@ -264,7 +285,7 @@ class Learner:
             pre_tanh = self.actor_head.pre_tanh(actor_features, state)
             pi = torch.tanh(pre_tanh)
             actor_q = self.critic_heads.q1(detached_critic_features, state, pi)
-            actor_loss = -actor_q.mean() + cfg.action_penalty * pre_tanh.pow(2).mean()
+            actor_loss = -actor_q.float().mean() + cfg.action_penalty * pre_tanh.float().pow(2).mean()
             abs_pi = pi.detach().abs()
             metrics.update({"train/actor_loss": actor_loss.item(), "q/actor_q": actor_q.detach().mean().item(),
                             "train/action_abs_mean": abs_pi.mean().item(),
