@@ -68,6 +68,18 @@ def test_compare_writes_every_report_file(compared):
     assert (out / "eval" / "pid" / "episodes.json").is_file()
 
 
+def test_compare_embeds_one_evaluation_episode_per_agent(compared):
+    from td3_drive.video import read_frames
+
+    out, _ = compared
+    md = (out / "report.md").read_text()
+    for agent in [*evaluation.AGENTS, "pid"]:
+        gif = out / "video" / f"{agent}.gif"
+        assert f"(video/{agent}.gif)" in md
+        frames = read_frames(gif)
+        assert len(frames) > 3 and float(np.std(frames[-1])) > 10, agent  # a drive, not a blank image
+
+
 def test_compare_plots_are_non_empty_images(compared):
     out, _ = compared
     for name in report.PLOTS:

@@ -87,7 +87,8 @@ def test_drive_video_has_one_overlaid_non_blank_frame_per_tick(tmp_path, capsys,
                      "--no-traffic", "--video", str(video)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     frames = read_frames(video)
-    assert summary["video_frames"] == len(frames) == summary["ticks"] > 20
+    every = 2 if suffix == ".gif" else 1  # GIFs keep every second tick
+    assert summary["video_frames"] == len(frames) == -(-summary["ticks"] // every) > 10
     first, last = frames[0].astype(float), frames[-1].astype(float)
     assert first.shape[0] == 360 and first.std() > 10 and last.std() > 10, "frames are not blank"
     assert np.abs(first - last).mean() > 1.0, "the view moves with the car"

@@ -138,10 +138,12 @@ def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
 
 def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None,
              protocol: Protocol = Protocol(), max_ticks: int = 100_000, config: str = "drive",
-             overrides: list[str] | None = None, progress: bool = True, video: str | Path | None = None) -> EvalResult:
+             overrides: list[str] | None = None, progress: bool = True, video: str | Path | None = None,
+             video_episodes: int = 0) -> EvalResult:
     """Drive the protocol's fixed-seed episodes with a checkpoint or the PID controller; no learning.
 
-    ``video`` (.mp4 or .gif): the camera view of every episode with action, speed and feature L2 overlaid.
+    ``video`` (.mp4 or .gif): the camera view with action, speed and feature L2 overlaid, of the first
+    ``video_episodes`` episodes (0: all).
     """
     from td3_drive import cli
     from td3_drive.metrics import summarize
@@ -151,7 +153,7 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
     params = eval_parameters(controller, checkpoint, protocol, config, overrides)
     graph = embedded.build_graph(params, controller=controller, trainer=False, evaluator=True)
     evaluator = graph.nodes["evaluator"]
-    recorder = DriveRecorder(video, graph.sim.topics) if video else None
+    recorder = DriveRecorder(video, graph.sim.topics, max_episodes=video_episodes) if video else None
     if recorder is not None:
         graph.runtime.add_tap(recorder)
     bar = cli._progress(episodes, f"eval {agent}") if progress else None
@@ -353,18 +355,27 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
     train_wall = time.perf_counter() - start
 
     evals: dict[str, list[EvalResult]] = {}
+    videos: dict[str, str] = {}  # agent -> GIF of its first evaluation episode (first training seed), for the report
+
+    def video_for(agent: str, seed: int | None) -> Path | None:
+        if seed not in (None, preset.seeds[0]):
+            return None
+        videos[agent] = f"video/{agent}.gif"
+        return out / videos[agent]
+
     for agent, seed in jobs:
         run_dir = run_dir_for(runs, agent, seed)
         log(f"eval {agent} seed {seed}: {preset.eval_episodes} episodes from seed {preset.eval_seed + 1}")
         result = evaluate(agent, "policy", run_dir, preset.protocol(), preset.eval_max_ticks,
-                          preset.eval_config, preset.eval_set)
+                          preset.eval_config, preset.eval_set, video=video_for(agent, seed), video_episodes=1)
         result.meta["train_seed"] = seed
         for row in result.episodes:
             row["train_seed"] = seed
         save_eval(result, out / "eval" / agent / f"seed_{seed}")
         evals.setdefault(agent, []).append(result)
     log(f"eval {PID}: {preset.eval_episodes} episodes")
-    pid = evaluate(PID, PID, None, preset.protocol(), preset.eval_max_ticks, preset.eval_config, preset.eval_set)
+    pid = evaluate(PID, PID, None, preset.protocol(), preset.eval_max_ticks, preset.eval_config, preset.eval_set,
+                   video=video_for(PID, None), video_episodes=1)
     save_eval(pid, out / "eval" / PID)
     evals[PID] = [pid]
 
@@ -372,6 +383,7 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
     runs_by_agent = {a: [run_dir_for(runs, a, s) for s in preset.seeds] for a in preset.agents}
     files = report.write_report(out, preset, runs_by_agent, evals, labels,
                                 meta={"trained": trained, "reused": reused, "train_wall_s": round(train_wall, 1),
+                                      "videos": videos,
                                       "wall_s": round(time.perf_counter() - start, 1), "argv": sys.argv})
     return {"command": "compare", "preset": preset.name, "out": str(out), "runs": str(runs),
             "trained": len(trained), "reused": len(reused), "files": files,

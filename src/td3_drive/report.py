@@ -306,8 +306,13 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
             f"{_fmt(r['collisions_per_km'])} | {_fmt(r['lane_invasions_per_km'])} | {_fmt(r['mean_speed'])} | "
             f"{_fmt(r['rms_lateral_deviation'])} | {_fmt(r['rms_longitudinal_jerk'])} | "
             f"{_fmt(r['return'])} ± {_fmt(r['return_std'])} | {_fmt(r['return_seed_std'])} |")
-    lines += ["", f"![evaluation distributions]({plots['eval_distributions']})", "",
-              "## Mann-Whitney U tests", "",
+    lines += ["", f"![evaluation distributions]({plots['eval_distributions']})", ""]
+    if meta.get("videos"):
+        lines += ["### One evaluation episode per agent", "",
+                  f"Evaluation episode 1 (simulator seed {preset.eval_seed + 1}) of each agent's first training seed: "
+                  "camera view with action, speed and actor feature L2.", ""]
+        lines += [f"**{labels.get(agent, agent)}**\n\n![{agent}]({path})\n" for agent, path in meta["videos"].items()]
+    lines += ["## Mann-Whitney U tests", "",
               "Two-sided, per-episode values pooled over seeds; `P(a>b)` = U / (n_a n_b) (0.5: no difference); "
               "`p (Holm)` corrects for the pairs tested per metric. Episodes of one training run are not "
               "independent draws of the training process: with few seeds, read these as descriptive.", "",

@@ -21,10 +21,11 @@ _TEXT = (255, 255, 255)
 _SHADOW = (0, 0, 0)
 
 
-def overlay(image_bgr: np.ndarray, lines: list[str], steer: float, throttle: float, brake: float) -> np.ndarray:
-    """``image_bgr`` scaled to VIDEO_HEIGHT with text lines (top left) and steer/pedal bars (bottom)."""
-    scale = VIDEO_HEIGHT / image_bgr.shape[0]
-    out = cv2.resize(image_bgr, (int(round(image_bgr.shape[1] * scale)), VIDEO_HEIGHT),
+def overlay(image_bgr: np.ndarray, lines: list[str], steer: float, throttle: float, brake: float,
+            height: int = VIDEO_HEIGHT) -> np.ndarray:
+    """``image_bgr`` scaled to ``height`` with text lines (top left) and steer/pedal bars (bottom)."""
+    scale = height / image_bgr.shape[0]
+    out = cv2.resize(image_bgr, (int(round(image_bgr.shape[1] * scale)), height),
                      interpolation=cv2.INTER_NEAREST)
     if lines:  # a dark panel behind the text keeps it readable on any background
         panel = out[4: 12 + 20 * len(lines), 4: min(out.shape[1] - 4, 330)]
@@ -44,13 +45,17 @@ def overlay(image_bgr: np.ndarray, lines: list[str], steer: float, throttle: flo
 class DriveRecorder:
     """Runtime tap that writes the ego camera with an overlay to ``path`` (.mp4, or .gif)."""
 
-    def __init__(self, path: str | Path, topics: Topics | None = None, fps: float = 20.0, every: int = 1) -> None:
+    def __init__(self, path: str | Path, topics: Topics | None = None, fps: float = 20.0, every: int | None = None,
+                 max_episodes: int = 0, height: int = VIDEO_HEIGHT) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".gif"):
             raise ValueError(f"video path must end in .mp4 or .gif, got {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.topics = topics or Topics()
-        self.fps, self.every = fps, max(1, int(every))
+        # a GIF of every tick is several times larger than the MP4: GIFs keep every second frame by default
+        self.fps, self.every = fps, max(1, int(every if every is not None else 2 if self.path.suffix.lower() == ".gif" else 1))
+        self.max_episodes, self.height = int(max_episodes), int(height)  # max_episodes 0: all
+        self.episodes_seen = 0
         self.frames_written = 0
         self._images_seen = 0
         self._control = (0.0, 0.0, 0.0)
@@ -70,7 +75,8 @@ class DriveRecorder:
             self._feature_l2 = float(msg.data)
         elif topic == tp.episode_start:
             self._episode = msg.frame_id
-        elif topic == tp.camera:
+            self.episodes_seen += 1
+        elif topic == tp.camera and (not self.max_episodes or self.episodes_seen <= self.max_episodes):
             self._images_seen += 1
             if (self._images_seen - 1) % self.every == 0:
                 self._write(msg, t)
@@ -86,7 +92,7 @@ class DriveRecorder:
             f"speed {self._speed * 3.6:5.1f} km/h",
             f"steer {steer:+.2f}  throttle {throttle:.2f}  brake {brake:.2f}",
             f"actor feature L2 {self._feature_l2:.1f}" if math.isfinite(self._feature_l2) else "no actor features",
-        ], steer, throttle, brake)
+        ], steer, throttle, brake, self.height)
         if self.path.suffix.lower() == ".gif":
             self._gif_frames.append(frame[..., ::-1].copy())  # RGB for PIL
         else:
