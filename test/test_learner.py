@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from td3_drive.learner import (
-    Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target,
+    SATURATED, Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target,
 )
+from td3_drive.models import ActorHead, Trunk
 
 
 def params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -177,3 +178,56 @@ def test_random_shift_is_a_shifted_crop():
         shift = int(out[n, 0, 42, 42]) - 42  # interior columns move by one constant offset
         assert -4 <= shift <= 4
         assert torch.equal(out[n, 0, 10, 10:74], obs[n, 0, 10, 10 + shift:74 + shift])
+
+
+def _drive_actor_with_a_tiny_constant_dq_da(action_penalty: float, updates: int = 1500) -> float:
+    """Adam on -Q with Q = 0.01 * sum(a): the tiny, same-signed early dQ/da of a fresh critic."""
+    torch.manual_seed(0)
+    head = ActorHead(16, 4, 2, (32, 32), trunk_dim=8)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-4)
+    features, state = torch.randn(64, 16), torch.randn(64, 4)
+    for _ in range(updates):
+        pre_tanh = head.pre_tanh(features, state)
+        loss = -(0.01 * torch.tanh(pre_tanh)).sum(1).mean() + action_penalty * pre_tanh.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((head(features, state).abs() > SATURATED).float().mean())
+
+
+def test_pre_tanh_penalty_keeps_the_actor_out_of_saturation():
+    assert _drive_actor_with_a_tiny_constant_dq_da(0.0) > 0.9, "without it Adam pins tanh at the bound"
+    assert _drive_actor_with_a_tiny_constant_dq_da(LearnerConfig.action_penalty) == 0.0
+
+
+def test_saturated_share_is_logged_on_actor_updates(small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared", policy_freq=1))
+    metrics = learner.update(small_batch)
+    assert 0.0 <= metrics["train/action_saturated_fraction"] <= 1.0
+    # a fresh actor starts near a = 0 (small final-layer init): nothing saturated
+    assert metrics["train/action_saturated_fraction"] == 0.0
+
+
+def test_trunk_bounds_what_the_heads_see():
+    trunk = Trunk(512, 50)
+    out = trunk(torch.randn(8, 512) * 1e6)
+    assert out.shape == (8, 50) and out.abs().max() <= 1.0
+    learner = Learner(LearnerConfig(encoder_mode="shared"))
+    assert isinstance(learner.actor_head.trunk, Trunk) and isinstance(learner.critic_heads.trunk, Trunk)
+    no_trunk = Learner(LearnerConfig(encoder_mode="shared", trunk_dim=0))
+    assert isinstance(no_trunk.actor_head.trunk, torch.nn.Identity)
+    assert no_trunk.actor_head.net[0].in_features == 512 + 53
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", False), ("bf16", True)])
+def test_precision_runs_the_update_in_bf16_autocast(precision, expected, small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared", precision=precision))
+    assert learner.bf16 is expected
+    before = [p.detach().clone() for p in learner.critic_heads.parameters()]
+    metrics = learner.update(small_batch)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert all(p.dtype == torch.float32 for p in learner.critic_heads.parameters())  # weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.critic_heads.parameters()))
+    with pytest.raises(ValueError):
+        LearnerConfig(precision="fp8")
