@@ -39,6 +39,11 @@ def test_target_policy_smoothing_hand_computed():
 @pytest.mark.parametrize("mode", ["separate", "shared"])
 def test_critic_target_matches_formula(mode, small_batch):
     learner = Learner(LearnerConfig(encoder_mode=mode), seed=0)
+    # targets that differ from the online networks: a target computed on the online nets must fail
+    with torch.no_grad():
+        for target in learner.target_modules():
+            for p in target.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
     b = small_batch
     generator = copy.deepcopy(learner.generator)
     y = learner.critic_target(b.next_obs, b.next_state, b.reward, b.discount)
@@ -68,6 +73,23 @@ def test_policy_delay(algo, policy_freq, small_batch):
         assert same(target_before, params(learner.actor_head_target)) != actor_step  # targets move with the actor
         assert ("train/actor_loss" in metrics) == actor_step
     assert learner.num_actor_updates == 6 // learner.config.policy_freq
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_one_polyak_step_moves_targets_tau_of_the_way(mode, small_batch):
+    tau = 0.1
+    learner = Learner(LearnerConfig(encoder_mode=mode, policy_freq=1, tau=tau), seed=0)
+    with torch.no_grad():
+        for target in learner.target_modules():
+            for p in target.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    targets_before = {name: params(m) for name, m in learner.modules().items() if name.endswith("_target")}
+    learner.update(small_batch)
+    for name, before in targets_before.items():
+        online = params(learner.modules()[name[: -len("_target")]])  # after this update's steps
+        after = params(learner.modules()[name])
+        for t0, o, t1 in zip(before, online, after):
+            assert torch.allclose(t1, (1 - tau) * t0 + tau * o, atol=1e-6), name
 
 
 def test_ddpg_is_a_configuration():
@@ -163,7 +185,17 @@ def test_poisoned_weights_are_never_exported():
 
 def test_gradient_clipping_is_logged(small_batch):
     learner = Learner(LearnerConfig(max_grad_norm_critic=1e-6, max_grad_norm_actor=None, policy_freq=1), seed=0)
+    clipped_norms: list[float] = []
+    step = learner.critic_optimizer.step
+
+    def measuring_step(*args, **kwargs):  # the gradient the optimizer actually applies
+        grads = [p.grad for p in learner._critic_params if p.grad is not None]
+        clipped_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step(*args, **kwargs)
+
+    learner.critic_optimizer.step = measuring_step
     m = learner.update(small_batch)
+    assert clipped_norms and clipped_norms[0] == pytest.approx(1e-6, rel=1e-3), "clipping must act on p.grad"
     assert m["grad/critic_norm_before_clip"] > 1e-6 and m["grad/critic_norm_after_clip"] == pytest.approx(1e-6)
     assert m["grad/actor_norm_after_clip"] == m["grad/actor_norm_before_clip"]
     assert 0 < m["features/critic/l2_norm"] < 100 and 0 < m["features/actor/l2_norm"] < 100

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from td3_drive import embedded
+from td3_drive.reward import RewardConfig
 
 PRESET_DIR = embedded.CONFIG_DIR / "presets"
 DEFAULT_EVAL_SEED = 1_000_000
@@ -64,8 +65,6 @@ class Protocol:
 
     def parameters(self) -> dict[str, dict[str, Any]]:
         """Node parameters that set the protocol up (applied before any --set override)."""
-        from td3_drive.reward import RewardConfig
-
         simulator: dict[str, Any] = {"random_start": True, "route_length_m": float(self.route_length_m),
                                      "seed": int(self.eval_seed)}
         if not self.traffic:

@@ -139,11 +139,12 @@ def polyak_(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def _grad_norm(params: list[nn.Parameter], max_norm: float | None) -> tuple[float, float]:
-    """Total gradient norm before and after clipping (inf/nan before means: skip the step)."""
-    before = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-    before_f = float(before)
-    after = min(before_f, max_norm) if max_norm else before_f
-    return before_f, after
+    """Total gradient norm before and after clipping, both measured (inf/nan before means: skip the step)."""
+    before = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")))
+    if not max_norm or not math.isfinite(before) or before <= max_norm:
+        return before, before
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    return before, float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
 
 def native_bf16(device: torch.device) -> bool:
