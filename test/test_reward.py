@@ -176,6 +176,8 @@ def test_components_bounded_and_finite_on_random_trajectories() -> None:
             c = result.components
             assert abs(c["efficiency"]) <= config.w_efficiency
             assert -config.w_lateral <= c["lane_keeping"] <= 0.0
+            heading_error = result.projection.heading_error
+            assert c["heading"] == pytest.approx(-config.w_heading * abs(heading_error) / math.pi)
             assert -config.w_heading <= c["heading"] <= 0.0
             assert -config.w_comfort <= c["comfort"] <= 0.0
             assert abs(c["progress"]) <= config.w_progress * config.max_progress_speed * config.dt + 1e-12

@@ -10,16 +10,23 @@ from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor, e
 ARCH = LearnerConfig().actor_architecture()
 
 
+SOURCE = Learner(seed=3)
+
+
 @pytest.fixture(scope="module")
 def blob() -> bytes:
-    return encode_actor(Learner().actor(), 42, ARCH)
+    return encode_actor(SOURCE.actor(), 42, ARCH)
 
 
 def test_round_trip(blob):
     decoded = decode_actor(blob, ARCH)
     assert decoded.version == 42 and decoded.architecture == ARCH
-    reference = Learner().actor().state_dict()
+    reference = SOURCE.actor().state_dict()
     assert decoded.state_dict.keys() == reference.keys()
+    for name, tensor in reference.items():  # the values, not just the names
+        assert torch.equal(torch.as_tensor(decoded.state_dict[name]), tensor), name
+    other = Learner(seed=4).actor().state_dict()
+    assert any(not torch.equal(other[n], t) for n, t in reference.items()), "seeds give different weights"
 
 
 def reason(data: bytes, arch=ARCH, **kw) -> str:
