@@ -94,3 +94,9 @@ def test_drive_video_has_one_overlaid_non_blank_frame_per_tick(tmp_path, capsys,
     assert np.abs(first - last).mean() > 1.0, "the view moves with the car"
     # the overlay: white text pixels in the top-left corner, which the top-down camera never draws
     assert (frames[len(frames) // 2][5:90, 5:200] > 240).all(axis=-1).mean() > 0.01
+
+
+def test_drive_refuses_an_unknown_video_format_before_driving(tmp_path):
+    with pytest.raises(SystemExit, match="--video must end in .mp4 or .gif"):
+        cli.main(["drive", "--controller", "pid", "--video", str(tmp_path / "drive.avi")])
+    assert not (tmp_path / "drive.avi").exists()

@@ -180,7 +180,10 @@ def _drops(graph: embedded.EmbeddedGraph) -> dict[str, dict[str, int]]:
 def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
     """Deployment on the embedded simulator: a checkpoint (or the PID baseline), no noise, no learning."""
     from td3_drive import evaluation
+    from td3_drive.video import VIDEO_SUFFIXES
 
+    if args.video and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise SystemExit(f"--video must end in {' or '.join(VIDEO_SUFFIXES)}, got {args.video}")
     result = evaluation.evaluate(args.controller, args.controller, args.checkpoint,
                                  evaluation.protocol_from_args(args), args.max_ticks, args.config, args.set,
                                  video=args.video)

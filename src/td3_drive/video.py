@@ -15,6 +15,7 @@ import numpy as np
 
 from td3_drive.topics import Topics
 
+VIDEO_SUFFIXES = (".mp4", ".gif")
 #: output height in pixels; the camera image is scaled up to it (nearest: keep the pixels honest)
 VIDEO_HEIGHT = 360
 _TEXT = (255, 255, 255)
@@ -48,7 +49,7 @@ class DriveRecorder:
     def __init__(self, path: str | Path, topics: Topics | None = None, fps: float = 20.0, every: int | None = None,
                  max_episodes: int = 0, height: int = VIDEO_HEIGHT) -> None:
         self.path = Path(path)
-        if self.path.suffix.lower() not in (".mp4", ".gif"):
+        if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"video path must end in .mp4 or .gif, got {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.topics = topics or Topics()
