@@ -36,7 +36,7 @@ def train_run(tmp_path_factory):
     capture.setattr(sys, "stdout", buffer)
     try:
         rc = cli.main(["train", "--steps", "100", "--run-dir", str(run), "--set", "trainer.learning_starts=50",
-                       "--set", "trainer.batch_size=16", "--set", "policy.random_steps=50"])
+                       "--set", "trainer.batch_size=16", "--set", "policy.random_steps=50", "--eval-episodes", "2"])
     finally:
         capture.undo()
     assert rc == 0
@@ -49,6 +49,16 @@ def test_train_summary(train_run):
     assert summary["ticks"] >= 100 and summary["env_steps"] >= 90
     assert summary["updates"] > 0 and summary["skipped_updates"] == 0
     assert summary["drops"] == {}
+
+
+def test_train_ends_by_evaluating_its_policy_on_the_protocol(train_run, capsys):
+    run, summary = train_run
+    evaluation = summary["eval"]
+    assert evaluation["episodes"] == 2 and 0.0 <= evaluation["success_rate"] <= 1.0
+    assert 0.0 <= evaluation["route_completion"] <= 1.0 and sum(evaluation["end_reasons"].values()) == 2
+    written = json.loads((run / "eval" / "episodes.json").read_text())
+    assert written["protocol"]["route_length_m"] == 200.0 and written["checkpoint"] == str(run)
+    assert [row["seed"] for row in written["episodes"]] == [written["eval_seed"] + 1, written["eval_seed"] + 2]
 
 
 def test_train_config_snapshot(train_run):
