@@ -38,6 +38,17 @@ def test_random_starts_cover_the_lap_on_both_lanes():
         assert abs(np.sum(np.hypot(*np.diff(route, axis=0).T)) - 50.0) < 1.0
 
 
+@pytest.mark.parametrize("seed", [139, 304])
+def test_a_start_within_the_join_margin_still_gets_a_full_route(seed):
+    """These seeds start just past a lane's end, where locate() still names the previous road:
+    the route must continue on the next one (it used to loop without ever reaching its length)."""
+    sim = RacetrackSim(SimConfig(random_start=True, other_vehicles=0))
+    frame = sim.reset(seed)
+    route = sim.route()
+    assert np.hypot(route[0, 0] - frame.x, route[0, 1] - frame.y) < 1e-6
+    assert abs(np.sum(np.hypot(*np.diff(route, axis=0).T)) - sim.lap_length_m) < 2.0
+
+
 def test_highway_env_start_stays_the_default_of_the_simulator():
     sim = RacetrackSim(SimConfig(other_vehicles=0))
     assert {_start(sim, seed)[0] for seed in range(10)} == {0}, "highway-env starts in the first straight"

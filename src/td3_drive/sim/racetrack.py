@@ -228,6 +228,10 @@ class _Track:
             if prev is not None:
                 # start where the previous lane ended: joins overlap or leave small gaps
                 s0 = max(0.0, lane.local_coordinates(prev)[0])
+            elif s0 >= lane.length:
+                # a start located within the join margin past this lane's end begins on the next lane
+                s0, i = s0 - lane.length, i + 1
+                continue
             s_values = np.arange(s0, lane.length, step)
             for s in s_values:
                 p = lane.position(float(s), 0.0)
