@@ -180,10 +180,13 @@ def _drops(graph: embedded.EmbeddedGraph) -> dict[str, dict[str, int]]:
 def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
     """Deployment on the embedded simulator: a checkpoint (or the PID baseline), no noise, no learning."""
     from td3_drive import evaluation
-    from td3_drive.video import VIDEO_SUFFIXES
+    from td3_drive.video import check_video_path
 
-    if args.video and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
-        raise SystemExit(f"--video must end in {' or '.join(VIDEO_SUFFIXES)}, got {args.video}")
+    if args.video:  # refused before anything drives
+        try:
+            check_video_path(args.video)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     result = evaluation.evaluate(args.controller, args.controller, args.checkpoint,
                                  evaluation.protocol_from_args(args), args.max_ticks, args.config, args.set,
                                  video=args.video)

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from td3_drive.observation import decode_image
 from td3_drive.topics import Topics
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -43,14 +44,20 @@ def overlay(image_bgr: np.ndarray, lines: list[str], steer: float, throttle: flo
     return out
 
 
+def check_video_path(path: str | Path) -> Path:
+    """``path`` as a Path if it names a format the recorder writes; ValueError otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--video must end in {' or '.join(VIDEO_SUFFIXES)}, got {path}")
+    return path
+
+
 class DriveRecorder:
     """Runtime tap that writes the ego camera with an overlay to ``path`` (.mp4, or .gif)."""
 
     def __init__(self, path: str | Path, topics: Topics | None = None, fps: float = 20.0, every: int | None = None,
                  max_episodes: int = 0, height: int = VIDEO_HEIGHT) -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"video path must end in .mp4 or .gif, got {self.path}")
+        self.path = check_video_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.topics = topics or Topics()
         # a GIF of every tick is several times larger than the MP4: GIFs keep every second frame by default
@@ -83,9 +90,7 @@ class DriveRecorder:
                 self._write(msg, t)
 
     def _write(self, msg: Any, t: float) -> None:
-        channels = 4 if msg.encoding in ("bgra8", "rgba8") else 3
-        raw = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data, np.uint8)
-        image = raw.reshape(msg.height, msg.step)[:, : msg.width * channels].reshape(msg.height, msg.width, channels)
+        image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
         bgr = np.ascontiguousarray(image[..., :3] if msg.encoding.startswith("bgr") else image[..., 2::-1])
         steer, throttle, brake = self._control
         frame = overlay(bgr, [

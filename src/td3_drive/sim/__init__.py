@@ -8,8 +8,9 @@ bridge's topic names and types, ticking once per control command (lockstep);
 import gymnasium as _gym
 
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
+from td3_drive.sim.gym_env import ENV_ID, RacetrackDriveEnv
 
-if "td3_drive/Racetrack-v0" not in _gym.registry:
-    _gym.register(id="td3_drive/Racetrack-v0", entry_point="td3_drive.sim.gym_env:RacetrackDriveEnv")
+if ENV_ID not in _gym.registry:
+    _gym.register(id=ENV_ID, entry_point=RacetrackDriveEnv)
 
-__all__ = ["RacetrackSim", "SimConfig", "SimFrame", "sanitize_control"]
+__all__ = ["ENV_ID", "RacetrackDriveEnv", "RacetrackSim", "SimConfig", "SimFrame", "sanitize_control"]

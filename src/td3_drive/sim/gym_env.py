@@ -23,7 +23,8 @@ import numpy as np
 from gymnasium import spaces
 
 from td3_drive.control import ACTION_DIM, action_to_control_fields
-from td3_drive.observation import STATE_DIM, FrameStack, VehiclePose, kinematic_state, to_gray84
+from td3_drive.observation import (STATE_DIM, FrameStack, RouteProjection, VehiclePose, kinematic_state,
+                                   to_gray84)
 from td3_drive.reward import RewardConfig, RewardFunction, StepEvents
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame
 
@@ -65,9 +66,9 @@ class RacetrackDriveEnv(gym.Env):
         sim_seed = int(seed) if seed is not None else self.sim_config.seed + self._episode
         self._frame = frame = self.sim.reset(sim_seed)
         self._route = self.sim.route()
-        self.reward_fn.reset(_pose(frame), self._route)
+        projection = self.reward_fn.reset(_pose(frame), self._route)
         self.stack.reset(to_gray84(frame.image_bgra, "bgra8"))
-        return self._observation(frame), {"seed": sim_seed}
+        return self._observation(frame, projection), {"seed": sim_seed}
 
     def step(self, action: np.ndarray):
         if self._frame is None:
@@ -78,7 +79,7 @@ class RacetrackDriveEnv(gym.Env):
                                      StepEvents(collision=frame.collision, lane_invasions=int(bool(frame.lane_invasion))))
         self.stack.push(to_gray84(frame.image_bgra, "bgra8"))
         info = {"reason": result.reason, "reward_components": result.components, "speed": frame.speed}
-        return self._observation(frame), result.total, result.terminated, result.truncated, info
+        return self._observation(frame, result.projection), result.total, result.terminated, result.truncated, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self._frame is None:
@@ -88,5 +89,7 @@ class RacetrackDriveEnv(gym.Env):
     def close(self) -> None:
         self.sim.close()
 
-    def _observation(self, frame: SimFrame) -> dict[str, np.ndarray]:
-        return {"image": self.stack.stacked(), "state": kinematic_state(_pose(frame), self._route)}
+    def _observation(self, frame: SimFrame, projection: RouteProjection) -> dict[str, np.ndarray]:
+        # the reward already projected this pose on the route: reuse it, as the nodes do
+        return {"image": self.stack.stacked(),
+                "state": kinematic_state(_pose(frame), self._route, projection=projection)}
