@@ -36,7 +36,8 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "opencv-python-headless>=4.8",
-        "rosbags>=0.10",
+        "rosbags>=0.11.7",
+        "rosbags-image>=0.10",  # sensor_msgs/Image conversion where cv_bridge (ROS 2) is absent
     ],
     extras_require={
         "sim": ["highway-env>=1.12", "gymnasium>=1.0"],
@@ -61,6 +62,7 @@ setup(
             "policy = td3_drive.runtime.ros:policy_main",
             "trainer = td3_drive.runtime.ros:trainer_main",
             "carla_episode_manager = td3_drive.runtime.ros:carla_episode_manager_main",
+            "evaluator = td3_drive.runtime.ros:evaluator_main",
         ],
     },
     zip_safe=False,

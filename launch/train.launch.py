@@ -34,7 +34,8 @@ SCALE_OUT_ROLES = [f"hero{i}" for i in range(10)]
 ARGUMENTS = [
     ("carla_host", "localhost", "CARLA server host"),
     ("carla_port", "2000", "CARLA server RPC port"),
-    ("carla_timeout", "10", "seconds the bridge and the episode manager wait for CARLA"),
+    # the bridge reloads the town at start; LibCarla's world load gives up after timeout / 50 ms tries
+    ("carla_timeout", "20", "seconds the bridge and the episode manager wait for CARLA"),
     ("town", "Town01", "CARLA town the bridge loads"),
     ("role_name", "ego_vehicle", "ego vehicle role name (single vehicle)"),
     ("namespace", "", "namespace for /td3 topics and our nodes (single vehicle)"),
@@ -50,7 +51,8 @@ ARGUMENTS = [
     ("config", "", "parameter file (empty: config/train.yaml or config/drive.yaml)"),
 ]
 #: drive only: reset on collision / off-route through carla_episode_manager (evaluation runs)
-DRIVE_ARGUMENTS = [("episodes", "false", "run carla_episode_manager to reset the car between episodes")]
+DRIVE_ARGUMENTS = [("episodes", "false",
+                    "run carla_episode_manager and the evaluator: reset after a collision, off-route or the goal")]
 #: train only: several CARLA servers run their vehicle pipelines without a trainer (docs/ros2.md)
 TRAIN_ARGUMENTS = [("start_trainer", "true", "false: only the vehicle pipelines; the trainer runs elsewhere")]
 
@@ -63,10 +65,17 @@ def _true(text: str) -> bool:
     return text.lower() in ("true", "1", "yes", "on")
 
 
-def _objects_file_for(role: str, source: str) -> str:
-    """The spawn file with the vehicle's id set to ``role`` (carla_spawn_objects uses the id as role_name)."""
+def _objects_file_for(role: str, source: str, first: bool = True) -> str:
+    """The spawn file with the vehicle's id set to ``role`` (carla_spawn_objects uses the id as role_name).
+
+    World-level pseudo sensors (``sensor.pseudo.actor_list``, ...: no vehicle to attach to) are
+    kept in the first vehicle's file only; one per vehicle would publish the same topic N times.
+    """
     with open(source) as handle:
         spec = json.load(handle)
+    if not first:
+        spec["objects"] = [obj for obj in spec.get("objects", []) if "sensors" in obj
+                           or not str(obj.get("type", "")).startswith(("sensor.", "actor."))]
     for obj in spec.get("objects", []):
         if str(obj.get("type", "")).startswith("vehicle"):
             obj["id"] = role
@@ -102,6 +111,10 @@ def _ids(role: str, namespace: str) -> dict:
 
 def _bridge(context) -> list:
     host, port, timeout = (_value(context, n) for n in ("carla_host", "carla_port", "carla_timeout"))
+    # the bridge tests `role_name in ego_vehicle_role_name`: its default is one concatenated string
+    # (carla_ros_bridge.launch.py), a substring test; a YAML list makes it exact membership
+    # (launch_ros evaluate_parameters.py YAML-parses substituted values)
+    roles = json.dumps([role for role, _ in _vehicles(context)])
     return [
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
@@ -115,6 +128,7 @@ def _bridge(context) -> list:
                 "synchronous_mode": "True",
                 "fixed_delta_seconds": _value(context, "fixed_delta_seconds"),
                 "synchronous_mode_wait_for_vehicle_control_command": str(_true(_value(context, "wait_for_control"))),
+                "ego_vehicle_role_name": roles,
             }.items(),
         )
     ]
@@ -154,7 +168,8 @@ def _nodes(context, mode: str) -> list:
     actions: list = _bridge(context) if start_bridge else []
     for index, (role, namespace) in enumerate(vehicles):
         ids = _ids(role, namespace)
-        spawn_file = objects if len(vehicles) == 1 and role == "ego_vehicle" else _objects_file_for(role, objects)
+        spawn_file = (objects if len(vehicles) == 1 and role == "ego_vehicle"
+                      else _objects_file_for(role, objects, first=index == 0))
         # node names go under the namespace too (two policies cannot both be /policy)
         group: list = [PushRosNamespace(namespace)] if namespace else []
         if start_bridge:
@@ -168,11 +183,19 @@ def _nodes(context, mode: str) -> list:
             Node(
                 package=PACKAGE, executable="policy", name="policy", output="screen", emulate_tty=True,
                 parameters=[config, {**common, **ids, **_overrides(context, ["device", "checkpoint"]),
+                                     # wait-for-control: the watchdog must not send commands of its own
+                                     "lockstep": _true(_value(context, "wait_for_control")),
                                      # drive: a trained actor, no exploration noise
                                      **({"explore": False} if mode == "drive" else {})}],
             ),
         ]
-        if mode == "train" or _true(_value(context, "episodes")):
+        episodes = mode == "train" or _true(_value(context, "episodes"))
+        if mode == "drive" and episodes:  # ends episodes (collision, off-route, goal) and requests the reset
+            group.append(Node(
+                package=PACKAGE, executable="evaluator", name="evaluator", output="screen", emulate_tty=True,
+                parameters=[config, {**common, **ids}],
+            ))
+        if episodes:
             group.append(Node(
                 package=PACKAGE, executable="carla_episode_manager", name="carla_episode_manager",
                 output="screen", emulate_tty=True,

@@ -55,13 +55,13 @@ def odometry(t: float, x: float, y: float = 0.0, q: tuple = (0.0, 0.0, 0.0, 1.0)
                        twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
 
 
-def route(points: list[tuple[float, float]]) -> Any:
+def route(points: list[tuple[float, float]], t: float = 0.0) -> Any:
     poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(0.0, "map"),
                          pose=new_message("geometry_msgs/msg/Pose",
                                           position=new_message("geometry_msgs/msg/Point", x=float(x), y=float(y)),
                                           orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0)))
              for x, y in points]
-    return new_message(T.PATH, header=header(0.0, "map"), poses=poses)
+    return new_message(T.PATH, header=header(t, "map"), poses=poses)
 
 
 STRAIGHT = [(float(x), 0.0) for x in np.arange(0.0, 400.0, 2.0)]
@@ -128,7 +128,9 @@ CASES = [
     Case("image_step_overflows_data", {PRE: "size_mismatch"}, _cam(step=64 * 4 * 3)),
     Case("image_duplicate_stamp", {PRE: "stale_stamp", EVA: "stale_stamp"}, lambda t: [(TP.camera, camera(t))]),
     Case("image_out_of_order", {PRE: "stale_stamp", EVA: "stale_stamp"}, lambda t: [(TP.camera, camera(t - 1.0))]),
-    Case("image_without_fresh_odometry", {PRE: "stale_odometry"}, lambda t: [(TP.camera, camera(t + 1.0))]),
+    # the image waits for the odometry of its own tick; the next tick's odometry shows it never came
+    Case("image_without_its_odometry", {PRE: "no_pose_for_image", EVA: "no_pose_for_image"},
+         lambda t: [(TP.camera, camera(t + DT / 2)), (TP.odometry, odometry(t + DT, 10.0))]),
     # odometry -> every BridgeWorld
     Case("odometry_nan_position", _world("non_finite"), lambda t: [(TP.odometry, odometry(t + DT / 2, float("nan")))]),
     Case("odometry_inf_speed", _world("non_finite"), lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, speed=math.inf))]),
@@ -273,7 +275,7 @@ def _run_battery(tmp_path: Path) -> tuple[Sent, dict[str, dict[str, int]], Outpu
         rt.spin()
 
     t, x = 1.0, 10.0
-    send([(TP.route, route(STRAIGHT)), (TP.episode_start, header(t, "0"))] + _good_tick(t, x))
+    send([(TP.route, route(STRAIGHT, t)), (TP.episode_start, header(t, "0"))] + _good_tick(t, x))
     per_case: dict[str, dict[str, dict[str, int]]] = {}
     for case in CASES:
         t, x = t + DT, x + DT * 5.0

@@ -75,6 +75,9 @@ class Actor:
     def apply_control(self, c):
         self._call("apply_control", c)
 
+    def get_location(self):  # where carla_spawn_objects left it, until teleported
+        return self.transform.location if self.transform is not None else Location(500, 500, 0)
+
 
 class ActorList(list):
     def filter(self, pattern):
@@ -117,7 +120,9 @@ class World:
         self.actors = ActorList()
         self.sim_time = 0.0
         self.spawned: list[Actor] = []
-        self.map_points = [Transform(Location(10, 20, 0.5), Rotation(yaw=90)), Transform(Location(-5, 0, 0.5))]
+        # point 0 is carla_waypoint_publisher's default goal
+        self.map_points = [Transform(Location(100, 100, 0.5), Rotation(yaw=90)), Transform(Location(-40, 0, 0.5)),
+                           Transform(Location(20, 5, 0.5))]
 
     def get_actors(self):
         return ActorList(a for a in self.actors if a.is_alive)
@@ -207,6 +212,7 @@ def make(world=None, *, fail_connects=0, server_version="0.9.16", with_ego=True,
     pseudo: list[tuple[dict, int]] = []
     failures = [fail_connects]
     cfg.setdefault("spawn_points", [SpawnPoint(1.0, 2.0, 0.0, 0.0, 0.0, 30.0)])
+    cfg.setdefault("wait_for_route", False)  # the route tests below set it (the default) themselves
     manager = CarlaEpisodeManager(
         EpisodeConfig(**cfg),
         log,
@@ -358,7 +364,7 @@ def test_destroyed_ego_is_respawned_with_its_sensors_from_objects_json():
 def test_map_spawn_points_and_seeded_random_order():
     manager, world, _, _, _ = make(spawn_points=[], spawn_order="cycle", lift_m=0.0)
     manager.service()
-    assert ego_of(world).transform.location.x == 10
+    assert ego_of(world).transform.location.x == -40  # point 0 is the route's goal: never a start
     a, *_ = make(spawn_points=[SpawnPoint(i, 0) for i in range(10)], spawn_order="random", seed=3)
     b, *_ = make(spawn_points=[SpawnPoint(i, 0) for i in range(10)], spawn_order="random", seed=3)
     for m in (a, b):
@@ -374,33 +380,86 @@ def test_version_mismatch_is_reported():
     assert log.has("error", "!= server 0.9.15")
 
 
+def _path(t: float, points: list[tuple[float, float]]):
+    poses = [messages.new_message("geometry_msgs/msg/PoseStamped",
+                                  pose=messages.new_message("geometry_msgs/msg/Pose",
+                                                            position=messages.new_message("geometry_msgs/msg/Point",
+                                                                                          x=x, y=y)))
+             for x, y in points]
+    return messages.new_message(T.PATH, header=messages.new_message(T.HEADER, stamp=messages.stamp(t), frame_id="map"),
+                                poses=poses)
+
+
 def test_node_on_the_local_runtime_publishes_episode_starts():
+    """teleport -> the old route (latched) -> goal published after the first tick at the new place ->
+    the route planned from there: the episode starts at that route's stamp, never on the old one."""
     world = World()
     world.actors.append(Actor("vehicle.tesla.model3", {"role_name": "ego_vehicle"}))
-    rt = LocalRuntime(parameters={"carla_episode_manager": {"spawn_points": ["3,4,0,0,0,0"], "carla_port": 2010}})
+    rt = LocalRuntime(parameters={"carla_episode_manager": {"spawn_points": ["3,4,0,0,0,0", "-30,4,0,0,0,0"],
+                                                            "carla_port": 2010, "route_timeout_s": 5.0}})
     ctx = rt.context("carla_episode_manager")
     node = CarlaEpisodeManagerNode(ctx)
     assert ctx.undeclared_parameters() == []
-    assert node.manager.config.port == 2010 and node.manager.config.spawn_points == [SpawnPoint(3, 4)]
+    assert node.manager.config.port == 2010 and node.manager.config.spawn_points[0] == SpawnPoint(3, 4)
     # swap in the fake client: the node never touched CARLA while being built
     node.manager._carla = fake_carla
     node.manager._client_factory = lambda h, p: Client(h, p, world)
+    clock = Clock()
+    node.manager._clock = clock
     topics = Topics()
-    starts = []
+    starts, goals = [], []
     rt.add_tap(lambda topic, _t, msg, _now: starts.append(msg) if topic == topics.episode_start else None)
+    rt.add_tap(lambda topic, _t, msg, _now: goals.append(msg) if topic == topics.goal else None)
 
     def tick(t):
         world.sim_time = t
         rt.publish(topics.clock, messages.new_message(T.CLOCK, clock=messages.stamp(t)))
         rt.spin()
 
+    rt.publish(topics.route, _path(0.02, [(0, 0), (1, 0)]))  # planned at spawn, before any reset: latched
     tick(0.05)
-    rt.advance(0.1)  # watchdog timer: connect + first reset
-    tick(0.10)
-    assert [(s.frame_id, messages.seconds(s.stamp)) for s in starts] == [("1", pytest.approx(0.10))]
-    rt.publish(topics.reset_request, messages.new_message(T.HEADER, stamp=messages.stamp(0.1), frame_id="collision"))
-    rt.spin()
+    rt.advance(0.1)  # service timer: connect + first reset (teleport at t=0.05)
+    assert node.manager.episode == 1 and starts == [] and goals == []
+    tick(0.10)  # first tick at the new place: the goal goes out (the map's spawn point 0, in the ROS frame)
+    assert len(goals) == 1 and goals[0].header.frame_id == "map"
+    assert (goals[0].pose.position.x, goals[0].pose.position.y) == (100, -100)
+    rt.publish(topics.route, _path(0.05, [(0, 0), (1, 0)]))  # stamped at the teleport: not after it
     tick(0.15)
-    assert [s.frame_id for s in starts] == ["1", "2"]
-    assert messages.seconds(starts[-1].stamp) == pytest.approx(0.15)
-    assert rt.topic_types()[topics.episode_start] == T.HEADER
+    assert starts == []
+    rt.publish(topics.route, _path(0.15, [(3, 4), (4, 4), (5, 4)]))  # planned from the new start
+    rt.spin()
+    assert [(s.frame_id, messages.seconds(s.stamp)) for s in starts] == [("1", pytest.approx(0.15))]
+    assert len(goals) == 1  # once per episode
+
+    rt.publish(topics.reset_request, messages.new_message(T.HEADER, stamp=messages.stamp(0.2), frame_id="collision"))
+    rt.spin()
+    assert node.manager.episode == 2
+    for k in range(3):  # the planner never answers: the route timeout resets again, logged and counted
+        tick(0.25 + 0.05 * k)
+    clock.t += 6.0
+    rt.advance(0.1)
+    assert node.manager.route_timeouts == 1 and node.manager.episode == 3 and starts[-1].frame_id == "1"
+    tick(0.5)
+    rt.publish(topics.route, _path(0.5, [(-30, 4), (-29, 4)]))
+    rt.spin()
+    assert [s.frame_id for s in starts] == ["1", "3"] and rt.topic_types()[topics.goal] == T.POSE_STAMPED
+
+
+def test_never_starts_at_the_route_goal():
+    """carla_waypoint_publisher's goal is the map's spawn point 0: starting there gives a degenerate
+    route that is completed on the first step."""
+    manager, world, log, _, _ = make(spawn_points=[], lift_m=0.0)
+    manager.service()
+    assert manager.episode == 1
+    starts = {ego_of(world).transform.location.x}
+    for k in range(6):
+        manager.on_progress(10.0 + k)
+        assert manager.poll_episode_start() is not None
+        assert manager.request_reset("timeout", 10.0 + k)
+        manager.service()
+        starts.add(ego_of(world).transform.location.x)
+    assert 100 not in starts and starts == {-40, 20}
+    # every spawn point near the goal: a clear error, no episode, and no reconnect loop
+    near, world2, log2, _, _ = make(spawn_points=[SpawnPoint(95, -95)])
+    near.service()
+    assert near.episode == 0 and near.client is not None and log2.has("error", "from the route goal")

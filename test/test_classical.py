@@ -176,12 +176,12 @@ def odometry(t: float, x: float, y: float, yaw: float, v: float):
                        twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
 
 
-def path(route: np.ndarray):
+def path(route: np.ndarray, stamp_s: float = 0.0):
     poses = [new_message("geometry_msgs/msg/PoseStamped",
                          pose=new_message("geometry_msgs/msg/Pose",
                                           position=new_message("geometry_msgs/msg/Point", x=float(x), y=float(y))))
              for x, y in route]
-    return new_message(T.PATH, header=new_message(T.HEADER, frame_id="map"), poses=poses)
+    return new_message(T.PATH, header=new_message(T.HEADER, stamp=stamp(stamp_s), frame_id="map"), poses=poses)
 
 
 def image(t: float):
@@ -229,9 +229,12 @@ def test_node_brakes_until_ready_and_counts_invalid_messages() -> None:
     assert g.node.drops.counts["non_finite"] == 1 and g.node.drops.counts["empty_route"] == 1
     g.tick(1.1, (g.topics.odometry, odometry(1.1, 0.0, 0.0, 0.0, 0.0)), (g.topics.route, path(straight_route())))
     assert g.controls[-1].throttle > 0.0 and g.controls[-1].brake == 0.0  # standing still: accelerate
-    g.tick(3.0)  # odometry is now 1.9 s old: brake rather than steer on it
-    assert g.controls[-1].brake == 1.0 and g.node.drops.counts["stale_odometry"] == 1
-    assert len(g.controls) == 4
+    g.tick(3.0)  # the image comes before its odometry (as from the bridge): it waits, never steers on 1.1's
+    assert len(g.controls) == 3
+    g.rt.publish(g.topics.odometry, odometry(3.0, 0.0, 0.0, 0.0, 2 * TARGET))
+    g.rt.spin()  # now steered (and braked: twice the target speed) from the pose of its own tick
+    assert len(g.controls) == 4 and seconds(g.controls[-1].header.stamp) == pytest.approx(3.0)
+    assert g.controls[-1].brake > 0.0 and g.controls[-1].throttle == 0.0
     for c in g.controls:
         assert all(math.isfinite(v) for v in (c.steer, c.throttle, c.brake))
 
@@ -246,6 +249,7 @@ def test_node_resets_pid_on_episode_start_and_reads_parameters() -> None:
         g.tick(t, (g.topics.odometry, odometry(t, 0.0, 0.0, 0.0, 4.5)))  # PID not saturated
     assert g.node.controller.pid.integral > 0.0
     before = g.node.controller.pid.integral
+    g.rt.publish(g.topics.route, path(straight_route(), 2.0))  # each episode comes with its route
     g.rt.publish(g.topics.episode_start, new_message(T.HEADER, stamp=stamp(2.0), frame_id="1"))
     g.rt.spin()
     # the reset happens on the new episode's first frame: one step's worth of integral, not 40

@@ -64,10 +64,11 @@ def test_train_ends_by_evaluating_its_policy_on_the_protocol(train_run, capsys):
 def test_train_config_snapshot(train_run):
     run, _ = train_run
     config = yaml.safe_load((run / "config.yaml").read_text())
-    trainer = config["trainer"]["ros__parameters"]
+    # written as rclpy reads it: /**/ keys reach the nodes in any namespace
+    trainer = config["/**/trainer"]["ros__parameters"]
     assert trainer["learning_starts"] == 50 and trainer["batch_size"] == 16 and trainer["run_dir"] == str(run)
-    assert config["policy"]["ros__parameters"]["random_steps"] == 50
-    assert "simulator" in config  # the embedded overrides are part of the snapshot
+    assert config["/**/policy"]["ros__parameters"]["random_steps"] == 50
+    assert "/**/simulator" in config  # the embedded overrides are part of the snapshot
 
 
 def test_train_tensorboard_scalars(train_run):
@@ -95,7 +96,7 @@ def test_train_checkpoint_restores_and_decodes(train_run):
     run, summary = train_run
     latest = Checkpointer(run / "checkpoints").latest()
     assert latest is not None and str(latest) == summary["checkpoint"]
-    params = yaml.safe_load((run / "config.yaml").read_text())["trainer"]["ros__parameters"]
+    params = yaml.safe_load((run / "config.yaml").read_text())["/**/trainer"]["ros__parameters"]
     config = LearnerConfig(**{k[len("learner."):]: v for k, v in params.items() if k.startswith("learner.")})
     learner = Learner(config, "cpu", seed=12345)
     fresh = {k: v.clone() for k, v in learner.actor().state_dict().items()}
@@ -216,3 +217,42 @@ def test_drive_pid_completes_an_episode(capsys):
     episode = result["episodes"][0]
     assert episode["collisions"] == 0 and episode["distance_m"] > 50
     assert result["summary"]["end_reasons"]
+
+
+# ------------------------------------------------------------------ publish order
+def _trained_streams(tmp_path: Path, order: str) -> dict[str, list]:
+    """120 ticks of the embedded training graph: what the nodes computed, per topic."""
+    from td3_drive import embedded
+
+    params = cli._parameters("train", 0, [], {
+        "trainer": {"run_dir": str(tmp_path / order), "device": "cpu", "learning_starts": 60, "batch_size": 8,
+                    "checkpoint_every": 0, "log_interval": 1000},
+        "policy": {"device": "cpu", "random_steps": 60},
+        "simulator": {"publish_order": order, "other_vehicles": 1},
+    })
+    graph = embedded.build_graph(params)
+    assert graph.sim.config.publish_order == order
+    streams: dict[str, list] = {TP.observation_state: [], TP.control: [], TP.reward: []}
+
+    def tap(topic: str, type_name: str, msg, t: float) -> None:
+        if topic == TP.observation_state:
+            streams[topic].append((t, tuple(msg.position)))
+        elif topic == TP.control:
+            streams[topic].append((t, msg.header.frame_id, msg.steer, msg.throttle, msg.brake))
+        elif topic == TP.reward:
+            streams[topic].append((t, msg.data))
+
+    graph.runtime.add_tap(tap)
+    graph.run(120)
+    streams["updates"] = [graph.nodes["trainer"].learner.num_updates]
+    graph.close()
+    return streams
+
+
+def test_bridge_and_camera_last_publish_orders_train_identically(tmp_path):
+    """CARLA's bridge sends each tick's camera image before its odometry; the embedded simulator
+    used to send it last.  Every node pairs an image with the pose of its own tick, so the
+    observations, actions and rewards are the same in both orders, bit for bit."""
+    bridge, camera_last = _trained_streams(tmp_path, "bridge"), _trained_streams(tmp_path, "camera_last")
+    assert len(bridge[TP.observation_state]) >= 115 and bridge["updates"][0] > 0
+    assert bridge == camera_last

@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
+from td3_drive.embedded import load_parameters
 from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.parameters import for_node, internal_key
 from td3_drive.topics import Topics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ NODE_CLASSES = {
     "policy": "td3_drive.nodes.policy:PolicyNode",
     "trainer": "td3_drive.nodes.trainer:TrainerNode",
     "carla_episode_manager": "td3_drive.nodes.carla_episode_manager:CarlaEpisodeManagerNode",
+    "evaluator": "td3_drive.nodes.evaluator:EvaluatorNode",
 }
 
 
@@ -193,13 +196,12 @@ def dotted(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def yaml_section(path: Path, name: str) -> dict[str, Any]:
+def yaml_section(path: Path, name: str, namespace: str = "") -> dict[str, Any]:
+    """What the node ``/<namespace>/<name>`` reads from ``path``, matched as rclpy matches it."""
     data = yaml.safe_load(path.read_text()) or {}
-    for key in (name, f"/{name}", "/**", "**"):
-        section = data.get(key)
-        if section:
-            assert set(section) == {"ros__parameters"}, f"{path.name}:{key} must hold only ros__parameters"
-    return dotted((data.get(name) or {}).get("ros__parameters", {}) or {})
+    for key, section in data.items():
+        assert set(section or {}) == {"ros__parameters"}, f"{path.name}:{key} must hold only ros__parameters"
+    return for_node(load_parameters(path), f"{namespace.strip('/')}/{name}")
 
 
 def node_class(executable: str) -> type | None:
@@ -261,12 +263,14 @@ def test_only_installed_executables_and_existing_config_files(monkeypatch, tmp_p
 def _check_node_parameters(monkeypatch, launch_file: str, **arguments: str) -> None:
     _, actions, _ = evaluate(monkeypatch, launch_file, **arguments)
     missing = []
-    for node, _ in nodes_of(actions):
+    for node, namespace in nodes_of(actions):
         name = node.kwargs["name"]
         files, overrides = node_parameters(node)
         given: dict[str, Any] = {}
         for path in files:
-            given.update(yaml_section(path, name))
+            section = yaml_section(path, name, namespace)
+            assert section, f"{path.name} has nothing for /{namespace}/{name}".replace("//", "/")
+            given.update(section)
         given.update(overrides)
         cls = node_class(node.kwargs["executable"])
         if cls is None:
@@ -292,6 +296,80 @@ def test_every_yaml_and_launch_parameter_is_declared_by_its_node(monkeypatch, la
     _check_node_parameters(monkeypatch, launch_file, **extra)
 
 
+@pytest.mark.parametrize("launch_file, arguments", [
+    ("train.launch.py", {"num_vehicles": "2"}),   # /v0/policy, /v1/camera_preprocessor, ...
+    ("drive.launch.py", {"namespace": "car1", "episodes": "true"}),
+])
+def test_namespaced_nodes_read_their_parameter_file(monkeypatch, tmp_path, launch_file, arguments):
+    """rclpy keeps a YAML entry only if its key matches the node's fully qualified name:
+    with ``policy:`` keys a node in /v0 would silently run on code defaults."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _check_node_parameters(monkeypatch, launch_file, run_dir=str(tmp_path / "run"), **arguments)
+
+
+@pytest.mark.parametrize("episodes", ["true", "false"])
+def test_drive_with_episodes_launches_the_evaluator_that_requests_resets(monkeypatch, episodes):
+    """Only the trainer and the evaluator publish reset_request: without an evaluator,
+    drive.launch.py episodes:=true would never reset after a collision."""
+    _, actions, _ = evaluate(monkeypatch, "drive.launch.py", episodes=episodes, namespace="car1")
+    launched = {(n.kwargs["executable"], ns) for n, ns in nodes_of(actions)}
+    assert (("evaluator", "car1") in launched) == (episodes == "true")
+    assert (("carla_episode_manager", "car1") in launched) == (episodes == "true")
+    if episodes == "true":
+        from td3_drive.nodes.evaluator import EvaluatorNode
+
+        rt = LocalRuntime()
+        EvaluatorNode(rt.context("evaluator"))
+        assert Topics().reset_request in rt.topic_types()  # it publishes the reset request
+
+
+@pytest.mark.parametrize("arguments, roles", [
+    ({"role_name": "car1"}, ["car1"]),            # not in the bridge's default list: no control subscriber
+    ({"num_vehicles": "3"}, ["hero0", "hero1", "hero2"]),
+])
+def test_bridge_gets_our_role_names_as_a_list(monkeypatch, tmp_path, arguments, roles):
+    """carla_ros_bridge tests ``role_name in ego_vehicle_role_name``; a YAML list (launch_ros parses
+    substituted values as YAML) makes that exact membership instead of a substring test."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _, actions, _ = evaluate(monkeypatch, "train.launch.py", **arguments)
+    (bridge,) = includes_of(actions)["carla_ros_bridge.launch.py"]
+    assert yaml.safe_load(bridge["ego_vehicle_role_name"]) == roles
+    assert float(bridge["timeout"]) >= 20.0  # the bridge reloads the town at start
+
+
+@pytest.mark.parametrize("wait_for_control", ["true", "false"])
+def test_policy_watchdog_is_silent_in_lockstep(monkeypatch, tmp_path, wait_for_control):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _, actions, _ = evaluate(monkeypatch, "train.launch.py", wait_for_control=wait_for_control)
+    (policy,) = [n for n, _ in nodes_of(actions) if n.kwargs["executable"] == "policy"]
+    _, overrides = node_parameters(policy)
+    assert overrides["lockstep"] is (wait_for_control == "true")
+
+
+def test_parameter_files_are_keyed_for_any_namespace():
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        keys = list(yaml.safe_load(path.read_text()) or {})
+        assert keys and all(key.startswith("/**/") for key in keys), f"{path.name}: {keys}"
+
+
+def test_embedded_loader_matches_node_keys_as_rclpy(tmp_path):
+    """/**/policy reaches /policy and /v0/policy; policy reaches /policy only; later entries win."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({
+        "/**/policy": {"ros__parameters": {"seed": 1, "explore": True}},
+        "policy": {"ros__parameters": {"seed": 2}},
+        "/v1/policy": {"ros__parameters": {"seed": 3}},
+        "/*/trainer": {"ros__parameters": {"seed": 4}},
+    }))
+    runtime = LocalRuntime(load_parameters(path))
+    read = {name: runtime.context(name)._given for name in ("policy", "v0/policy", "v1/policy",
+                                                            "trainer", "v0/trainer", "a/b/trainer")}
+    assert read["policy"] == {"seed": 2, "explore": True}
+    assert read["v0/policy"] == {"seed": 1, "explore": True}
+    assert read["v1/policy"] == {"seed": 3, "explore": True}
+    assert read["trainer"] == {} and read["v0/trainer"] == {"seed": 4} and read["a/b/trainer"] == {}
+
+
 def test_yaml_sections_for_ros_executables_are_launched(monkeypatch):
     """A section named after one of our ROS executables must be for a node the launch file starts.
 
@@ -305,7 +383,7 @@ def test_yaml_sections_for_ros_executables_are_launched(monkeypatch):
         extra = {"episodes": "true"} if launch_file == "drive.launch.py" else {}
         _, actions, _ = evaluate(monkeypatch, launch_file, **extra)
         launched = {n.kwargs["name"] for n, _ in nodes_of(actions)}
-        sections = set(yaml.safe_load(path.read_text()) or {})
+        sections = {internal_key(key).rsplit("/", 1)[-1] for key in yaml.safe_load(path.read_text()) or {}}
         stray = (sections & scripts) - launched
         assert not stray, f"{config} configures {stray}, which {launch_file} never starts"
 
@@ -400,7 +478,7 @@ def test_scale_out_namespaces_roles_and_spawn_files(monkeypatch, tmp_path):
         "v2": {"camera_preprocessor", "policy", "carla_episode_manager"},
         "": {"trainer"},
     }
-    roles = set()
+    roles, actor_lists = set(), 0
     for node, ns in nodes:
         _, overrides = node_parameters(node)
         if node.kwargs["name"] == "trainer":
@@ -414,7 +492,9 @@ def test_scale_out_namespaces_roles_and_spawn_files(monkeypatch, tmp_path):
             spec = json.loads(Path(overrides["objects_definition_file"]).read_text())
             vehicle = next(o for o in spec["objects"] if o["type"].startswith("vehicle"))
             assert vehicle["id"] == overrides["role_name"]
+            actor_lists += sum(o["type"] == "sensor.pseudo.actor_list" for o in spec["objects"])
     assert roles == {"hero0", "hero1", "hero2"} and roles <= BRIDGE_EGO_ROLES
+    assert actor_lists == 1  # a world-level pseudo sensor: one for the whole server, not one per vehicle
     includes = includes_of(actions)
     assert len(includes["carla_ros_bridge.launch.py"]) == 1
     assert {c["role_name"] for c in includes["carla_waypoint_publisher.launch.py"]} == roles

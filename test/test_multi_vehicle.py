@@ -51,7 +51,7 @@ def _send(rt, messages) -> None:
 
 
 def _start(rt, tp: T.Topics, t: float) -> None:
-    _send(rt, [(tp.route, straight_route()), (tp.episode_start, header(t, "0"))])
+    _send(rt, [(tp.route, straight_route(stamp_s=t)), (tp.episode_start, header(t, "0"))])
 
 
 def _drive_tick(rt, tp: T.Topics, k: int, control: str = "valid", odometry: bool = True) -> float:
@@ -265,7 +265,7 @@ def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_p
     """First tick of an episode under ROS: the control (and the teleported pose) may beat the observation."""
     rt, node, rec = _trainer(tmp_path, learning_starts=10**6)
     tp = T.Topics()
-    _send(rt, [(tp.route, straight_route()), (tp.odometry, odometry_msg(0.95, 300.0, 0.0, speed=0.0))])
+    _send(rt, [(tp.route, straight_route(stamp_s=1.0)), (tp.odometry, odometry_msg(0.95, 300.0, 0.0, speed=0.0))])
     _send(rt, [(tp.episode_start, header(1.0, "0"))])
     # tick 1.0: control first, then the observation, and only then the pose after the teleport to x=10
     _send(rt, [_control(tp, 1.0, 0.0)] + _obs_msgs(tp, 1.0, 0))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from td3_drive import topics as T
+from td3_drive.observation import kinematic_state, pose_from_odometry, route_from_path
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
@@ -47,14 +48,14 @@ def odometry_msg(t: float, x: float, y: float, yaw: float = 0.0, speed: float = 
                        twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
 
 
-def straight_route(length: float = 400.0, spacing: float = 2.0) -> object:
-    """A route along +x from the origin."""
-    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(0.0, "map"),
+def straight_route(length: float = 400.0, spacing: float = 2.0, stamp_s: float = 0.0) -> object:
+    """A route along +x from the origin, stamped ``stamp_s`` (an episode's route: at its start)."""
+    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(stamp_s, "map"),
                          pose=new_message("geometry_msgs/msg/Pose",
                                           position=new_message("geometry_msgs/msg/Point", x=float(x), y=0.0),
                                           orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0)))
              for x in np.arange(0.0, length, spacing)]
-    return new_message(T.PATH, header=header(0.0, "map"), poses=poses)
+    return new_message(T.PATH, header=header(stamp_s, "map"), poses=poses)
 
 
 def observation_pair(t: float, seed: int = 0) -> tuple[object, object]:
@@ -112,7 +113,7 @@ RED = {"bgra8": (0, 0, 255, 255), "bgr8": (0, 0, 255), "rgb8": (255, 0, 0)}
 @pytest.mark.parametrize("pad", [0, 12])
 def test_preprocessor_encodings(pre, encoding, pad):
     rt, node, rec = pre
-    rt.publish(TP.route, straight_route())
+    rt.publish(TP.route, straight_route(stamp_s=1.0))
     rt.publish(TP.episode_start, header(1.0, "0"))
     if encoding == "mono8":
         pixels, expected = np.full((120, 160), 200, np.uint8), 200
@@ -142,7 +143,7 @@ def test_preprocessor_padding_is_stripped_on_textured_image(pre):
 
 def test_preprocessor_stack_resets_on_episode_start_and_shifts_otherwise(pre):
     rt, node, rec = pre
-    rt.publish(TP.route, straight_route())
+    rt.publish(TP.route, straight_route(stamp_s=1.0))
     rt.publish(TP.episode_start, header(1.0, "0"))
     rt.spin()
     values = [10, 60, 110, 160, 210]
@@ -154,6 +155,7 @@ def test_preprocessor_stack_resets_on_episode_start_and_shifts_otherwise(pre):
     assert stacks[2] == [10, 10, 60, 110]
     assert stacks[4] == [60, 110, 160, 210]
     # new episode: the first frame at/after its stamp fills the whole stack
+    rt.publish(TP.route, straight_route(stamp_s=2.0))  # each episode comes with its route
     rt.publish(TP.episode_start, header(2.0, "1"))
     rt.spin()
     _feed(rt, 2.0, image_msg(2.0, np.full((84, 84), 33, np.uint8), "mono8"))
@@ -196,6 +198,27 @@ def test_preprocessor_drops_bad_images(pre, kind, reason):
     assert len(rec.on(TP.observation_image)) == 1
 
 
+@pytest.mark.parametrize("image_first", [True, False])
+def test_preprocessor_state_is_from_the_images_own_tick(pre, image_first):
+    """The bridge sends a tick's image before its odometry: the state must still be that tick's."""
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    for k, x in enumerate([10.0, 12.0, 15.0]):
+        t = 1.0 + 0.05 * k
+        messages = [(TP.camera, image_msg(t, np.zeros((84, 84), np.uint8), "mono8")),
+                    (TP.odometry, odometry_msg(t, x, 0.0, 0.0))]
+        for topic, msg in messages if image_first else messages[::-1]:
+            rt.publish(topic, msg)
+        rt.spin()
+    states = rec.on(TP.observation_state)
+    assert [seconds(m.header.stamp) for m in states] == pytest.approx([1.0, 1.05, 1.1])
+    expected = [kinematic_state(pose_from_odometry(odometry_msg(1.0 + 0.05 * k, x, 0.0, 0.0)),
+                                route_from_path(straight_route())) for k, x in enumerate([10.0, 12.0, 15.0])]
+    for got, want in zip(states, expected):
+        np.testing.assert_allclose(np.asarray(got.position), want, rtol=1e-6, atol=1e-6)
+    assert node.drops.counts == {}
+
+
 def test_preprocessor_drops_nan_odometry_and_missing_route(pre):
     rt, node, rec = pre
     image = image_msg(1.0, np.zeros((84, 84), np.uint8), "mono8")
@@ -211,8 +234,9 @@ def test_preprocessor_no_odometry_and_stale_stamp(pre):
     rt, node, rec = pre
     rt.publish(TP.route, straight_route())
     _feed(rt, 1.0, image_msg(1.0, np.zeros((84, 84), np.uint8), "mono8"), odom=False)
-    assert node.drops.counts == {"no_odometry": 1}
+    assert node.drops.counts == {} and rec.on(TP.observation_image) == []  # held for its odometry
     _feed(rt, 2.0, image_msg(2.0, np.zeros((84, 84), np.uint8), "mono8"))
+    assert node.drops.counts == {"no_pose_for_image": 1}  # odometry went on past it
     _feed(rt, 1.5, image_msg(1.5, np.zeros((84, 84), np.uint8), "mono8"))
     assert node.drops.counts["stale_stamp"] == 1
     assert len(rec.on(TP.observation_image)) == 1
@@ -409,7 +433,7 @@ def test_trainer_scripted_episode(trainer):
     # latched at start: actor weights and exploration on
     assert len(rec.on(TP.actor_weights)) == 1 and rec.on(TP.exploration)[0].data is True
     rec.clear()
-    rt.publish(TP.route, straight_route())
+    rt.publish(TP.route, straight_route(stamp_s=1.0))
     rt.publish(TP.episode_start, header(1.0, "0"))
     rt.spin()
     lengths = []
@@ -436,6 +460,7 @@ def test_trainer_scripted_episode(trainer):
         _tick(rt, 1.65 + 0.05 * k, x=15.0)
     assert (node.env_steps, len(node.replay), node.learner.num_updates) == (steps, length, updates)
     assert len(rec.on(TP.reset_request)) == 1
+    rt.publish(TP.route, straight_route(stamp_s=2.0))  # each episode comes with its route
     rt.publish(TP.episode_start, header(2.0, "1"))
     rt.spin()
     for k in range(3):
@@ -446,7 +471,7 @@ def test_trainer_scripted_episode(trainer):
 
 def test_trainer_drops_bad_control_and_missing_action(trainer):
     rt, node, rec = trainer
-    rt.publish(TP.route, straight_route())
+    rt.publish(TP.route, straight_route(stamp_s=1.0))
     rt.publish(TP.episode_start, header(1.0, "0"))
     rt.spin()
     _tick(rt, 1.0, x=10.0)
@@ -455,6 +480,49 @@ def test_trainer_drops_bad_control_and_missing_action(trainer):
     _tick(rt, 1.10, x=10.8)
     assert node.drops.counts.get("missing_action") == 1
     assert node.env_steps == 1
+
+
+def test_trainer_and_preprocessor_wait_for_the_new_episodes_route(trainer, pre):
+    """teleport -> the previous route still held -> the new route: the episode starts only with it
+    (CARLA's waypoint publisher re-plans seconds after the teleport)."""
+    rt, node, rec = trainer
+    rt.publish(TP.route, straight_route(stamp_s=0.5))  # the previous episode's
+    rt.publish(TP.episode_start, header(1.0, "1"))
+    rt.spin()
+    for k in range(2):
+        _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
+    assert not node.in_episode and node.drops.counts == {"stale_route": 2} and rec.on(TP.reward) == []
+    rt.publish(TP.route, straight_route(stamp_s=1.07))  # planned after the teleport: the episode's
+    for k in range(2, 5):
+        _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
+    assert node.in_episode and node.env_steps == 2 and len(rec.on(TP.reward)) == 2
+    assert node.drops.counts == {"stale_route": 2}
+
+    rt_pre, pre_node, pre_rec = pre  # the preprocessor publishes no state measured on the old route
+    rt_pre.publish(TP.route, straight_route(stamp_s=0.5))
+    rt_pre.publish(TP.episode_start, header(1.0, "1"))
+    _feed(rt_pre, 1.0, image_msg(1.0, np.zeros((84, 84), np.uint8), "mono8"))
+    assert pre_rec.on(TP.observation_state) == [] and pre_node.drops.counts == {"stale_route": 1}
+    rt_pre.publish(TP.route, straight_route(stamp_s=1.0))
+    _feed(rt_pre, 1.05, image_msg(1.05, np.zeros((84, 84), np.uint8), "mono8"))
+    assert [seconds(m.header.stamp) for m in pre_rec.on(TP.observation_state)] == [1.05]
+
+
+def test_trainer_never_takes_a_watchdog_brake_as_an_action(trainer):
+    """A watchdog brake stamped like an observation must not become its action (and make the
+    policy's own control for that stamp a dropped duplicate)."""
+    rt, node, rec = trainer
+    rt.publish(TP.route, straight_route(stamp_s=1.0))
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    rt.spin()
+    _tick(rt, 1.0, x=10.0)
+    rt.publish(TP.control, new_message(T.CONTROL, header=header(1.05, "watchdog"), brake=1.0))
+    _tick(rt, 1.05, x=10.4, control=(0.25, 0.5, 0.0))
+    _tick(rt, 1.10, x=10.8)
+    assert node.drops.counts == {"watchdog_control": 1}
+    assert node.env_steps == 2
+    actions = node.replay.sample_arrays(64)["action"]  # the policy's control at 1.05 is what was stored
+    assert np.isclose(actions[:, 0], 0.25).any() and not np.isclose(actions[:, 1], -1.0).any()
 
 
 # ================================================================== LocalRuntime

@@ -8,10 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from td3_drive.observation import (STATE_DIM, STATE_NAMES, FrameStack, InvalidMessage, VehiclePose,
-                                   decode_image, image_to_gray84, kinematic_state, pose_from_odometry,
+from td3_drive.observation import (ENCODINGS, STATE_DIM, STATE_NAMES, FrameStack, ImageConverter, InvalidMessage,
+                                   VehiclePose, decode_image, image_to_gray84, kinematic_state, pose_from_odometry,
                                    project_on_route, route_from_path, to_gray84)
 from td3_drive.runtime.messages import new_message
+
+
+def _image(encoding: str, height: int, width: int, step: int, data, is_bigendian: int = 0):
+    return new_message("sensor_msgs/msg/Image", height=height, width=width, encoding=encoding,
+                       is_bigendian=is_bigendian, step=step, data=data)
 
 # ----------------------------------------------------------------------------- images
 
@@ -32,7 +37,7 @@ def padded_bytes(pixels: np.ndarray, pad: int) -> tuple[bytes, int]:
 def test_decode_recovers_pixels_with_row_padding(encoding: str, channels: int, pad: int) -> None:
     pixels = RNG.integers(0, 256, (5, 7, channels), dtype=np.uint8)
     data, step = padded_bytes(pixels, pad)
-    image = decode_image(encoding, 5, 7, step, data)
+    image = decode_image(_image(encoding, 5, 7, step, data))
     assert image.shape == (5, 7, channels) and image.dtype == np.uint8
     np.testing.assert_array_equal(image, pixels)
 
@@ -42,22 +47,21 @@ def test_decode_recovers_pixels_with_row_padding(encoding: str, channels: int, p
 def test_decode_accepts_rclpy_and_rosbags_containers(container) -> None:
     pixels = RNG.integers(0, 256, (3, 4, 4), dtype=np.uint8)
     data, step = padded_bytes(pixels, 8)
-    np.testing.assert_array_equal(decode_image("bgra8", 3, 4, step, container(data)), pixels)
+    np.testing.assert_array_equal(decode_image(_image("bgra8", 3, 4, step, container(data))), pixels)
 
 
-def test_decode_is_a_view_without_copy() -> None:
-    buf = np.zeros(600 * 3216, dtype=np.uint8)  # 800 px bgra + 16 bytes padding per row
-    image = decode_image("bgra8", 600, 800, 3216, buf)
-    assert np.shares_memory(image, buf)
+def test_decode_of_unpadded_rows_is_a_view_without_copy() -> None:
+    buf = np.zeros(600 * 3200, dtype=np.uint8)  # 800 px bgra, as CARLA sends it
+    assert np.shares_memory(decode_image(_image("bgra8", 600, 800, 3200, buf)), buf)
 
 
 def test_decode_mono16_both_byte_orders() -> None:
     values = np.array([[1, 256, 65535], [4660, 0, 43981]], dtype=np.uint16)
     little = values.astype("<u2").tobytes()
     big = values.astype(">u2").tobytes()
-    np.testing.assert_array_equal(decode_image("mono16", 2, 3, 6, little, 0)[:, :, 0], values)
-    np.testing.assert_array_equal(decode_image("mono16", 2, 3, 6, big, 1)[:, :, 0], values)
-    gray = to_gray84(decode_image("mono16", 2, 3, 6, little), "mono16", size=(2, 3))
+    np.testing.assert_array_equal(decode_image(_image("mono16", 2, 3, 6, little, 0))[:, :, 0], values)
+    np.testing.assert_array_equal(decode_image(_image("mono16", 2, 3, 6, big, 1))[:, :, 0], values)
+    gray = to_gray84(decode_image(_image("mono16", 2, 3, 6, little)), "mono16", size=(2, 3))
     np.testing.assert_array_equal(gray, values >> 8)
 
 
@@ -71,9 +75,95 @@ def test_decode_mono16_both_byte_orders() -> None:
 ])
 def test_decode_rejects_bad_sizes(args, reason: str) -> None:
     with pytest.raises(InvalidMessage) as info:
-        decode_image(*args)
+        decode_image(_image(*args))
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError)
+
+
+# ---- the conversion is cv_bridge's (ROS 2) or rosbags-image's (embedded, bags): the same arrays
+def _cases():
+    rng = np.random.default_rng(7)
+    for encoding, (channels, depth) in ENCODINGS.items():
+        for pad, big in [(0, 0), (6, 0)] + ([(0, 1), (4, 1)] if depth == 2 else []):
+            values = rng.integers(0, 256 ** depth, (5, 7, channels), dtype=np.uint16 if depth == 2 else np.uint8)
+            rows = values.astype(">u2" if big else "<u2") if depth == 2 else values
+            raw = rows.reshape(5, -1).view(np.uint8)
+            data = np.concatenate([raw, np.full((5, pad), 0xAB, np.uint8)], axis=1).reshape(-1)
+            yield pytest.param(encoding, values, _image(encoding, 5, 7, raw.shape[1] + pad, data, big),
+                               id=f"{encoding}-pad{pad}-{'big' if big else 'little'}")
+
+
+class _FakeCvBridge:
+    """cv_bridge's ``imgmsg_to_cv2(msg, 'passthrough')`` as ros-perception/vision_opencv humble
+    implements it (cv_bridge/python/cv_bridge/core.py, lines 168-189), for machines without ROS."""
+
+    DTYPES = {"mono8": ("uint8", 1), "mono16": ("uint16", 1), "bgr8": ("uint8", 3), "rgb8": ("uint8", 3),
+              "bgra8": ("uint8", 4), "rgba8": ("uint8", 4)}
+    calls: list = []
+
+    def imgmsg_to_cv2(self, img_msg, desired_encoding="passthrough"):
+        import sys
+
+        assert desired_encoding == "passthrough"
+        self.calls.append(img_msg)
+        dtype, n_channels = self.DTYPES[img_msg.encoding]
+        dtype = np.dtype(dtype).newbyteorder(">" if img_msg.is_bigendian else "<")
+        buf = np.asarray(img_msg.data, dtype=dtype) if isinstance(img_msg.data, list) else img_msg.data
+        if n_channels == 1:
+            im = np.ndarray(shape=(img_msg.height, int(img_msg.step / dtype.itemsize)), dtype=dtype, buffer=buf)
+            im = np.ascontiguousarray(im[:img_msg.height, :img_msg.width])
+        else:
+            im = np.ndarray(shape=(img_msg.height, int(img_msg.step / dtype.itemsize / n_channels), n_channels),
+                            dtype=dtype, buffer=buf)
+            im = np.ascontiguousarray(im[:img_msg.height, :img_msg.width, :])
+        if img_msg.is_bigendian == (sys.byteorder == "little"):
+            im = im.byteswap().view(im.dtype.newbyteorder())  # numpy 2 spelling of .newbyteorder()
+        return im
+
+
+@pytest.fixture
+def fake_cv_bridge(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "cv_bridge", types.SimpleNamespace(CvBridge=_FakeCvBridge))
+    _FakeCvBridge.calls = []
+    return _FakeCvBridge
+
+
+@pytest.mark.parametrize("encoding, values, msg", list(_cases()))
+def test_rosbags_image_converts_every_accepted_encoding(encoding, values, msg) -> None:
+    converter = ImageConverter("rosbags")
+    assert converter.backend == "rosbags"
+    np.testing.assert_array_equal(converter(msg), values)
+
+
+@pytest.mark.parametrize("encoding, values, msg", list(_cases()))
+def test_cv_bridge_path_gives_the_same_arrays(encoding, values, msg, request) -> None:
+    try:
+        import cv_bridge  # noqa: F401
+    except ImportError:
+        request.getfixturevalue("fake_cv_bridge")  # the upstream logic, run on our message objects
+    converter = ImageConverter("cv_bridge")
+    assert converter.backend == "cv_bridge"
+    np.testing.assert_array_equal(converter(msg), ImageConverter("rosbags")(msg))
+    np.testing.assert_array_equal(converter(msg), values)
+
+
+def test_real_cv_bridge_when_installed() -> None:
+    cv_bridge = pytest.importorskip("cv_bridge", reason="cv_bridge comes with ROS 2 (the Docker image), "
+                                                        "not pip: the fake above runs its upstream logic")
+    assert ImageConverter().backend == "cv_bridge" and cv_bridge is not None
+
+
+def test_validation_runs_before_the_library(fake_cv_bridge) -> None:
+    converter = ImageConverter("auto")
+    assert converter.backend == "cv_bridge"
+    with pytest.raises(InvalidMessage) as info:
+        converter(_image("bgra8", 2, 2, 8, bytes(15)))
+    assert info.value.reason == "size_mismatch" and fake_cv_bridge.calls == []
+    with pytest.raises(ValueError):
+        ImageConverter("pillow")
 
 
 def test_channel_order_gives_the_right_gray() -> None:

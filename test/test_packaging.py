@@ -129,6 +129,20 @@ def test_docker_image_installs_what_setup_py_requires():
     assert "CARLA_VERSION" in dockerfile and "carla_ros_bridge/src/carla_ros_bridge/CARLA_VERSION" in dockerfile
 
 
+def test_docker_image_copies_pythonapi_from_where_carla_0916_keeps_it():
+    """carlasim/carla:0.9.16 keeps PythonAPI under /workspace (older images: /home/carla): a
+    hard-coded /home/carla COPY fails the build.  The path is a build argument, checked in its stage."""
+    import re
+
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    (default,) = re.findall(r"^ARG CARLA_PYTHONAPI=(\S+)$", dockerfile, re.M)
+    assert default == "/workspace/PythonAPI"
+    copies = [line for line in dockerfile.splitlines() if line.startswith("COPY --from=carla")]
+    assert copies and all("${CARLA_PYTHONAPI}" in line and "/home/carla" not in line for line in copies)
+    assert 'test -d "${CARLA_PYTHONAPI}/carla/agents"' in dockerfile  # a clear error, not an opaque COPY
+    assert '"setuptools<81"' in dockerfile  # the bridge imports pkg_resources
+
+
 def test_compose_services():
     import yaml
 
@@ -138,6 +152,7 @@ def test_compose_services():
     carla = services["carla"]
     assert carla["image"].startswith("carlasim/carla:")
     assert "-RenderOffScreen" in carla["command"] and "-nosound" in carla["command"]
+    assert carla["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "all"  # Vulkan needs "graphics"
     for name in ("train", "drive", "test"):
         assert "ros2 launch td3_drive" in services[name]["command"] or "pytest" in services[name]["command"]
     assert "test/test_ros_adapter.py" in services["test"]["command"]

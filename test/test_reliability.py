@@ -32,7 +32,9 @@ def _observation(rt: LocalRuntime, t: float) -> None:
 def test_watchdog_brakes_when_frames_stop_and_recovers() -> None:
     from td3_drive.nodes.policy import PolicyNode
 
-    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "explore": False}})  # defaults: 0.15 s, 0.05 s
+    # not lockstep (the bridge without wait-for-control): the brake is what stops the car
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "explore": False,  # defaults: 0.15 s, 0.05 s
+                                  "lockstep": False}})
     node = PolicyNode(rt.context("policy"))
     controls: list = []
     rt.add_tap(lambda topic, type_name, msg, t: controls.append(msg) if topic == TP.control else None)
@@ -95,7 +97,7 @@ def test_watchdog_brakes_when_frames_stop_and_recovers() -> None:
 def test_watchdog_timeout_is_a_parameter() -> None:
     from td3_drive.nodes.policy import PolicyNode
 
-    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "watchdog_timeout": 0.25}})
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "watchdog_timeout": 0.25, "lockstep": False}})
     node = PolicyNode(rt.context("policy"))
     _clock(rt, 1.0)
     _observation(rt, 1.0)
@@ -104,6 +106,32 @@ def test_watchdog_timeout_is_a_parameter() -> None:
         _clock(rt, 1.0 + k * DT)
         rt.spin()
         assert node.watchdog_brakes == (1 if k == 5 else 0)
+
+
+def test_watchdog_in_lockstep_never_publishes_so_controls_stay_one_per_tick() -> None:
+    """With wait-for-control, a command the bridge does not expect releases a tick anyway and
+    every later control lands one tick late: the watchdog counts the stall but stays silent."""
+    from td3_drive.nodes.policy import PolicyNode
+
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "explore": False}})  # lockstep by default
+    node = PolicyNode(rt.context("policy"))
+    assert node.lockstep
+    controls: list = []
+    rt.add_tap(lambda topic, type_name, msg, t: controls.append(msg) if topic == TP.control else None)
+    for t in (1.0, 1.05):
+        _clock(rt, t)
+        _observation(rt, t)
+        rt.spin()
+    for k in range(1, 8):  # frames stop, the clock goes on
+        _clock(rt, 1.05 + k * DT)
+        rt.spin()
+    assert node.watchdog_trips == 1 and node.watchdog_brakes == 0
+    for t in (1.5, 1.55):  # frames resume: exactly one control per frame, stamped like it
+        _clock(rt, t)
+        _observation(rt, t)
+        rt.spin()
+    assert [seconds(c.header.stamp) for c in controls] == pytest.approx([1.0, 1.05, 1.5, 1.55])
+    assert all(c.header.frame_id != "watchdog" for c in controls) and not node.watchdog_active
 
 
 # ------------------------------------------------------------------ rollback
@@ -184,7 +212,7 @@ def _drive_episode(tmp_path: Path, ticks: int, **params):
                                    "checkpoint_every": 0, "replay_capacity": 100, **params}})
     node = TrainerNode(rt.context("trainer"))
     tp = T.Topics()
-    for topic, msg in ((tp.route, straight_route()), (tp.episode_start, header(1.0, "0"))):
+    for topic, msg in ((tp.route, straight_route(stamp_s=1.0)), (tp.episode_start, header(1.0, "0"))):
         rt.publish(topic, msg)
     for k in range(ticks):
         t = 1.0 + 0.05 * k

@@ -152,10 +152,10 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     from td3_drive.cli import _parameters
 
     params = _parameters("train", None, [], {})  # exactly what `td3-drive train` runs
-    params["trainer"].update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
+    params.setdefault("trainer", {}).update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
                               "batch_size": args.batch, "checkpoint_every": 0, "learner.encoder_mode": args.encoder,
                               "weights_every": 100})
-    params["policy"]["random_steps"] = args.warmup
+    params.setdefault("policy", {})["random_steps"] = args.warmup
     graph = embedded.build_graph(params, bag_path=None)
     trainer = graph.nodes["trainer"]
     graph.run(args.warmup + 10)

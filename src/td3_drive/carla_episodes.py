@@ -59,6 +59,12 @@ class SpawnPoint:
             return cls(parts[0], parts[1])
         raise ValueError(f"spawn point {text!r}: expected 'x,y,z,roll,pitch,yaw'")
 
+    @classmethod
+    def from_carla(cls, transform: Any) -> "SpawnPoint":
+        """From a carla.Transform (left-handed: y, pitch and yaw change sign)."""
+        loc, rot = transform.location, transform.rotation
+        return cls(loc.x, -loc.y, loc.z, rot.roll, -rot.pitch, -rot.yaw)
+
     def to_carla(self, carla: Any, lift: float = 0.0) -> Any:
         """carla.Transform: CARLA is left-handed, so y, pitch and yaw change sign (as carla_common.transforms)."""
         return carla.Transform(
@@ -89,6 +95,17 @@ class EpisodeConfig:
     vehicle_filter: str = "vehicle.tesla.model3"
     #: respawn the ego if it disappears after it was seen (never before: carla_spawn_objects spawns it)
     respawn: bool = True
+    #: start an episode only once a route planned after the teleport has arrived; the manager asks for it
+    #: by publishing the goal after the first tick at the new place (carla_waypoint_publisher re-plans on
+    #: a goal, which takes seconds).  False: the episode starts at the first tick after the teleport
+    wait_for_route: bool = True
+    #: the route goal (ROS frame); None: the map's spawn point 0, carla_waypoint_publisher's default
+    goal: SpawnPoint | None = None
+    #: wall seconds to wait for that route before resetting again from the next spawn point
+    route_timeout_s: float = 30.0
+    #: spawn points closer than this to the route goal are never used: a start at the goal gives a
+    #: degenerate route, completed on step 1
+    min_goal_distance_m: float = 30.0
 
 
 @dataclass
@@ -98,13 +115,26 @@ class EpisodeStart:
     reason: str
 
 
+class NoSpawnPoint(RuntimeError):
+    """No configured or map spawn point may start an episode."""
+
+
 class CarlaEpisodeManager:
     """Resets the ego vehicle between episodes and watches for a stalled simulation.
 
-    Driven by four calls: :meth:`request_reset` (a reset request arrived),
+    Driven by five calls: :meth:`request_reset` (a reset request arrived),
     :meth:`on_progress` (a /clock or camera message arrived, with sim time),
+    :meth:`on_route` (carla_waypoint_publisher's route arrived, with its stamp),
     :meth:`service` (periodic, wall clock: connects, performs pending resets,
-    detects stalls) and :meth:`poll_episode_start` (an episode start to publish).
+    detects stalls and routes that never come), :meth:`poll_goal` (a route goal to
+    publish) and :meth:`poll_episode_start` (an episode start to publish).
+
+    With ``wait_for_route`` an episode starts at the stamp of the first route planned
+    after its teleport (the previous route, latched and stamped before it, would score
+    the first steps against the old start).  carla_waypoint_publisher re-plans on its own
+    only when the ego jumps more than 2 m, so the manager publishes the goal once the
+    first tick at the new place is out (the planner reads the ego's location of the last
+    tick); the nodes take a route stamped at or after the announced start as the episode's.
     """
 
     def __init__(
@@ -132,6 +162,11 @@ class CarlaEpisodeManager:
         self._next_attempt = 0.0
         self._pending_reason: str | None = "start"  # the first episode starts once connected
         self._awaiting_start: tuple[int, float, str] | None = None  # episode, reset sim time, reason
+        self._awaiting_since = 0.0  # wall time of that teleport
+        self._goal_due = False  # publish the goal now: the first tick after the teleport is out
+        self._goal_sent = True  # the goal of the current reset went out (once per reset)
+        self.route_timeouts = 0  # resets because no fresh route came within route_timeout_s
+        self._map_spawn_points: list | None = None  # cached per connection
         self._ready: list[EpisodeStart] = []
         self._last_progress_wall = wall_clock()
         self._last_sim_time = -math.inf
@@ -156,13 +191,46 @@ class CarlaEpisodeManager:
             self._last_progress_wall = self._clock()
             if sim_time_s > self._last_sim_time:
                 self._last_sim_time = sim_time_s
-            if self._awaiting_start is not None:
-                episode, reset_time, reason = self._awaiting_start
-                # the first tick after the teleport is the first tick of the new episode
-                if sim_time_s > reset_time + 1e-6:
-                    self._awaiting_start = None
-                    self._episode_start_time = sim_time_s
-                    self._ready.append(EpisodeStart(episode, sim_time_s, reason))
+            if self._awaiting_start is not None and sim_time_s > self._awaiting_start[1] + 1e-6:
+                if self.config.wait_for_route:
+                    self._goal_due = not self._goal_sent  # the ego is at its new place: plan from there
+                else:  # the first tick after the teleport is the first tick of the new episode
+                    self._start_episode(sim_time_s)
+
+    def poll_goal(self) -> SpawnPoint | None:
+        """The route goal (ROS frame) to publish on /carla/<role>/goal, once per episode."""
+        with self._lock:
+            if not self._goal_due or not self._connected():
+                return None
+            self._goal_due, self._goal_sent = False, True
+            try:
+                return self.goal()
+            except Exception as exc:
+                self._disconnect(exc)
+                return None
+
+    def goal(self) -> SpawnPoint:
+        """The configured goal, else the map's spawn point 0 (carla_waypoint_publisher's default)."""
+        if self.config.goal is not None:
+            return self.config.goal
+        points = self.map_spawn_points()
+        if not points:
+            raise NoSpawnPoint("the map has no spawn points: configure a goal")
+        return SpawnPoint.from_carla(points[0])
+
+    def on_route(self, stamp_s: float, num_poses: int) -> None:
+        """A route arrived (latched, so the previous one too): planned after the teleport, it starts the episode."""
+        with self._lock:
+            if self._awaiting_start is None or not self.config.wait_for_route:
+                return
+            if stamp_s > self._awaiting_start[1] + 1e-6 and num_poses >= 2:
+                self._start_episode(stamp_s)
+
+    def _start_episode(self, sim_time_s: float) -> None:
+        episode, _, reason = self._awaiting_start
+        self._awaiting_start, self._goal_due = None, False
+        self._episode_start_time = sim_time_s
+        self._ready.append(EpisodeStart(episode, sim_time_s, reason))
 
     def poll_episode_start(self) -> EpisodeStart | None:
         with self._lock:
@@ -183,6 +251,16 @@ class CarlaEpisodeManager:
                 self._last_progress_wall = now  # one stall reset per timeout, not one per timer tick
                 self._awaiting_start = None
                 self._pending_reason = "stalled"
+            if (self.config.wait_for_route and self._awaiting_start is not None
+                    and now - self._awaiting_since > self.config.route_timeout_s):
+                self.route_timeouts += 1
+                self._log.warning(
+                    f"no route planned after the reset within {self.config.route_timeout_s:.0f} s "
+                    f"(is carla_waypoint_publisher running for {self.config.role_name!r}?): "
+                    f"resetting from the next spawn point ({self.route_timeouts} so far)"
+                )
+                self._awaiting_start = None
+                self._pending_reason = "no_route"
             if self._pending_reason is None or now < self._next_attempt:
                 return
             if not self._connected() and not self._connect():
@@ -238,6 +316,7 @@ class CarlaEpisodeManager:
     def _disconnect(self, why: Exception) -> None:
         self._log.warning(f"CARLA call failed ({why}); will reconnect and retry")
         self.client = self.world = None
+        self._map_spawn_points = None
 
     def find_ego(self) -> Any:
         """The live vehicle whose role_name attribute is ours, or None."""
@@ -246,19 +325,23 @@ class CarlaEpisodeManager:
                 return actor
         return None
 
+    def map_spawn_points(self) -> list:
+        """The map's recommended spawn points (carla.Transform), read once per connection."""
+        if self._map_spawn_points is None:
+            self._map_spawn_points = list(self.world.get_map().get_spawn_points())
+        return self._map_spawn_points
+
     def next_spawn_point(self) -> Any:
-        """A carla.Transform: configured spawn points first, else the map's recommended ones."""
+        """A carla.Transform: configured spawn points first, else the map's recommended ones;
+        never one within ``min_goal_distance_m`` of the route goal."""
         carla = self._carla_module()
-        points = self.config.spawn_points
-        if points:
-            point = self._pick(points)
-            return point.to_carla(carla, self.config.lift_m)
-        map_points = list(self.world.get_map().get_spawn_points())
-        if not map_points:
-            raise RuntimeError("the map has no spawn points and none were configured")
-        transform = self._pick(map_points)
-        transform.location.z += self.config.lift_m
-        return transform
+        points = self.config.spawn_points or [SpawnPoint.from_carla(t) for t in self.map_spawn_points()]
+        goal = self.goal()
+        usable = [p for p in points if math.hypot(p.x - goal.x, p.y - goal.y) >= self.config.min_goal_distance_m]
+        if not usable:
+            raise NoSpawnPoint(f"no spawn point is {self.config.min_goal_distance_m} m from the route goal "
+                               f"({goal.x:.1f}, {goal.y:.1f}): configure spawn_points or the goal")
+        return self._pick(usable).to_carla(carla, self.config.lift_m)
 
     def _pick(self, items: list) -> Any:
         if self.config.spawn_order == "random":
@@ -289,6 +372,9 @@ class CarlaEpisodeManager:
                 ego.set_target_angular_velocity(zero)
             snapshot = self.world.get_snapshot()
             reset_time = float(snapshot.timestamp.elapsed_seconds)
+        except NoSpawnPoint as exc:  # configuration, not connection: say so, retry in case the ego moves
+            self._log.error(str(exc))
+            return False
         except Exception as exc:
             self._disconnect(exc)
             return False
@@ -296,6 +382,8 @@ class CarlaEpisodeManager:
         self.episode += 1
         # the sim time may have moved past the snapshot already; whichever is later bounds "before"
         self._awaiting_start = (self.episode, max(reset_time, self._last_sim_time), reason)
+        self._awaiting_since = self._clock()
+        self._goal_sent = False
         loc = transform.location
         self._log.info(f"episode {self.episode}: reset ({reason}) to x={loc.x:.1f} y={-loc.y:.1f} (ROS frame)")
         return True

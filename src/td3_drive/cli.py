@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from td3_drive import embedded
+from td3_drive.runtime.parameters import for_node
 
 log = logging.getLogger("td3_drive")
 
@@ -89,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     params = _parameters(args.config, args.seed, args.set, extra)
     if args.vehicles < 1:
         raise SystemExit("--vehicles must be >= 1")
-    if args.vehicles > 1 and params.get("trainer", {}).get("checkpoint_episodes"):
+    if args.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     embedded.snapshot_config(run_dir, embedded.vehicle_parameters(params, args.vehicles), sys.argv)
     graph = embedded.build_graph(params, bag_path=None if args.no_bag else _fresh_bag_path(run_dir),

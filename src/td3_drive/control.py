@@ -15,13 +15,15 @@ import numpy as np
 
 from td3_drive.observation import InvalidMessage
 
-__all__ = ["ACTION_DIM", "BRAKE", "action_to_control_fields", "control_to_action"]
+__all__ = ["ACTION_DIM", "BRAKE", "WATCHDOG_FRAME_ID", "action_to_control_fields", "control_to_action"]
 
 ACTION_DIM = 2
 
 #: Full brake, wheels straight: what the watchdog publishes when the policy is silent
 #: or produced garbage.  Read-only; use as ``new_message(CONTROL, **BRAKE)``.
 BRAKE: Mapping[str, float] = MappingProxyType({"steer": 0.0, "throttle": 0.0, "brake": 1.0})
+#: header.frame_id of the watchdog's brake commands: never an action of the policy
+WATCHDOG_FRAME_ID = "watchdog"
 
 # float32 fields round-trip 1.0 exactly, but allow a hair for values computed in float32
 _TOLERANCE = 1e-6

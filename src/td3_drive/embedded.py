@@ -19,6 +19,7 @@ import yaml
 
 from td3_drive.runtime.bag import BagRecorder
 from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -59,9 +60,15 @@ def find_config(name_or_path: str) -> Path:
 
 
 def load_parameters(config: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """A ROS 2 parameter file -> {node_name: {dotted_param: value}} with overrides applied."""
+    """A ROS 2 parameter file -> {node key: {dotted_param: value}} with overrides applied.
+
+    Node keys as :mod:`td3_drive.runtime.parameters` spells them: ``/**/policy`` -> ``policy``
+    (any namespace), ``policy`` -> ``/policy`` (the root namespace only, as rclpy reads it).
+    """
     raw = yaml.safe_load(Path(find_config(str(config))).read_text()) or {}
-    params = {node: flatten((body or {}).get("ros__parameters", {})) for node, body in raw.items()}
+    params: dict[str, dict[str, Any]] = {}
+    for node, body in raw.items():
+        params.setdefault(internal_key(node), {}).update(flatten((body or {}).get("ros__parameters", {})))
     for node, values in (overrides or {}).items():
         params.setdefault(node, {}).update(flatten(values))
     return params
@@ -101,9 +108,17 @@ class EmbeddedGraph:
         done = stop or (lambda: False)
         while self.sim.ticks < target and not done():
             goal = min(target, self.sim.ticks + every)
-            self.runtime.spin(until=lambda: self.sim.ticks >= goal or done())
+            if not self.runtime.spin(until=lambda: self.sim.ticks >= goal or done()):
+                # lockstep: the world ticks on a control; nothing left to deliver means none will come
+                raise RuntimeError(f"the graph went quiet at tick {self.sim.ticks}: no control for the last "
+                                   f"tick (drops: {self.drop_counts()})")
             if on_progress:
                 on_progress()
+
+    def drop_counts(self) -> dict[str, dict[str, int]]:
+        """Every node's dropped inputs per reason (only nodes that dropped something)."""
+        counts = {name: dict(node.drops.counts) for name, node in self.nodes.items() if hasattr(node, "drops")}
+        return {name: c for name, c in counts.items() if c}
 
     def close(self) -> None:
         for node in self.nodes.values():
@@ -119,17 +134,18 @@ VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_contro
 
 def vehicle_parameters(parameters: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dict[str, Any]]:
     """Scale-out on one runtime: per vehicle ``i`` the simulator, camera_preprocessor and policy
-    become ``v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart),
-    and the trainer learns from all of them (as ``train.launch.py num_vehicles:=N`` wires it)."""
+    run as ``/v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart);
+    they read the file's ``/**/<node>`` entries as under ROS, plus these per-vehicle ones. The
+    trainer learns from all of them (as ``train.launch.py num_vehicles:=N`` wires it)."""
     if vehicles == 1:
         return parameters
-    out = {name: dict(values) for name, values in parameters.items() if name not in VEHICLE_NODES}
+    out = {name: dict(values) for name, values in parameters.items()}
     for i in range(vehicles):
         for name in VEHICLE_NODES:
-            values = {**parameters.get(name, {}), "role_name": f"hero{i}", "namespace": f"v{i}"}
+            values: dict[str, Any] = {"role_name": f"hero{i}", "namespace": f"v{i}"}
             if name == "simulator":
-                values["seed"] = int(values.get("seed", 0)) + 100_000 * i
-            out[f"v{i}/{name}"] = values
+                values["seed"] = int(for_node(parameters, f"v{i}/{name}").get("seed", 0)) + 100_000 * i
+            out[f"/v{i}/{name}"] = values
     out.setdefault("trainer", {}).update(vehicle_namespaces=[f"v{i}" for i in range(vehicles)],
                                          vehicle_role_names=[f"hero{i}" for i in range(vehicles)])
     return out
@@ -207,7 +223,7 @@ def _wire_node_state(nodes: dict[str, Any]) -> None:
 
 def snapshot_config(run_dir: Path, parameters: dict[str, dict[str, Any]], argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    nested = {node: {"ros__parameters": values} for node, values in parameters.items()}
+    nested = {yaml_key(node): {"ros__parameters": values} for node, values in parameters.items()}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
     if argv is not None:
         (run_dir / "command.json").write_text(json.dumps({"argv": argv, "time": time.time()}))

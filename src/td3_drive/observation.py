@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = [
-    "InvalidMessage", "ENCODINGS", "decode_image", "to_gray84", "image_to_gray84", "FrameStack",
+    "InvalidMessage", "ENCODINGS", "ImageConverter", "decode_image", "to_gray84", "image_to_gray84", "FrameStack",
     "N_WAYPOINTS", "STATE_DIM", "STATE_NAMES", "VehiclePose", "pose_from_odometry", "route_from_path",
     "RouteProjection", "project_on_route", "kinematic_state", "wrap_angle",
 ]
@@ -59,13 +60,11 @@ def _byte_view(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)  # a plain list of ints
 
 
-def decode_image(encoding: str, height: int, width: int, step: int, data: Any,
-                 is_bigendian: int = 0) -> np.ndarray:
-    """Raw sensor_msgs/Image fields -> (height, width, channels) array, a view of ``data`` when possible.
+def _validated_rows(encoding: str, height: int, width: int, step: int, data: Any) -> np.ndarray:
+    """The image's pixel bytes, (height, width * bytes per pixel), row padding sliced off (a view).
 
-    Rows may be padded (``step`` > width * bytes per pixel); the padding is sliced off.
-    uint8 for the 8-bit encodings, uint16 (native byte order after conversion) for mono16.
-    Raises InvalidMessage (bad_encoding, empty_image, bad_step, size_mismatch).
+    Our checks, in front of any conversion library: each bad message is counted under its
+    reason (bad_encoding, empty_image, bad_step, size_mismatch) instead of raising inside it.
     """
     if encoding not in ENCODINGS:
         raise InvalidMessage("bad_encoding", f"unsupported encoding {encoding!r}")
@@ -79,13 +78,61 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: Any,
     raw = _byte_view(data)
     if raw.size < step * height:
         raise InvalidMessage("size_mismatch", f"{raw.size} bytes < step*height = {step * height}")
-    rows = raw[: step * height].reshape(height, step)[:, :row_bytes]  # strip row padding, still a view
-    if depth == 2:
-        pixels = rows.view(">u2" if is_bigendian else "<u2")
-        if not pixels.dtype.isnative:
-            pixels = pixels.astype(np.uint16)  # foreign byte order: one copy into native order
-        return pixels.reshape(height, width, 1)
-    return rows.reshape(height, width, channels)
+    return raw[: step * height].reshape(height, step)[:, :row_bytes]
+
+
+class ImageConverter:
+    """sensor_msgs/Image -> (height, width, channels) array, converted as ROS converts it.
+
+    The conversion itself is the field's library: ``cv_bridge`` (``imgmsg_to_cv2``, passthrough)
+    where it is installed (the ROS 2 image), else its pure-Python twin ``rosbags-image``
+    (``image_to_cvimage``), by the authors of the rosbags library we read bags with.  Our
+    validation runs first and hands both the rows with their padding removed: rosbags-image
+    ignores ``step``, and cv_bridge (humble, ``core.py``) rounds ``step`` down to whole pixels,
+    so padding that is not a multiple of the pixel size would shift every row.
+    """
+
+    BACKENDS = ("auto", "cv_bridge", "rosbags")
+
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in self.BACKENDS:
+            raise ValueError(f"image backend must be one of {self.BACKENDS}, got {backend!r}")
+        self._bridge: Any = None
+        if backend in ("auto", "cv_bridge"):
+            try:
+                from cv_bridge import CvBridge
+            except ImportError:
+                if backend == "cv_bridge":
+                    raise ImportError("cv_bridge is not installed (it comes with ROS 2: ros-<distro>-cv-bridge)")
+            else:
+                self._bridge = CvBridge()
+        if self._bridge is None:
+            from rosbags.image import image_to_cvimage
+
+            self._to_cvimage = image_to_cvimage
+        self.backend = "cv_bridge" if self._bridge is not None else "rosbags"
+
+    def __call__(self, msg: Any) -> np.ndarray:
+        rows = np.ascontiguousarray(_validated_rows(msg.encoding, msg.height, msg.width, msg.step, msg.data))
+        unpadded = SimpleNamespace(encoding=msg.encoding, height=int(msg.height), width=int(msg.width),
+                                   step=rows.shape[1], is_bigendian=int(msg.is_bigendian), data=rows)
+        if self._bridge is not None:
+            image = self._bridge.imgmsg_to_cv2(unpadded, desired_encoding="passthrough")
+        else:
+            image = self._to_cvimage(unpadded)
+        return image if image.ndim == 3 else image[:, :, None]
+
+
+_default_converter: ImageConverter | None = None
+
+
+def decode_image(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image (rosbags or rclpy) -> (height, width, channels) array with the default
+    :class:`ImageConverter`; uint8, or native uint16 for mono16.  Raises InvalidMessage."""
+    global _default_converter
+    if _default_converter is None:
+        _default_converter = ImageConverter()
+    return _default_converter(msg)
 
 
 def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (84, 84)) -> np.ndarray:
@@ -127,8 +174,7 @@ def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (84, 84)
 
 def image_to_gray84(msg: Any, size: tuple[int, int] = (84, 84)) -> np.ndarray:
     """sensor_msgs/Image (rosbags or rclpy) -> grayscale uint8 of shape ``size``."""
-    image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
-    return to_gray84(image, msg.encoding, size)
+    return to_gray84(decode_image(msg), msg.encoding, size)
 
 
 class FrameStack:

@@ -66,9 +66,11 @@ def run_scalars(run_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, n
 
 def _trainer_parameters(run_dir: Path) -> dict[str, Any]:
     """The trainer's parameters from a run's config.yaml snapshot ({} if there is none)."""
+    from td3_drive.embedded import load_parameters
+    from td3_drive.runtime.parameters import for_node
+
     path = run_dir / "config.yaml"
-    config = yaml.safe_load(path.read_text()) if path.exists() else {}
-    return ((config or {}).get("trainer") or {}).get("ros__parameters", {})
+    return for_node(load_parameters(path), "trainer") if path.exists() else {}
 
 
 def _update_schedule(run_dir: Path) -> tuple[float, float]:

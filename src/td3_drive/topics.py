@@ -17,6 +17,7 @@ UINT8_ARRAY = "std_msgs/msg/UInt8MultiArray"
 HEADER = "std_msgs/msg/Header"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 PATH = "nav_msgs/msg/Path"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 CONTROL = "carla_msgs/msg/CarlaEgoVehicleControl"
 VEHICLE_STATUS = "carla_msgs/msg/CarlaEgoVehicleStatus"
 COLLISION = "carla_msgs/msg/CarlaCollisionEvent"
@@ -74,6 +75,11 @@ class Topics:
     @property
     def route(self) -> str:
         return self._carla("waypoints")
+
+    @property
+    def goal(self) -> str:
+        """carla_waypoint_publisher re-plans the route to a goal published here."""
+        return self._carla("goal")
 
     carla_status: str = "/carla/status"
     clock: str = "/clock"

@@ -90,7 +90,7 @@ class DriveRecorder:
                 self._write(msg, t)
 
     def _write(self, msg: Any, t: float) -> None:
-        image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+        image = decode_image(msg)
         bgr = np.ascontiguousarray(image[..., :3] if msg.encoding.startswith("bgr") else image[..., 2::-1])
         steer, throttle, brake = self._control
         frame = overlay(bgr, [

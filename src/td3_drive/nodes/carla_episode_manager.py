@@ -1,17 +1,21 @@
 """carla_episode_manager: resets the CARLA ego vehicle on request and starts episodes.
 
-Subscribes ``/td3/reset_request`` (std_msgs/Header, frame_id = reason) and
-``/clock``; publishes ``/td3/episode_start`` (std_msgs/Header, stamp = first
-tick of the new episode, frame_id = episode number, latched).  All CARLA work
-is in :mod:`td3_drive.carla_episodes`; this is wiring only.  Nothing touches
-CARLA in the constructor, so the node also builds on the in-process runtime.
+Subscribes ``/td3/reset_request`` (std_msgs/Header, frame_id = reason), ``/clock``
+and the route (``/carla/<role>/waypoints``); publishes the route goal
+(``/carla/<role>/goal``, geometry_msgs/PoseStamped) after each teleport, so
+carla_waypoint_publisher plans from the new start, and ``/td3/episode_start``
+(std_msgs/Header, stamp = that route's stamp: the episode's first tick is the first
+at or after it; frame_id = episode number, latched).  All CARLA work is in
+:mod:`td3_drive.carla_episodes`; this is wiring only.  Nothing touches CARLA in the
+constructor, so the node also builds on the in-process runtime.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from td3_drive import topics as T
-from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, parse_spawn_points
+from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.runtime import messages
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.topics import Topics
@@ -42,6 +46,12 @@ class CarlaEpisodeManagerNode:
             retry_interval_s=p("retry_interval_s", 2.0, "wait between reconnect / reset retries (wall s)"),
             objects_file=p("objects_definition_file", "", "carla_spawn_objects JSON, for respawning the ego"),
             respawn=p("respawn", True, "respawn the ego (and sensors) if it was destroyed"),
+            wait_for_route=p("wait_for_route", True, "start an episode at the first route planned after the "
+                             "teleport (false: at the first tick after it)"),
+            route_timeout_s=p("route_timeout_s", 30.0, "wall s to wait for that route before resetting again"),
+            goal=(parse_spawn_points([p("goal", "", "route goal 'x,y,z,roll,pitch,yaw' (ROS frame, deg); "
+                                        "empty: the map's spawn point 0")]) or [None])[0],
+            min_goal_distance_m=p("min_goal_distance_m", 30.0, "spawn points nearer the goal are never used"),
         )
         if config.spawn_order not in ("cycle", "random"):
             raise ValueError(f"spawn_order must be 'cycle' or 'random', got {config.spawn_order!r}")
@@ -52,8 +62,10 @@ class CarlaEpisodeManagerNode:
             config, ctx.logger, pseudo_spawner=_bridge_pseudo_spawner(ctx)
         )
         self._episode_pub = ctx.create_publisher(T.HEADER, self.topics.episode_start, LATCHED_QOS)
+        self._goal_pub = ctx.create_publisher(T.POSE_STAMPED, self.topics.goal, RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, self.topics.reset_request, self._on_reset_request, RELIABLE_QOS)
         ctx.create_subscription(T.CLOCK, self.topics.clock, self._on_clock, RELIABLE_QOS)
+        ctx.create_subscription(T.PATH, self.topics.route, self._on_route, LATCHED_QOS)
         if watch_camera:
             ctx.create_subscription(T.IMAGE, self.topics.camera, self._on_camera, SENSOR_QOS)
         # wall clock where the runtime has one: a sim-time timer stops exactly when /clock stalls
@@ -72,8 +84,26 @@ class CarlaEpisodeManagerNode:
     def _on_camera(self, msg: Any) -> None:
         self._progress(messages.seconds(msg.header.stamp))
 
+    def _on_route(self, msg: Any) -> None:
+        self.manager.on_route(messages.seconds(msg.header.stamp), len(msg.poses))
+        self._publish_start()
+
     def _progress(self, sim_time: float) -> None:
         self.manager.on_progress(sim_time)
+        goal = self.manager.poll_goal()
+        if goal is not None:
+            self._publish_goal(goal, sim_time)
+        self._publish_start()
+
+    def _publish_goal(self, goal: SpawnPoint, sim_time: float) -> None:
+        new = self.ctx.new
+        yaw = math.radians(goal.yaw)  # roll and pitch of a goal do not matter to the planner
+        pose = new("geometry_msgs/msg/Pose", position=new("geometry_msgs/msg/Point", x=goal.x, y=goal.y, z=goal.z),
+                   orientation=new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
+        header = new(T.HEADER, stamp=messages.stamp(sim_time), frame_id="map")
+        self._goal_pub.publish(new(T.POSE_STAMPED, header=header, pose=pose))
+
+    def _publish_start(self) -> None:
         start = self.manager.poll_episode_start()
         if start is not None:
             header = self.ctx.new(T.HEADER, stamp=messages.stamp(start.sim_time), frame_id=str(start.episode))

@@ -2,9 +2,10 @@
 
 Subscribes odometry, the route (latched) and the front camera; on each camera image,
 i.e. once per simulator tick exactly like the policy, publishes one
-CarlaEgoVehicleControl stamped with the image's stamp.  The image content is unused:
-the camera is only the tick.  Until odometry and a route have arrived (or when the
-pose is stale), it publishes a full brake so a lockstep simulator keeps ticking.
+CarlaEgoVehicleControl stamped with the image's stamp, steered from the pose of that
+tick (the bridge sends it after the image).  The image content is unused: the camera
+is only the tick.  Until a route has arrived, and while a new episode's route is
+still on its way, it publishes a full brake so a lockstep simulator keeps ticking.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from td3_drive import topics as T
 from td3_drive.classical import ClassicalConfig, PurePursuitPID
 from td3_drive.control import BRAKE, action_to_control_fields
 from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import BridgeWorld, declare_topics
+from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
 from td3_drive.observation import InvalidMessage, VehiclePose
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.runtime.interface import stamp as stamp_of
@@ -49,8 +50,6 @@ class ClassicalControllerNode:
         )
         #: s; dt for the first tick of an episode and whenever image stamps do not increase
         self.nominal_dt: float = p("nominal_dt", 0.05, "s, CARLA fixed_delta_seconds")
-        #: s; brake instead of steering on a pose older than this (<= 0: never)
-        self.max_pose_age: float = p("max_pose_age", 0.5, "s between odometry and image stamps")
 
         self.controller = PurePursuitPID(self.config)
         self._last_stamp: float | None = None
@@ -60,7 +59,8 @@ class ClassicalControllerNode:
 
         self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
         self._diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, topics.diagnostics, RELIABLE_QOS)
-        self.world = BridgeWorld(ctx, topics, self.drops, events=False)
+        self.world = BridgeWorld(ctx, topics, self.drops, events=False, on_pose=lambda: self.join.poll())
+        self.join = CameraPoseJoin(self.world, self._on_tick, self.drops)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
 
@@ -73,7 +73,16 @@ class ClassicalControllerNode:
         return self.world.route
 
     def _on_image(self, msg: Any) -> None:
+        if self.route is None:
+            self.drops.drop("no_route")
+            return self._publish(msg.header.stamp, dict(BRAKE))
+        self.join.on_image(seconds(msg.header.stamp), msg)  # the bridge sends its odometry next
+
+    def _on_tick(self, msg: Any, pose: VehiclePose) -> None:
+        """A camera image with the pose of its own tick: one control."""
         stamp = seconds(msg.header.stamp)
+        if self.world.waiting_for_route(stamp):  # never steer a new episode along the previous route
+            return self._publish(msg.header.stamp, dict(BRAKE))
         new_episode = self.world.starts_episode(stamp)
         if not new_episode and self._last_stamp is not None and stamp <= self._last_stamp:
             # a repeated camera frame must not produce a second control: it would tick the world twice
@@ -84,22 +93,17 @@ class ClassicalControllerNode:
         elif self._last_stamp is not None:
             dt = stamp - self._last_stamp
         self._last_stamp = stamp
+        try:
+            fields, valid = action_to_control_fields(self.controller.act(pose, self.route, dt))
+            if not valid:
+                self.drops.drop("non_finite_action")
+        except (InvalidMessage, ValueError) as exc:  # never crash the control loop
+            self.drops.drop(getattr(exc, "reason", "controller_error"), str(exc))
+            fields = dict(BRAKE)
+        self._publish(msg.header.stamp, fields)
 
-        fields = dict(BRAKE)
-        if self.pose is None or self.route is None:
-            self.drops.drop("no_odometry" if self.pose is None else "no_route")
-        elif self.max_pose_age > 0 and stamp - self.world.pose_stamp > self.max_pose_age:
-            self.drops.drop("stale_odometry", f"{stamp - self.world.pose_stamp:.3f} s old")
-        else:
-            try:
-                fields, valid = action_to_control_fields(self.controller.act(self.pose, self.route, dt))
-                if not valid:
-                    self.drops.drop("non_finite_action")
-            except (InvalidMessage, ValueError) as exc:  # never crash the control loop
-                self.drops.drop(getattr(exc, "reason", "controller_error"), str(exc))
-                fields = dict(BRAKE)
-        header = self.ctx.new(T.HEADER, stamp=msg.header.stamp)
-        self._control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
+    def _publish(self, stamp_msg: Any, fields: dict) -> None:
+        self._control_pub.publish(self.ctx.new(T.CONTROL, header=self.ctx.new(T.HEADER, stamp=stamp_msg), **fields))
         self.published += 1
 
     def publish_diagnostics(self) -> None:

@@ -1,8 +1,9 @@
 """Subscriptions several nodes share, written once.
 
 ``BridgeWorld``: the world as the bridge topics describe it (pose, route, events
-since the last tick, episode starts).  ``ObservationPairer``: the two halves of
-the observation (image + state) matched by stamp.
+since the last tick, episode starts).  ``CameraPoseJoin``: a camera image handed on
+with the pose of its own tick.  ``ObservationPairer``: the two halves of the
+observation (image + state) matched by stamp.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class BridgeWorld:
         self.pose: VehiclePose | None = None
         self.pose_stamp = -np.inf
         self.route: np.ndarray | None = None
+        self.route_stamp = -np.inf
         self._poses: deque[tuple[float, VehiclePose]] = deque(maxlen=self.HISTORY)
         self._events: list[tuple[float, str]] = []  # (stamp, "collision" | "lane_invasion")
         self._on_pose = on_pose
@@ -58,6 +60,7 @@ class BridgeWorld:
     def on_route(self, msg: Any) -> None:
         try:
             self.route = route_from_path(msg)  # an invalid new route keeps the previous one
+            self.route_stamp = seconds(msg.header.stamp)
         except InvalidMessage as exc:
             self.drops.drop(exc.reason, str(exc))
 
@@ -112,9 +115,27 @@ class BridgeWorld:
         """Whether ``starts_episode(stamp_s)`` would be true, without consuming it."""
         return self._episode_start_s is not None and stamp_s >= self._episode_start_s
 
+    @property
+    def route_current(self) -> bool:
+        """Whether the route belongs to the announced episode: stamped at or after its start.
+
+        An episode's route is stamped at or before its first tick, and its start is announced
+        at that stamp (the embedded simulator: both at the first tick; CARLA: the episode
+        manager announces the stamp of the first route planned after the teleport).  Until it
+        is here, the held route is the previous episode's.
+        """
+        return self._episode_start_s is None or self.route_stamp >= self._episode_start_s - self.STAMP_TOLERANCE
+
+    def waiting_for_route(self, stamp_s: float) -> bool:
+        """True (and counted ``stale_route``) while an episode is due at ``stamp_s`` without its route."""
+        if self.pending_start(stamp_s) and not self.route_current:
+            self.drops.drop("stale_route", f"episode due at {self._episode_start_s}, route from {self.route_stamp}")
+            return True
+        return False
+
     def starts_episode(self, stamp_s: float) -> bool:
-        """True once, for the first tick at or after the announced episode start."""
-        if self._episode_start_s is not None and stamp_s >= self._episode_start_s:
+        """True once, for the first tick at or after the announced episode start that has its route."""
+        if self.pending_start(stamp_s) and self.route_current:
             self._episode_start_s = None
             return True
         return False
@@ -122,6 +143,43 @@ class BridgeWorld:
     @property
     def ready(self) -> bool:
         return self.pose is not None and self.route is not None
+
+
+class CameraPoseJoin:
+    """Calls ``on_tick(item, pose)`` once the odometry stamped like the camera image has arrived.
+
+    The CARLA bridge publishes a tick's camera image *before* its odometry: it updates actors
+    in creation order, real sensors before pseudo-sensors (carla_ros_bridge
+    ``actor_factory.py``, ``update_actor_states``), so "the newest pose" at an image is the
+    previous tick's.  The embedded simulator publishes either way (``publish_order``).  One
+    image (``item``: the message, or what the node made of it) is held at a time; it is
+    dropped (counted ``no_pose_for_image``, or ``no_odometry`` before any) when a newer image
+    or a newer pose arrives without its pose.  The owner calls :meth:`poll` on every pose.
+    """
+
+    def __init__(self, world: BridgeWorld, on_tick: Callable[[Any, VehiclePose], None],
+                 drops: DropCounter) -> None:
+        self.world, self.on_tick, self.drops = world, on_tick, drops
+        self._held: tuple[float, Any] | None = None
+
+    def on_image(self, stamp_s: float, item: Any) -> None:
+        if self._held is not None:
+            self.drops.drop("no_odometry" if self.world.pose is None else "no_pose_for_image",
+                            f"image {self._held[0]} superseded")
+        self._held = (stamp_s, item)
+        self.poll()
+
+    def poll(self) -> None:
+        if self._held is None:
+            return
+        t, item = self._held
+        pose = self.world.pose_at(t, exact=True)
+        if pose is not None:
+            self._held = None
+            self.on_tick(item, pose)
+        elif self.world.pose_stamp > t + BridgeWorld.STAMP_TOLERANCE:  # its tick's pose was skipped
+            self._held = None
+            self.drops.drop("no_pose_for_image", f"image {t}: odometry went on to {self.world.pose_stamp}")
 
 
 def observation_from_messages(image_msg: Any, state_msg: Any, frame_stack: int,

@@ -11,7 +11,8 @@ from typing import Any
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
 from td3_drive.metrics import EpisodeMetrics, EpisodeMetricsRecorder
-from td3_drive.nodes.common import BridgeWorld, declare_topics
+from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
+from td3_drive.observation import VehiclePose
 from td3_drive.reward import RewardConfig, RewardFunction
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, stamp
 from td3_drive.runtime.messages import seconds
@@ -34,19 +35,25 @@ class EvaluatorNode:
         self._return = 0.0
         self.last_stamp = float("-inf")
         self.reset_pub = ctx.create_publisher(T.HEADER, self.topics.reset_request, RELIABLE_QOS)
-        self.world = BridgeWorld(ctx, self.topics, self.drops)
-        # the camera image closes a tick (the bridge and the simulator publish it last)
-        ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_tick, SENSOR_QOS)
+        self.world = BridgeWorld(ctx, self.topics, self.drops, on_pose=lambda: self.join.poll())
+        # a tick is complete once its camera image and its odometry are both in (in either order)
+        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops)
+        ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
 
-    def on_tick(self, msg: Any) -> None:
+    def on_image(self, msg: Any) -> None:
         t = seconds(msg.header.stamp)
         if t <= self.last_stamp:  # a repeated or reordered tick would be scored twice
             return self.drops.drop("stale_stamp", f"{t} <= {self.last_stamp}")
         self.last_stamp = t
-        events = self.world.take_events()
-        pose, route = self.world.pose, self.world.route
-        if not self.world.ready:
+        if self.world.route is None:
             return self.drops.drop("no_pose_or_route")
+        self.join.on_image(t, t)
+
+    def on_tick(self, t: float, pose: VehiclePose) -> None:
+        if self.world.waiting_for_route(t):
+            return
+        events = self.world.take_events(until=t)
+        route = self.world.route
         if self.world.starts_episode(t):
             self.in_episode, self._return = True, 0.0
             self.reward_fn.reset(pose, route)
@@ -60,6 +67,10 @@ class EvaluatorNode:
         self.recorder.record(t, pose, events.collision, events.lane_invasions)
         if step.terminated or step.truncated:
             self.in_episode = False
-            self.episodes.append(self.recorder.finish(step.reason))
+            metrics = self.recorder.finish(step.reason)
+            self.episodes.append(metrics)
             self.returns.append(self._return)
+            self.ctx.logger.info(f"{self.ctx.name}: episode {len(self.episodes)} ended ({step.reason}): "
+                                 f"success {metrics.success}, route completion {metrics.route_completion:.2f}, "
+                                 f"{metrics.distance_m:.0f} m, {metrics.collisions} collisions")
             self.reset_pub.publish(self.ctx.new(T.HEADER, stamp=stamp(self.ctx, t), frame_id=step.reason))

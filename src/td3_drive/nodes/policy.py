@@ -9,7 +9,11 @@ weights are rejected, counted and logged, and the old weights stay.
 Watchdog: once observations have started, a timer on the node clock checks their
 age; after ``watchdog_timeout`` s without a fresh one it publishes a full brake
 (control.BRAKE, header frame_id "watchdog") every ``watchdog_period`` s, counts
-it, logs, and stops as soon as observations return.
+it, logs, and stops as soon as observations return.  In ``lockstep`` (the bridge's
+``synchronous_mode_wait_for_vehicle_control_command``, and the embedded simulator)
+it only logs and counts: there a command the world does not wait for still releases
+a tick (carla_ros_bridge ``bridge.py``, ``_synchronous_mode_update``), so every later
+control would land one tick late; the world already stands still without our control.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 
 from td3_drive import topics as T
 from td3_drive.checkpoint import resolve_actor_file
-from td3_drive.control import BRAKE, action_to_control_fields
+from td3_drive.control import BRAKE, WATCHDOG_FRAME_ID, action_to_control_fields
 from td3_drive.diagnostics import DropCounter
 from td3_drive.exploration import Exploration, ExplorationConfig
 from td3_drive.inference import ActorRunner
@@ -57,6 +61,8 @@ class PolicyNode:
         self.max_weight_bytes = p("max_weight_bytes", MAX_WEIGHT_BYTES, "larger weight messages are rejected unparsed")
         self.watchdog_timeout = p("watchdog_timeout", 0.15, "s without a fresh observation before braking (3 ticks)")
         watchdog_period = p("watchdog_period", 0.05, "s between watchdog checks (and brake commands)")
+        self.lockstep = p("lockstep", True, "the world ticks once per control (wait-for-control, embedded): "
+                          "the watchdog logs but never publishes (an extra command would shift lockstep)")
         self.last_observation_s: float | None = None  # node clock; None: not armed until the first frame
         self.watchdog_active = False
         self.watchdog_brakes = 0  # brake commands published by the watchdog
@@ -142,9 +148,13 @@ class PolicyNode:
             self.watchdog_active = True
             self.watchdog_trips += 1
             self.ctx.logger.warning(f"{self.ctx.name}: no observation for {now - self.last_observation_s:.3f} s "
-                                    f"(timeout {self.watchdog_timeout} s): braking")
+                                    f"(timeout {self.watchdog_timeout} s): "
+                                    + ("lockstep, the world waits for our next control" if self.lockstep
+                                       else "braking"))
+        if self.lockstep:
+            return
         self._last_brake_s = now
-        header = self.ctx.new(T.HEADER, stamp=stamp(self.ctx, now), frame_id="watchdog")
+        header = self.ctx.new(T.HEADER, stamp=stamp(self.ctx, now), frame_id=WATCHDOG_FRAME_ID)
         self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **BRAKE))
         self.watchdog_brakes += 1
 

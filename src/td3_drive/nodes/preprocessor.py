@@ -3,7 +3,9 @@
 Publishes, stamped with the camera image's stamp:
   /td3/observation/image  mono8, the 4-frame stack side by side (84 x 336): rqt_image_view
   /td3/observation/state  JointState, names = kinematic vector labels: rqt_plot
-The stack restarts (first frame repeated) at each /td3/episode_start.
+The state comes from the odometry of the image's own tick (the bridge sends it after
+the image: the image waits for it).  The stack restarts (first frame repeated) at each
+/td3/episode_start.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import numpy as np
 
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import BridgeWorld, declare_topics
-from td3_drive.observation import STATE_NAMES, FrameStack, InvalidMessage, image_to_gray84, kinematic_state
+from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
+from td3_drive.observation import (STATE_NAMES, FrameStack, ImageConverter, InvalidMessage, VehiclePose,
+                                   kinematic_state, to_gray84)
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 
@@ -27,8 +30,9 @@ class CameraPreprocessorNode:
         p = ctx.parameter
         self.topics = declare_topics(ctx)
         self.frame_stack = p("frame_stack", 4, "frames per observation")
-        self.max_pose_age = p("max_pose_age", 0.5, "s; older odometry than the image is dropped")
         self.stack = FrameStack(self.frame_stack)
+        self.converter = ImageConverter(p("image_backend", "auto", "auto (cv_bridge if installed) | cv_bridge | rosbags"))
+        ctx.logger.info(f"{ctx.name}: camera images converted with {self.converter.backend}")
         self.drops = DropCounter(ctx)
         self.last_stamp = -np.inf
         self.published = 0
@@ -36,7 +40,8 @@ class CameraPreprocessorNode:
         self.image_pub = ctx.create_publisher(T.IMAGE, self.topics.observation_image, RELIABLE_QOS)
         self.state_pub = ctx.create_publisher(T.JOINT_STATE, self.topics.observation_state, RELIABLE_QOS)
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
-        self.world = BridgeWorld(ctx, self.topics, self.drops, events=False)
+        self.world = BridgeWorld(ctx, self.topics, self.drops, events=False, on_pose=lambda: self.join.poll())
+        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
 
@@ -44,14 +49,24 @@ class CameraPreprocessorNode:
         stamp = seconds(msg.header.stamp)
         if stamp <= self.last_stamp:
             return self.drops.drop("stale_stamp", f"{stamp} <= {self.last_stamp}")
-        world = self.world
-        if not world.ready:
-            return self.drops.drop("no_odometry" if world.pose is None else "no_route")
-        if stamp - world.pose_stamp > self.max_pose_age:
-            return self.drops.drop("stale_odometry", f"{stamp - world.pose_stamp:.3f} s")
+        if self.world.route is None:
+            return self.drops.drop("no_route")
         try:
-            frame = image_to_gray84(msg)
-            state = kinematic_state(world.pose, world.route)
+            # bad images are counted on arrival, not when their pose comes
+            frame = to_gray84(self.converter(msg), msg.encoding)
+        except InvalidMessage as exc:
+            return self.drops.drop(exc.reason, str(exc))
+        self.join.on_image(stamp, (msg.header.stamp, frame))
+
+    def on_tick(self, image: tuple[Any, np.ndarray], pose: VehiclePose) -> None:
+        """An image (its stamp message and 84x84 frame) with the pose of its own tick."""
+        stamp_msg, frame = image
+        stamp = seconds(stamp_msg)
+        world = self.world
+        if world.waiting_for_route(stamp):  # a state measured against the previous episode's route
+            return
+        try:
+            state = kinematic_state(pose, world.route)
         except InvalidMessage as exc:
             return self.drops.drop(exc.reason, str(exc))
         self.last_stamp = stamp
@@ -59,7 +74,7 @@ class CameraPreprocessorNode:
             self.stack.reset(frame)  # a new episode starts from its first frame repeated
         else:
             self.stack.push(frame)
-        self.publish(msg.header.stamp, self.stack.side_by_side(), state)
+        self.publish(stamp_msg, self.stack.side_by_side(), state)
 
     def publish(self, stamp: Any, image: np.ndarray, state: np.ndarray) -> None:
         ctx = self.ctx

@@ -26,7 +26,7 @@ import numpy as np
 
 from td3_drive import topics as T
 from td3_drive.checkpoint import Checkpointer
-from td3_drive.control import control_to_action
+from td3_drive.control import WATCHDOG_FRAME_ID, control_to_action
 from td3_drive.diagnostics import DropCounter
 from td3_drive.inference import resolve_device
 from td3_drive.learner import Learner, LearnerConfig
@@ -89,6 +89,8 @@ class Vehicle:
     # ------------------------------------------------------------------ inputs
     def on_control(self, msg: Any) -> None:
         t = seconds(msg.header.stamp)
+        if msg.header.frame_id == WATCHDOG_FRAME_ID:  # the policy was silent: the brake is no action of it
+            return self.trainer.drops.drop("watchdog_control", f"{self.label} stamp {t}")
         try:
             action = control_to_action(msg)
         except InvalidMessage as exc:
@@ -105,6 +107,8 @@ class Vehicle:
         world = self.world
         if not world.ready and world.pending_start(t):
             return self.trainer.drops.drop("no_pose_or_route", f"{self.label}: episode start before odometry/route")
+        if world.waiting_for_route(t):
+            return
         if world.starts_episode(t):
             self.trainer.before_episode_start()
             return self._begin_episode(observation)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from td3_drive.runtime import messages
+from td3_drive.runtime.parameters import for_node
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
@@ -43,7 +44,7 @@ class LocalContext:
     def __init__(self, runtime: "LocalRuntime", name: str) -> None:
         self.name = name
         self._runtime = runtime
-        self._given = dict(runtime.parameters.get(name, {}))
+        self._given = for_node(runtime.parameters, name)  # matched as rclpy matches a file
         self.declared: dict[str, tuple[Any, str]] = {}
         self._logger = logging.getLogger(f"td3_drive.{name}")
 

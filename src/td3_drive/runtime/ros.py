@@ -498,6 +498,12 @@ def trainer_main(args: list[str] | None = None) -> int:
     return run_node("trainer", TrainerNode, args=args, parallel_timers=True)
 
 
+def evaluator_main(args: list[str] | None = None) -> int:
+    from td3_drive.nodes.evaluator import EvaluatorNode
+
+    return run_node("evaluator", EvaluatorNode, args=args)
+
+
 def carla_episode_manager_main(args: list[str] | None = None) -> int:
     from td3_drive.nodes.carla_episode_manager import CarlaEpisodeManagerNode
 

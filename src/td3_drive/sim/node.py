@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,7 +45,9 @@ _PARAMETER_DOCS = {
     "initial_speed": "ego speed at episode start [m/s]",
     "random_start": "start episodes at seeded random points of the lap, either lane (else highway-env's start)",
     "seed": "base seed; episode k uses seed + k",
+    "publish_order": "bridge (camera before odometry, as carla-ros-bridge) | camera_last",
 }
+PUBLISH_ORDERS = ("bridge", "camera_last")
 
 
 def _quaternion(ctx: NodeContext, yaw: float) -> Any:
@@ -63,6 +65,8 @@ class SimulatorNode:
             for f in fields(SimConfig)
         }
         self.config = SimConfig(**values)
+        if self.config.publish_order not in PUBLISH_ORDERS:
+            raise ValueError(f"publish_order must be one of {PUBLISH_ORDERS}, got {self.config.publish_order!r}")
         self.topics = declare_topics(ctx)
         self.role_name = self.topics.role_name
         self.sim = RacetrackSim(self.config)
@@ -200,6 +204,16 @@ class SimulatorNode:
             self._pub_route.publish(self._route_message(header("map")))
             self._pub_episode.publish(header(str(self.episode)))
 
+        if self.config.publish_order == "bridge":  # sensors first, then the pseudo-sensors
+            self._publish_sensors(frame, header)
+            self._publish_pseudo_sensors(frame, header)
+        else:
+            self._publish_pseudo_sensors(frame, header)
+            self._publish_sensors(frame, header)
+
+    def _publish_pseudo_sensors(self, frame: SimFrame, header: Callable[[str], Any]) -> None:
+        """Odometry, speedometer, vehicle status: the bridge computes these itself."""
+        ctx = self.ctx
         q = _quaternion(ctx, frame.yaw)
         c, s = math.cos(frame.yaw), math.sin(frame.yaw)
         position = ctx.new("geometry_msgs/msg/Point", x=frame.x, y=frame.y)
@@ -230,6 +244,10 @@ class SimulatorNode:
             T.VEHICLE_STATUS, header=header("map"), velocity=frame.speed,
             acceleration=ctx.new("geometry_msgs/msg/Accel", linear=accel), orientation=q, control=control,
         ))
+
+    def _publish_sensors(self, frame: SimFrame, header: Callable[[str], Any]) -> None:
+        """Collision, lane invasion and the camera: CARLA sensors."""
+        ctx = self.ctx
         if frame.collision:
             self.collisions += 1
             ix, iy, iz = frame.normal_impulse

@@ -97,6 +97,9 @@ class SimConfig:
     #: curves past ~100 m are rarely seen in training
     random_start: bool = False
     seed: int = 0  # base seed: episode k uses seed + k
+    #: per tick, "bridge": camera, collision and lane invasion before odometry, speedometer and vehicle
+    #: status, as carla-ros-bridge sends them (sensors before pseudo-sensors); "camera_last": the reverse
+    publish_order: str = "bridge"
 
     @property
     def substeps(self) -> int:

@@ -1,0 +1,48 @@
+"""Which entries of a ROS 2 parameter file a node reads, decided as rclpy decides it.
+
+rclpy (humble, ``rclpy/src/rclpy/node.cpp``, ``_populate_node_parameters_from_rcl_params``)
+prefixes a YAML node key with ``/`` when it has none, turns ``/*`` into ``(/\\w+)`` (so
+``/**`` becomes ``(/\\w+)*``) and keeps the entry only if that regex matches the node's
+fully qualified name.  So ``policy:`` reaches ``/policy`` but not ``/v0/policy``, and
+``/**/policy:`` reaches both.  Later matching entries override earlier ones.
+
+Inside td3_drive a parameter dictionary is keyed the same way, with one shorthand: a bare
+node name (``"policy"``) stands for ``/**/policy``, the form every file in config/ uses.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: the wildcard prefix our parameter files put before every node name
+ANY_NAMESPACE = "/**/"
+
+
+def internal_key(yaml_key: str) -> str:
+    """A YAML node key as td3_drive keys it: ``/**/policy`` -> ``policy``; anything else stays a
+    fully qualified pattern with its leading ``/`` (``policy`` -> ``/policy``, as rclpy reads it)."""
+    key = str(yaml_key)
+    if key.startswith(ANY_NAMESPACE) and "*" not in key[len(ANY_NAMESPACE):] and "/" not in key[len(ANY_NAMESPACE):]:
+        return key[len(ANY_NAMESPACE):]
+    return key if key.startswith("/") else "/" + key
+
+
+def yaml_key(key: str) -> str:
+    """The inverse of :func:`internal_key`: what a parameter file written by us says."""
+    return key if key.startswith("/") else ANY_NAMESPACE + key
+
+
+def matches(key: str, fully_qualified_name: str) -> bool:
+    """Whether the entry ``key`` (internal form) applies to the node ``fully_qualified_name``."""
+    pattern = re.escape(yaml_key(key)).replace(r"/\*", r"(/\w+)").replace(r"\*", "*")
+    return re.fullmatch(pattern, fully_qualified_name) is not None
+
+
+def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The parameters the node ``name`` (``policy``, ``v0/policy``) reads: every matching entry, in order."""
+    fqn = "/" + name.strip("/")
+    merged: dict[str, Any] = {}
+    for key, values in parameters.items():
+        if matches(key, fqn):
+            merged.update(values)
+    return merged
