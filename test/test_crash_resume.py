@@ -70,6 +70,10 @@ def test_kill_9_and_resume_is_bit_identical(tmp_path: Path) -> None:
         schedule.append((round(delay, 2), [p.name for p in checkpointer.list()]))
 
     resumed = _finish(run_dir)
+    # where the kills landed: at least one after a checkpoint was written, so the last run resumed
+    # mid-run from a killed run's checkpoint (kills that all land before the first one test nothing)
+    assert any(names for _, names in schedule), (seed, schedule)
+    assert resumed["resumed_at_tick"] > 0, (seed, schedule)
     assert resumed["ticks"] == reference["ticks"], (seed, schedule)
     assert resumed["env_steps"] == reference["env_steps"], (seed, schedule)
     assert resumed["updates"] == reference["updates"], (seed, schedule)

@@ -189,3 +189,37 @@ def test_aggregate_ci_and_mann_whitney_units():
     rows = {"a": [{"return": 1.0, "route_completion": 0.1}] * 4, "b": [{"return": 2.0, "route_completion": 0.2}] * 4}
     (ret, rc) = report.mann_whitney(rows)
     assert ret["U"] == 0.0 and ret["prob_a_greater"] == 0.0 and ret["p"] < 0.05 and rc["metric"] == "route_completion"
+
+
+def test_metrics_csv_recomputed_from_episodes_json(compared):
+    """Every agent's row is what its episodes say: success = successes / episodes, route completion
+    the mean, collisions per km pooled over the distance driven."""
+    out, _ = compared
+    episodes = json.loads((out / "episodes.json").read_text())
+    with (out / "metrics.csv").open() as f:
+        rows = {r["agent"]: r for r in csv.DictReader(f)}
+    for agent, row in rows.items():
+        mine = [e for e in episodes if e["agent"] == agent]
+        assert int(row["episodes"]) == len(mine) > 0
+        assert float(row["success_rate"]) == pytest.approx(np.mean([bool(e["success"]) for e in mine]))
+        assert float(row["route_completion"]) == pytest.approx(np.mean([e["route_completion"] for e in mine]))
+        assert float(row["return"]) == pytest.approx(np.mean([e["return"] for e in mine]))
+        km = sum(e["distance_m"] for e in mine) / 1000.0
+        if km > 0.1:
+            assert float(row["collisions_per_km"]) == pytest.approx(sum(e["collisions"] for e in mine) / km)
+
+
+def test_holm_correction_step_down_and_monotone():
+    """Holm: sort the p-values, multiply the i-th smallest by (m - i), keep it monotone, cap at 1."""
+    from td3_drive.report import _holm
+
+    block = [{"p": p} for p in (0.04, 0.01, 0.03, math.nan, 0.5)]
+    _holm(block)
+    assert [r["p_holm"] for r in block[:3]] == pytest.approx([0.09, 0.04, 0.09])  # p 0.04: max(0.09, 0.04*2); 0.01*4; 0.03*3
+    assert math.isnan(block[3]["p_holm"]) and block[4]["p_holm"] == pytest.approx(0.5)
+    single = [{"p": 0.7}]
+    _holm(single)
+    assert single[0]["p_holm"] == 0.7
+    capped = [{"p": 0.4}, {"p": 0.6}]
+    _holm(capped)
+    assert [r["p_holm"] for r in capped] == [0.8, 0.8]

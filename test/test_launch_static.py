@@ -531,13 +531,3 @@ def test_topics_match_the_bridge_contract():
     ns = Topics("hero1", "v1")
     assert ns.camera == "/carla/hero1/rgb_front/image" and ns.reset_request == "/v1/td3/reset_request"
     assert ns.actor_weights == "/td3/actor_weights"  # one trainer for every pipeline
-
-
-def test_topic_parameters_in_config_are_known_topics():
-    known = {v for k in dir(Topics) if not k.startswith("_")
-             for v in [getattr(Topics(), k)] if isinstance(v, str) and v.startswith("/")}
-    for path in sorted((REPO / "config").glob("*.yaml")):
-        for node, body in (yaml.safe_load(path.read_text()) or {}).items():
-            for key, value in (body or {}).get("ros__parameters", {}).items():
-                if key.endswith("topic") and isinstance(value, str):
-                    assert value in known, f"{path.name}:{node}.{key} = {value} is not a td3_drive.topics name"

@@ -427,15 +427,29 @@ def _tick(rt, t, x, collision=False, control=(0.0, 0.5, 0.0), y=0.0):
     rt.spin()
 
 
+def _start_episode(rt, t: float, number: str = "0") -> None:
+    """An episode start at ``t`` with its route (stamped like it, as the simulator and the manager do)."""
+    rt.publish(TP.route, straight_route(stamp_s=t))
+    rt.publish(TP.episode_start, header(t, number))
+    rt.spin()
+
+
+def _trainer_node(tmp_path, **params):
+    from td3_drive.nodes.trainer import TrainerNode
+
+    rt = LocalRuntime({"trainer": {"batch_size": 4, "replay_capacity": 200, "run_dir": str(tmp_path), "device": "cpu",
+                                   "learner.encoder_mode": "shared", "checkpoint_every": 0, **params}})
+    rec = Recorder(rt)  # before the node: it records the latched messages the node publishes at start
+    return rt, TrainerNode(rt.context("trainer")), rec
+
+
 def test_trainer_scripted_episode(trainer):
     rt, node, rec = trainer
     rt.spin()
     # latched at start: actor weights and exploration on
     assert len(rec.on(TP.actor_weights)) == 1 and rec.on(TP.exploration)[0].data is True
     rec.clear()
-    rt.publish(TP.route, straight_route(stamp_s=1.0))
-    rt.publish(TP.episode_start, header(1.0, "0"))
-    rt.spin()
+    _start_episode(rt, 1.0)
     lengths = []
     for k in range(12):
         _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
@@ -512,9 +526,7 @@ def test_trainer_never_takes_a_watchdog_brake_as_an_action(trainer):
     """A watchdog brake stamped like an observation must not become its action (and make the
     policy's own control for that stamp a dropped duplicate)."""
     rt, node, rec = trainer
-    rt.publish(TP.route, straight_route(stamp_s=1.0))
-    rt.publish(TP.episode_start, header(1.0, "0"))
-    rt.spin()
+    _start_episode(rt, 1.0)
     _tick(rt, 1.0, x=10.0)
     rt.publish(TP.control, new_message(T.CONTROL, header=header(1.05, "watchdog"), brake=1.0))
     _tick(rt, 1.05, x=10.4, control=(0.25, 0.5, 0.0))
@@ -622,3 +634,99 @@ def test_local_runtime_spin_until_stops_and_resumes():
     rt.publish("/n", _f(100.0))
     with pytest.raises(RuntimeError):
         rt.spin(max_messages=50)
+
+
+@pytest.mark.parametrize("utd_ratio", [0.5, 1.0, 2.0])
+def test_trainer_utd_ratio_sets_updates_per_env_step(tmp_path, utd_ratio):
+    """From learning_starts on, updates = floor((env_steps - learning_starts + 1) * utd_ratio)."""
+    rt, node, _ = _trainer_node(tmp_path, learning_starts=4, utd_ratio=utd_ratio, weights_every=1000,
+                                log_interval=1000)
+    _start_episode(rt, 1.0)
+    seen = []
+    for k in range(12):
+        _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
+        seen.append((node.env_steps, node.learner.num_updates))
+    node.close()
+    for steps, updates in seen:
+        assert updates == (math.floor((steps - 4 + 1) * utd_ratio) if steps >= 4 else 0), seen
+
+
+def test_trainer_evaluation_round_is_noise_free_and_never_stored(tmp_path):
+    """eval_every 1: after each training episode one evaluation episode, exploration off, its steps
+    neither stored nor counted, its return logged as eval/return; then training resumes."""
+    rt, node, rec = _trainer_node(tmp_path, learning_starts=1000, eval_every=1, eval_episodes=1)
+
+    def episode(start: float, steps: int) -> None:
+        _start_episode(rt, start)
+        for k in range(steps):
+            _tick(rt, start + 0.05 * k, x=10.0 + 0.4 * k, collision=k == steps - 1)
+
+    rt.spin()
+    assert [m.data for m in rec.on(TP.exploration)] == [True]
+    episode(1.0, 5)  # training: 4 stored steps, then the collision
+    assert node.episodes == 1 and node.env_steps == 4 and len(node.replay) == 4
+    assert [m.data for m in rec.on(TP.exploration)] == [True, False]  # the next one is an evaluation
+    episode(2.0, 7)
+    assert node.episodes == 1 and node.env_steps == 4 and len(node.replay) == 4  # nothing of it kept
+    assert len(node.eval_returns) == 1 and node.eval_returns[0][0] == 4
+    assert [m.data for m in rec.on(TP.exploration)] == [True, False, True]  # training again
+    episode(3.0, 3)
+    assert node.episodes == 2 and node.env_steps == 6
+    node.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/return")] == [4]
+    assert len(acc.Scalars("episode/return")) == 2
+
+
+def test_trainer_periodic_checkpoints_every_n_env_steps_keep_the_newest(tmp_path):
+    from td3_drive.checkpoint import Checkpointer
+
+    rt, node, _ = _trainer_node(tmp_path, learning_starts=1000, checkpoint_every=3, checkpoint_keep=2)
+    _start_episode(rt, 1.0)
+    kept = []
+    for k in range(11):  # 10 env steps: periodic checkpoints at 3, 6 and 9
+        _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
+        kept.append([p.name for p in Checkpointer(tmp_path / "checkpoints").list()])
+    assert node.env_steps == 10
+    assert kept[2] == [] and len(kept[3]) == 1  # the first one at env step 3, not before
+    assert len(kept[-1]) == 2 and kept[-1] == sorted(kept[-1])  # keep 2: the checkpoint of step 3 is gone
+    assert kept[-1] == kept[9] != kept[6]
+    assert kept[6][-1] in kept[-1]  # step 6's survives beside step 9's
+    node.close()
+
+
+def test_preprocessor_counts_images_before_any_odometry(pre):
+    rt, node, rec = pre
+    rt.publish(TP.route, straight_route())
+    for t in (1.0, 1.05):  # the bridge's odometry never comes: each image is superseded by the next
+        _feed(rt, t, image_msg(t, np.zeros((84, 84), np.uint8), "mono8"), odom=False)
+    assert node.drops.counts == {"no_odometry": 1} and rec.on(TP.observation_image) == []
+
+
+def test_trainer_counts_an_episode_start_without_pose_or_route(trainer):
+    rt, node, rec = trainer
+    rt.publish(TP.episode_start, header(1.0, "0"))
+    image, state = observation_pair(1.0)
+    rt.publish(TP.observation_image, image)
+    rt.publish(TP.observation_state, state)
+    rt.spin()
+    assert node.drops.counts == {"no_pose_or_route": 1} and not node.in_episode
+
+
+def test_event_queue_is_bounded_and_counts_what_it_discards():
+    from td3_drive.diagnostics import DropCounter
+    from td3_drive.nodes.common import BridgeWorld
+    from td3_drive.topics import Topics
+
+    rt = LocalRuntime()
+    drops = DropCounter(rt.context("w"))
+    world = BridgeWorld(rt.context("w"), Topics(), drops)
+    limit = BridgeWorld.HISTORY * 20
+    for k in range(limit + 3):  # far-future stamps: never taken by a tick, so they pile up
+        rt.publish(TP.collision, new_message(T.COLLISION, header=header(1e6 + k, "c"), other_actor_id=1))
+    rt.spin()
+    assert drops.counts == {"event_queue_full": 3}
+    assert world.take_events().collision and world.take_events() == world.take_events(until=0.0)

@@ -105,6 +105,10 @@ def test_any_camera_image_publishes_valid_observation_or_counts_a_drop(encoding,
     h.rt.spin()  # must not raise
     published = {topic: msg for topic, msg in h.out if topic in (TP.observation_image, TP.observation_state)}
     event("published" if published else "dropped")  # --hypothesis-show-statistics: both branches run
+    # the oracle: a well-formed image must make an observation (a node that drops everything fails)
+    well_formed = (encoding in VALID_ENCODINGS and height > 0 and width > 0 and step >= width * channels
+                   and len(image.data) >= step * height)
+    assert bool(published) == well_formed, (encoding, height, width, step, len(image.data), h.node.drops.counts)
     if published:
         assert h.node.drops.total == before
         obs, state = published[TP.observation_image], published[TP.observation_state]

@@ -462,3 +462,22 @@ def test_zero_state_dim_memmap_reopen(tmp_path: Path):
     buf.flush()
     again = ReplayBuffer(20, frame_shape=SHAPE, state_dim=0, directory=tmp_path)
     assert len(again) == 1 and again.sample(2).next_obs[0, -1, 0, 1].item() == 1
+
+
+def test_vehicle_replay_samples_each_stream_in_proportion_to_its_size() -> None:
+    """Several vehicles, one batch: a transition of any stream is as likely as any other, so a
+    stream holding three times the transitions fills three times the batch slots."""
+    from td3_drive.replay import VehicleReplay
+
+    replay = VehicleReplay(2, capacity=400, frame_shape=(4, 4), frame_stack=1, state_dim=1, n_step=1, seed=5)
+    frame = np.zeros((4, 4), np.uint8)
+    for stream, count in ((0, 30), (1, 90)):
+        replay.start_episode(stream, frame, np.zeros(1, np.float32))
+        for _ in range(count):  # the action tells the stream apart
+            replay.add(stream, np.full(2, float(stream), np.float32), 0.0, frame, np.zeros(1, np.float32),
+                       False, False)
+    assert len(replay) == 120
+    actions = np.concatenate([replay.sample_arrays(64)["action"][:, 0] for _ in range(200)])
+    assert actions.size == 200 * 64
+    assert abs((actions == 1.0).mean() - 0.75) < 0.02  # 90 / 120
+    assert set(np.unique(actions)) == {0.0, 1.0}

@@ -190,3 +190,16 @@ def test_components_bounded_and_finite_on_random_trajectories() -> None:
 def test_step_before_reset_raises() -> None:
     with pytest.raises(RuntimeError):
         RewardFunction().step(VehiclePose(0, 0, 0, 0), ROUTE)
+
+
+def test_one_terminal_event_per_step_the_most_severe() -> None:
+    """A collision while off the route (and past the goal) ends the episode once, as a collision:
+    one penalty, not two, and the goal bonus never pays for a crash."""
+    cfg = RewardConfig()
+    steps = drive(lambda k: VehiclePose(100.0 + 0.4 * k, 3.0 if k == 5 else 0.0, 0.0, 8.0), 100,
+                  events_at=lambda k: StepEvents(collision=k == 5))
+    last = steps[-1]
+    assert len(steps) == 5 and last.terminated and last.reason == "collision"
+    assert last.components["collision"] == -cfg.collision_penalty and last.components["offroad"] == 0.0
+    steps = drive(lambda k: VehiclePose(396.0 + 0.4 * k, 3.0, 0.0, 8.0), 100)  # off the route at the goal
+    assert steps[0].reason == "off_route" and steps[0].components["goal"] == 0.0

@@ -66,8 +66,12 @@ class Encoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # in-place scaling: `obs.float() / 255` allocates twice and cost 20x more here; but a float32
-        # input is returned as is by `.to`, and must not be divided in the caller's tensor
-        x = obs.to(torch.float32)
+        # input is returned as is by `.to`, and must not be divided in the caller's tensor.  Under
+        # bf16 autocast the pixels go to bf16 at once (0..255 are exact in bf16): the convolution
+        # would cast them anyway, and the fp32 copies of the batch were a fifth of a bf16 update
+        device = obs.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        x = obs.to(dtype)
         x = x.mul(1.0 / 255.0) if x is obs else x.mul_(1.0 / 255.0)
         # the space-to-depth form only pays off when a backward pass follows
         conv1 = strided_conv(x, self.conv1) if torch.is_grad_enabled() else self.conv1(x)
