@@ -341,6 +341,28 @@ def test_waits_for_carla_spawn_objects_instead_of_spawning_a_second_ego():
     assert manager.episode == 1 and world.spawned == []
 
 
+def test_ego_that_carla_spawn_objects_never_spawned_is_spawned_after_the_wait():
+    """carla_spawn_objects exits when its random spawn point is occupied: after spawn_wait_s the
+    manager spawns the ego itself, and a spawn that fails is retried at the next spawn point."""
+    manager, world, log, clock, _ = make(with_ego=False, objects_file=str(OBJECTS), spawn_wait_s=60.0,
+                                         spawn_points=[SpawnPoint(1, 2), SpawnPoint(-40, 2)], retry_interval_s=2.0)
+    manager.service()
+    clock.t += 30
+    manager.service()
+    assert world.spawned == [] and manager.episode == 0  # still inside the wait
+    clock.t += 31
+    blocked = world.try_spawn_actor
+    world.try_spawn_actor = lambda bp, transform, attach_to=None: None  # the spawn point is occupied
+    manager.service()
+    assert manager.episode == 0 and log.has("warning", "not spawned within 60 s")
+    world.try_spawn_actor = blocked
+    clock.t += 3
+    manager.service()
+    assert manager.episode == 1
+    vehicle = world.spawned[0]
+    assert vehicle.attributes["role_name"] == "ego_vehicle" and vehicle.transform.location.x == -40
+
+
 def test_destroyed_ego_is_respawned_with_its_sensors_from_objects_json():
     manager, world, log, clock, pseudo = make(objects_file=str(OBJECTS))
     manager.service()

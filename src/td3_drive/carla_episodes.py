@@ -95,6 +95,9 @@ class EpisodeConfig:
     vehicle_filter: str = "vehicle.tesla.model3"
     #: respawn the ego if it disappears after it was seen (never before: carla_spawn_objects spawns it)
     respawn: bool = True
+    #: wall seconds to wait for carla_spawn_objects' ego before spawning it here (its random spawn point
+    #: can be occupied, and it exits on the failure); spawns that fail are retried at the next point
+    spawn_wait_s: float = 60.0
     #: start an episode only once a route planned after the teleport has arrived; the manager asks for it
     #: by publishing the goal after the first tick at the new place (carla_waypoint_publisher re-plans on
     #: a goal, which takes seconds).  False: the episode starts at the first tick after the teleport
@@ -173,6 +176,7 @@ class CarlaEpisodeManager:
         self._episode_start_time = -math.inf
         self._version_checked = False
         self._seen_ego = False
+        self._waiting_since: float | None = None  # wall time of the first reset that found no ego
 
     # ------------------------------------------------------------------ inputs
     def request_reset(self, reason: str, stamp_s: float | None = None) -> bool:
@@ -355,12 +359,20 @@ class CarlaEpisodeManager:
         try:
             ego = self.find_ego()
             transform = self.next_spawn_point()
-            if ego is None and not (self._seen_ego and self.config.respawn):
-                # carla_spawn_objects has not spawned it yet: spawning one here would make two
-                self._log.info(f"waiting for the ego vehicle {self.config.role_name!r} to be spawned")
+            if ego is None and not self._seen_ego:
+                now = self._clock()
+                self._waiting_since = now if self._waiting_since is None else self._waiting_since
+                if not self.config.respawn or now - self._waiting_since < self.config.spawn_wait_s:
+                    # carla_spawn_objects has not spawned it yet: spawning one here would make two
+                    self._log.info(f"waiting for the ego vehicle {self.config.role_name!r} to be spawned")
+                    return False
+            if ego is None and not self.config.respawn:
+                self._log.warning(f"ego vehicle {self.config.role_name!r} is gone and respawn is off")
                 return False
             if ego is None:
-                self._log.warning(f"ego vehicle {self.config.role_name!r} was destroyed: respawning it")
+                self._log.warning(f"ego vehicle {self.config.role_name!r} "
+                                  + ("was destroyed" if self._seen_ego else
+                                     f"not spawned within {self.config.spawn_wait_s:.0f} s") + ": spawning it")
                 ego = self._respawn(transform)
                 if ego is None:
                     return False

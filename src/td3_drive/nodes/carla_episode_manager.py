@@ -46,6 +46,7 @@ class CarlaEpisodeManagerNode:
             retry_interval_s=p("retry_interval_s", 2.0, "wait between reconnect / reset retries (wall s)"),
             objects_file=p("objects_definition_file", "", "carla_spawn_objects JSON, for respawning the ego"),
             respawn=p("respawn", True, "respawn the ego (and sensors) if it was destroyed"),
+            spawn_wait_s=p("spawn_wait_s", 60.0, "wall s to wait for carla_spawn_objects' ego before spawning it"),
             wait_for_route=p("wait_for_route", True, "start an episode at the first route planned after the "
                              "teleport (false: at the first tick after it)"),
             route_timeout_s=p("route_timeout_s", 30.0, "wall s to wait for that route before resetting again"),
