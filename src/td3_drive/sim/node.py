@@ -8,9 +8,11 @@ ticks exactly once per control command received, then publishes that tick.  A
 
 Within one tick we publish /clock first (LocalRuntime takes its time from it, as
 use_sim_time nodes do), then status, route and episode start, then the vehicle
-topics, and the camera last: the local runtime delivers in FIFO order, so a node
-triggered by the camera has already received everything else of that tick.
-With real DDS there is no such order; nodes match messages by their equal stamps.
+topics in ``publish_order``: "bridge" (the default) sends the sensors (collision,
+lane invasion, camera) before the pseudo-sensors (odometry, speedometer, vehicle
+status), as carla-ros-bridge does; "camera_last" the other way.  Nodes pair the
+camera with the odometry of its own stamp, so both orders give the same run; with
+real DDS there is no order at all, and the stamps are what match messages.
 """
 from __future__ import annotations
 
