@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "vehicles": args.vehicles, "env_steps_per_s": round((trainer.env_steps - start_steps) / wall, 2),
         "rollbacks": trainer.rollbacks,
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
-        "skipped_updates": trainer.learner.health.total_skipped, "drops": _drops(graph),
+        "skipped_updates": trainer.learner.health.total_skipped, "drops": graph.drop_counts(),
     }
     if args.eval_episodes > 0:
         summary["eval"] = _final_evaluation(run_dir, args)
@@ -171,11 +171,6 @@ def _fresh_bag_path(run_dir: Path) -> Path:
 
 def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 3) if values else None
-
-
-def _drops(graph: embedded.EmbeddedGraph) -> dict[str, dict[str, int]]:
-    return {name: dict(node.drops.counts) for name, node in graph.nodes.items()
-            if hasattr(node, "drops") and hasattr(node.drops, "counts") and node.drops.counts}
 
 
 def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:

@@ -179,7 +179,7 @@ def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | No
     return EvalResult(agent, rows, summarize(evaluator.episodes) if evaluator.episodes else None, graph.sim.ticks,
                       graph.sim.ticks >= max_ticks, round(time.perf_counter() - start, 2),
                       {"controller": controller, "checkpoint": str(checkpoint) if checkpoint else None,
-                       "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": cli._drops(graph),
+                       "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": graph.drop_counts(),
                        "protocol": asdict(protocol),
                        **({"video": str(video), "video_frames": recorder.frames_written} if recorder else {})})
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 if TYPE_CHECKING:
     from td3_drive.evaluation import EvalResult, Preset

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from td3_drive import topics as T
 from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.runtime import messages
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext, yaw_quaternion
 from td3_drive.topics import Topics
 
 SPAWN_OBJECT_SERVICE = "/carla/spawn_object"
@@ -98,9 +98,9 @@ class CarlaEpisodeManagerNode:
 
     def _publish_goal(self, goal: SpawnPoint, sim_time: float) -> None:
         new = self.ctx.new
-        yaw = math.radians(goal.yaw)  # roll and pitch of a goal do not matter to the planner
         pose = new("geometry_msgs/msg/Pose", position=new("geometry_msgs/msg/Point", x=goal.x, y=goal.y, z=goal.z),
-                   orientation=new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
+                   # roll and pitch of a goal do not matter to the planner
+                   orientation=yaw_quaternion(self.ctx, math.radians(goal.yaw)))
         header = new(T.HEADER, stamp=messages.stamp(sim_time), frame_id="map")
         self._goal_pub.publish(new(T.POSE_STAMPED, header=header, pose=pose))
 

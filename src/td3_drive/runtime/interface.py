@@ -7,6 +7,8 @@ in-process (lockstep, deterministic); ``runtime.ros`` implements it with rclpy.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -78,6 +80,11 @@ def stamp(ctx: NodeContext, seconds: float) -> Any:
     """builtin_interfaces/Time for ``seconds``, built through the context (works on both runtimes)."""
     sec, nanosec = split_seconds(seconds)
     return ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
+
+
+def yaw_quaternion(ctx: NodeContext, yaw: float) -> Any:
+    """geometry_msgs/Quaternion of a rotation by ``yaw`` (rad) about z, built through the context."""
+    return ctx.new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
 
 
 def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str, defaults: Any = None) -> Any:

@@ -22,8 +22,9 @@ def internal_key(yaml_key: str) -> str:
     """A YAML node key as td3_drive keys it: ``/**/policy`` -> ``policy``; anything else stays a
     fully qualified pattern with its leading ``/`` (``policy`` -> ``/policy``, as rclpy reads it)."""
     key = str(yaml_key)
-    if key.startswith(ANY_NAMESPACE) and "*" not in key[len(ANY_NAMESPACE):] and "/" not in key[len(ANY_NAMESPACE):]:
-        return key[len(ANY_NAMESPACE):]
+    name = key[len(ANY_NAMESPACE):]
+    if key.startswith(ANY_NAMESPACE) and name and not {"*", "/"} & set(name):
+        return name
     return key if key.startswith("/") else "/" + key
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from td3_drive import topics as T
 from td3_drive.diagnostics import DropCounter
 from td3_drive.nodes.common import declare_topics
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 
 _PARAMETER_DOCS = {
@@ -51,9 +51,6 @@ _PARAMETER_DOCS = {
 }
 PUBLISH_ORDERS = ("bridge", "camera_last")
 
-
-def _quaternion(ctx: NodeContext, yaw: float) -> Any:
-    return ctx.new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
 
 
 class SimulatorNode:
@@ -216,7 +213,7 @@ class SimulatorNode:
     def _publish_pseudo_sensors(self, frame: SimFrame, header: Callable[[str], Any]) -> None:
         """Odometry, speedometer, vehicle status: the bridge computes these itself."""
         ctx = self.ctx
-        q = _quaternion(ctx, frame.yaw)
+        q = yaw_quaternion(ctx, frame.yaw)
         c, s = math.cos(frame.yaw), math.sin(frame.yaw)
         position = ctx.new("geometry_msgs/msg/Point", x=frame.x, y=frame.y)
         # twist in the child (vehicle) frame, as nav_msgs/Odometry specifies
@@ -279,7 +276,7 @@ class SimulatorNode:
                 "geometry_msgs/msg/PoseStamped", header=path_header,
                 pose=ctx.new(
                     "geometry_msgs/msg/Pose", position=ctx.new("geometry_msgs/msg/Point", x=float(x), y=float(y)),
-                    orientation=_quaternion(ctx, float(yaw)),
+                    orientation=yaw_quaternion(ctx, float(yaw)),
                 ),
             )
             for (x, y), yaw in zip(points, yaws)
