@@ -248,3 +248,37 @@ def test_disk_replay_newer_than_the_checkpoint_is_kept_and_reported(tmp_path: Pa
     assert any("not an exact resume" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="needs checkpoint_replay"):
         _drive_episode(tmp_path / "x", 0, replay_on_disk=True, checkpoint_episodes=1)
+
+
+# ------------------------------------------------------------------ non-finite outputs are never passed on
+def test_non_finite_features_are_counted_not_published() -> None:
+    """A finite action from non-finite features still drives; the features are not published."""
+    from td3_drive.nodes.policy import PolicyNode
+
+    rt = LocalRuntime({"policy": {"device": "cpu", "backend": "torch", "explore": False}})
+    node = PolicyNode(rt.context("policy"))
+    published: dict[str, int] = {}
+    rt.add_tap(lambda topic, type_name, msg, t: published.__setitem__(topic, published.get(topic, 0) + 1))
+    features = [np.full(512, np.nan, np.float32), np.ones(512, np.float32)]
+    node.runner = lambda obs, state: (np.array([0.1, 0.3], np.float32), features.pop(0))
+    for t in (1.0, 1.05):
+        _clock(rt, t)
+        _observation(rt, t)
+        rt.spin()
+    assert node.drops.counts == {"non_finite_features": 1}
+    assert published[TP.control] == 2 and published[TP.features("actor", "l2_norm")] == 1
+
+
+def test_a_poisoned_learner_is_neither_checkpointed_nor_exported(tmp_path: Path) -> None:
+    rt, node = _trainer(tmp_path)
+    node.checkpoint_every = 10
+    weights: list = []
+    rt.add_tap(lambda topic, type_name, msg, t: weights.append(msg) if topic == TP.actor_weights else None)
+    with torch.no_grad():
+        node.learner.actor_head.net[0].weight[0, 0] = float("nan")
+    node.env_steps = 10  # a checkpoint is due
+    node._learn_and_checkpoint()
+    node.publish_weights()
+    rt.spin()
+    assert node.drops.counts == {"checkpoint_skipped_non_finite": 1, "weights_not_exported_non_finite": 1}
+    assert node.checkpointer.latest() is None and weights == []

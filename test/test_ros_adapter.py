@@ -1,11 +1,11 @@
 """RosContext: the rclpy adapter.
 
 Two layers of tests:
-* against a small fake of the documented rclpy API (``rclpy.qos``,
-  ``rclpy.node.Node`` methods, ``rcl_interfaces.msg``, rosidl-generated
-  message classes with their type-asserting setters), so the adapter's own
-  logic -- QoS mapping, message conversion both ways, parameter typing,
-  callback groups, shutdown -- is tested on every machine;
+* against ``fake_rclpy`` (this folder), a fake of the rclpy API as strict as
+  rclpy where we depend on it (rosidl's type-asserting setters, element-typed
+  parameters, a threaded executor), so the adapter's own logic -- QoS mapping,
+  message conversion both ways, parameter typing, callback groups, shutdown --
+  is tested on every machine;
 * against real rclpy, skipped where ROS 2 is not installed.
 """
 from __future__ import annotations
@@ -22,280 +22,7 @@ from td3_drive import topics as T
 from td3_drive.runtime import messages
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, QoS
 
-# --------------------------------------------------------------------------- fake rosidl messages
-_ROSIDL_NAMES = {"bool": "boolean", "byte": "octet", "char": "uint8", "float32": "float", "float64": "double"}
-_INT_RANGES = {
-    "int8": (-(2**7), 2**7), "uint8": (0, 2**8), "int16": (-(2**15), 2**15), "uint16": (0, 2**16),
-    "int32": (-(2**31), 2**31), "uint32": (0, 2**32), "int64": (-(2**63), 2**63), "uint64": (0, 2**64),
-}
-_TYPECODE = {"float": "f", "double": "d", "int8": "b", "uint8": "B", "int16": "h", "uint16": "H",
-             "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q"}
-_NP = {"float": np.float32, "double": np.float64, "int8": np.int8, "uint8": np.uint8, "int16": np.int16,
-       "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64}
-
-
-def _rosidl_type(node: tuple) -> str:
-    from rosbags.typesys.base import Nodetype
-
-    kind, detail = node
-    if kind == Nodetype.BASE:
-        return _ROSIDL_NAMES.get(detail[0], detail[0])
-    if kind == Nodetype.NAME:
-        pkg, _, name = detail.split("/")
-        return f"{pkg}/{name}"
-    element, length = detail
-    inner = _rosidl_type(element)
-    return f"{inner}[{length}]" if kind == Nodetype.ARRAY else f"sequence<{inner}>"
-
-
-class FakeRosidl:
-    """Message classes shaped like rosidl_generator_py output, built from the rosbags definitions."""
-
-    def __init__(self) -> None:
-        self.classes: dict[str, type] = {}
-
-    def cls(self, type_name: str) -> type:
-        name = messages.normalize_type_name(type_name)
-        if name not in self.classes:
-            _, field_defs = messages.typestore().fielddefs[name]
-            fields = {f: _rosidl_type(node) for f, node in field_defs}
-            self.classes[name] = self._make(name, fields)
-        return self.classes[name]
-
-    def _make(self, name: str, fields: dict[str, str]) -> type:
-        fake = self
-
-        def __init__(self, **kwargs):
-            for f, t in fields.items():
-                object.__setattr__(self, "_" + f, fake.default(t))
-            for k, v in kwargs.items():
-                setattr(self, k, v)
-
-        body: dict[str, Any] = {"__init__": __init__, "_fields_and_field_types": dict(fields), "__slots__": ()}
-        body["get_fields_and_field_types"] = classmethod(lambda cls: dict(cls._fields_and_field_types))
-        for f, t in fields.items():
-            body[f] = property(
-                (lambda f: lambda self: object.__getattribute__(self, "_" + f))(f),
-                (lambda f, t: lambda self, v: object.__setattr__(self, "_" + f, fake.check(t, v)))(f, t),
-            )
-        cls = type(name.split("/")[-1], (), {k: v for k, v in body.items() if k != "__slots__"})
-        cls.__module__ = name.split("/")[0] + ".msg"
-        return cls
-
-    def default(self, t: str) -> Any:
-        if t.startswith("sequence<"):
-            inner = t[9:-1]
-            return array.array(_TYPECODE[inner]) if inner in _TYPECODE else []
-        if t.endswith("]"):
-            inner, n = t[:-1].split("[")
-            return np.zeros(int(n), _NP[inner]) if inner in _NP else [self.default(inner) for _ in range(int(n))]
-        if "/" in t:
-            pkg, name = t.split("/")
-            return self.cls(f"{pkg}/msg/{name}")()
-        return {"boolean": False, "string": "", "float": 0.0, "double": 0.0, "octet": b"\x00"}.get(t, 0)
-
-    def check(self, t: str, v: Any) -> Any:
-        """The asserts rosidl's generated setters make (they raise AssertionError)."""
-        if t.startswith("sequence<"):
-            inner = t[9:-1]
-            if inner in _TYPECODE:
-                if isinstance(v, array.array):
-                    assert v.typecode == _TYPECODE[inner], f"typecode {v.typecode} for {t}"
-                    return v
-                assert not isinstance(v, np.ndarray), f"{t}: rosidl rejects numpy arrays for sequences"
-                return array.array(_TYPECODE[inner], [self.check(inner, x) for x in v])
-            assert isinstance(v, list), f"{t} expects a list"
-            return [self.check(inner, x) for x in v]
-        if t.endswith("]"):
-            inner, n = t[:-1].split("[")
-            if inner in _NP:
-                if isinstance(v, np.ndarray):
-                    assert v.dtype == _NP[inner] and v.size == int(n), f"{t}: dtype/size"
-                    return v
-                assert len(v) == int(n)
-                return np.array(v, dtype=_NP[inner])
-            assert len(v) == int(n)
-            return [self.check(inner, x) for x in v]
-        if "/" in t:
-            pkg, name = t.split("/")
-            assert isinstance(v, self.cls(f"{pkg}/msg/{name}")), f"{t} expects its message class, got {type(v)}"
-            return v
-        if t == "boolean":
-            assert isinstance(v, bool), f"{t}: {v!r}"
-        elif t in ("float", "double"):
-            assert isinstance(v, float), f"{t} needs a Python float, got {type(v).__name__}"
-        elif t in _INT_RANGES:
-            assert isinstance(v, int) and not isinstance(v, bool), f"{t}: {v!r}"
-            lo, hi = _INT_RANGES[t]
-            assert lo <= v < hi
-        elif t == "string":
-            assert isinstance(v, str)
-        return v
-
-
-# --------------------------------------------------------------------------- fake rclpy
-class InvalidParameterTypeException(Exception):
-    pass
-
-
-class ExternalShutdownException(Exception):
-    pass
-
-
-class _Enum:
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
-def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: BaseException | None = None):
-    """Insert fake rclpy / rcl_interfaces modules; returns a namespace recording what happened."""
-    rec = types.SimpleNamespace(nodes=[], executors=[], shutdowns=0, inits=0)
-
-    class QoSProfile:
-        def __init__(self, **kw):
-            assert "history" in kw and "depth" in kw
-            self.__dict__.update(kw)
-
-    qos = types.ModuleType("rclpy.qos")
-    qos.QoSProfile = QoSProfile
-    qos.HistoryPolicy = _Enum(KEEP_LAST="KEEP_LAST", KEEP_ALL="KEEP_ALL")
-    qos.ReliabilityPolicy = _Enum(RELIABLE="RELIABLE", BEST_EFFORT="BEST_EFFORT")
-    qos.DurabilityPolicy = _Enum(VOLATILE="VOLATILE", TRANSIENT_LOCAL="TRANSIENT_LOCAL")
-
-    groups = types.ModuleType("rclpy.callback_groups")
-
-    class MutuallyExclusiveCallbackGroup:
-        pass
-
-    groups.MutuallyExclusiveCallbackGroup = MutuallyExclusiveCallbackGroup
-
-    clock_mod = types.ModuleType("rclpy.clock")
-
-    class Clock:
-        def __init__(self, *, clock_type="ROS_TIME"):
-            self.clock_type = clock_type
-
-    clock_mod.Clock = Clock
-    clock_mod.ClockType = _Enum(ROS_TIME="ROS_TIME", STEADY_TIME="STEADY_TIME", SYSTEM_TIME="SYSTEM_TIME")
-
-    class ParameterDescriptor:
-        def __init__(self, description="", type=0, dynamic_typing=False):
-            self.description, self.type, self.dynamic_typing = description, type, dynamic_typing
-
-    rcl_msg = types.ModuleType("rcl_interfaces.msg")
-    rcl_msg.ParameterDescriptor = ParameterDescriptor
-    rcl_msg.ParameterType = _Enum(
-        PARAMETER_NOT_SET=0, PARAMETER_BOOL=1, PARAMETER_INTEGER=2, PARAMETER_DOUBLE=3, PARAMETER_STRING=4,
-        PARAMETER_BYTE_ARRAY=5, PARAMETER_BOOL_ARRAY=6, PARAMETER_INTEGER_ARRAY=7, PARAMETER_DOUBLE_ARRAY=8,
-        PARAMETER_STRING_ARRAY=9,
-    )
-    given = dict(overrides or {})
-
-    class Node:
-        def __init__(self, name):
-            self.name = name
-            self.publishers, self.subscriptions, self.timers = [], [], []
-            self.params: dict[str, Any] = {}
-            self.descriptors: dict[str, Any] = {}
-            self.destroyed = False
-            self.ns = 1_500_000_000
-            self.log = []
-            rec.nodes.append(self)
-
-        def get_name(self):
-            return self.name
-
-        def get_logger(self):
-            node = self
-
-            class L:
-                def debug(self, m): node.log.append(("debug", m))
-                def info(self, m): node.log.append(("info", m))
-                def warning(self, m): node.log.append(("warning", m))
-                def error(self, m): node.log.append(("error", m))
-
-            return L()
-
-        def create_publisher(self, msg_type, topic, qos_profile):
-            pub = types.SimpleNamespace(msg_type=msg_type, topic=topic, qos=qos_profile, sent=[])
-            pub.publish = lambda m: (isinstance(m, msg_type) or pytest.fail(f"{topic}: wrong class {type(m)}"),
-                                     pub.sent.append(m))
-            self.publishers.append(pub)
-            return pub
-
-        def create_subscription(self, msg_type, topic, callback, qos_profile, *, callback_group=None):
-            sub = types.SimpleNamespace(msg_type=msg_type, topic=topic, callback=callback, qos=qos_profile,
-                                        group=callback_group)
-            self.subscriptions.append(sub)
-            return sub
-
-        def create_timer(self, period, callback, callback_group=None, clock=None):
-            timer = types.SimpleNamespace(period=period, callback=callback, group=callback_group, clock=clock)
-            self.timers.append(timer)
-            return timer
-
-        def declare_parameter(self, name, value=None, descriptor=None, ignore_override=False):
-            assert name not in self.params, f"{name} declared twice"
-            v = given.get(name, value)
-
-            def kind(x):  # rclpy compares Parameter.Type, under which list, tuple and array.array are one
-                return "array" if isinstance(x, (list, tuple, array.array)) else type(x)
-
-            if not descriptor.dynamic_typing and v is not None and value is not None and kind(v) != kind(value):
-                raise InvalidParameterTypeException(f"{name}: {type(value).__name__} expected")
-            self.params[name], self.descriptors[name] = v, descriptor
-
-        def get_parameter(self, name):
-            return types.SimpleNamespace(value=self.params[name])
-
-        def get_clock(self):
-            return types.SimpleNamespace(now=lambda: types.SimpleNamespace(nanoseconds=self.ns))
-
-        def destroy_node(self):
-            self.destroyed = True
-
-    node_mod = types.ModuleType("rclpy.node")
-    node_mod.Node = Node
-
-    class MultiThreadedExecutor:
-        def __init__(self, num_threads=None, *, context=None):
-            self.nodes, self.shut = [], False
-            rec.executors.append(self)
-
-        def add_node(self, node):
-            self.nodes.append(node)
-
-        def spin(self):
-            if spin_raises is not None:
-                raise spin_raises
-
-        def shutdown(self, timeout_sec=None):
-            self.shut = True
-
-    executors = types.ModuleType("rclpy.executors")
-    executors.MultiThreadedExecutor = MultiThreadedExecutor
-    executors.ExternalShutdownException = ExternalShutdownException
-
-    rclpy = types.ModuleType("rclpy")
-
-    def init(args=None):
-        rec.inits += 1
-
-    def try_shutdown():
-        rec.shutdowns += 1
-
-    rclpy.init, rclpy.try_shutdown = init, try_shutdown
-    rclpy.qos, rclpy.node, rclpy.executors, rclpy.clock, rclpy.callback_groups = (
-        qos, node_mod, executors, clock_mod, groups)
-    rcl = types.ModuleType("rcl_interfaces")
-    rcl.msg = rcl_msg
-    for name, mod in {
-        "rclpy": rclpy, "rclpy.qos": qos, "rclpy.node": node_mod, "rclpy.executors": executors,
-        "rclpy.clock": clock_mod, "rclpy.callback_groups": groups, "rcl_interfaces": rcl,
-        "rcl_interfaces.msg": rcl_msg,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    return rec
+from fake_rclpy import ExternalShutdownException, FakeRosidl, install_fake_rclpy
 
 
 @pytest.fixture
@@ -514,7 +241,7 @@ def test_parameters_typed_by_default_and_described(monkeypatch):
 
     install_fake_rclpy(monkeypatch, overrides={
         "lr": 1, "batch": 128, "device": "cuda", "names": array.array("d", [1.0, 2.0]), "flag": "yes",
-        "count": 2.5,
+        "count": 2.5, "roles": [1, 2], "gains": [1, 2], "widths": [256.0, 256.0],
     })
     node = sys.modules["rclpy.node"].Node("trainer")
     ctx = ros.RosContext(node, converter=ros.MessageConverter(FakeRosidl().cls))
@@ -530,6 +257,13 @@ def test_parameters_typed_by_default_and_described(monkeypatch):
         ctx.parameter("flag", True)
     with pytest.raises(Exception, match="count"):
         ctx.parameter("count", 1)  # a float for an integer parameter is an error, as in rclpy
+    # arrays are typed by their elements (rclpy's Parameter.Type.from_parameter_value)
+    with pytest.raises(Exception, match="roles.*INTEGER_ARRAY.*STRING_ARRAY") as raised:
+        ctx.parameter("roles", ["hero"])
+    assert type(raised.value).__name__ == "InvalidParameterTypeException"
+    assert ctx.parameter("gains", [0.5]) == [1.0, 2.0]  # YAML [1, 2] for floats: accepted, like 1 for 1.0
+    with pytest.raises(Exception, match="widths"):
+        ctx.parameter("widths", (64, 64))  # floats for an integer array: refused, like 2.5 for 1
 
 
 def test_parameter_type_inference(fake):

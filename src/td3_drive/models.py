@@ -32,8 +32,9 @@ def strided_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     a (k/r) x (k/r) stride-1 convolution over r*r-times more channels.  Same
     parameters, same result up to float rounding, but oneDNN's backward pass for
     the stride-4 8x8 first layer is ~6x slower than for the equivalent 2x2 one on
-    CPU, and that layer dominated the whole TD3 update.  (Its forward pass is
-    slower, so it is used only when gradients are needed.)
+    CPU in fp32, and that layer dominated the whole TD3 update.  (Its forward pass
+    is slower, so it is used only when gradients are needed, and not in bf16,
+    where oneDNN's stride-4 backward is fast and the space-to-depth copy is not.)
     """
     r = conv.stride[0]
     k = conv.kernel_size[0]
@@ -73,8 +74,10 @@ class Encoder(nn.Module):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
         x = obs.to(dtype)
         x = x.mul(1.0 / 255.0) if x is obs else x.mul_(1.0 / 255.0)
-        # the space-to-depth form only pays off when a backward pass follows
-        conv1 = strided_conv(x, self.conv1) if torch.is_grad_enabled() else self.conv1(x)
+        # the space-to-depth form only pays off in fp32 when a backward pass follows; oneDNN's bf16
+        # stride-4 backward is fast, and there the extra copy made the first layer ~1.8x slower
+        s2d = torch.is_grad_enabled() and dtype == torch.float32
+        conv1 = strided_conv(x, self.conv1) if s2d else self.conv1(x)
         x = F.leaky_relu(self.ln1(conv1), LEAKY_SLOPE)
         x = F.leaky_relu(self.ln2(self.conv2(x)), LEAKY_SLOPE)
         x = F.leaky_relu(self.ln3(self.conv3(x)), LEAKY_SLOPE)

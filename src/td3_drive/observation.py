@@ -284,15 +284,6 @@ def route_from_path(msg: Any) -> np.ndarray:
     if len(poses) == 0:
         raise InvalidMessage("empty_route", "Path has no poses")
     route = np.array([(ps.pose.position.x, ps.pose.position.y) for ps in poses], dtype=np.float64)
-    return _validate_route(route)
-
-
-def _validate_route(route: np.ndarray) -> np.ndarray:
-    route = np.asarray(route, dtype=np.float64)
-    if route.ndim != 2 or route.shape[1] != 2:
-        raise InvalidMessage("bad_route_shape", f"route shape {route.shape}, expected (N, 2)")
-    if len(route) == 0:
-        raise InvalidMessage("empty_route", "route has no points")
     if not np.isfinite(route).all():
         raise InvalidMessage("non_finite", "route has NaN/Inf")
     keep = np.ones(len(route), dtype=bool)
