@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(PY) -m td3_drive.bench policy
 	$(PY) -m td3_drive.bench replay
 
-# mutation testing of learner, replay, reward, transitions and control (~1 h on 2 cores; not in CI);
+# mutation testing of learner, replay, reward, transitions and control (~40 min on 2 cores; not in CI);
 # the summary (killed / survived / timeouts) is printed last and kept in mutants/mutmut-cicd-stats.json
 mutation: $(STAMP)
 	$(PY) -m pip install -q mutmut==3.8.1

@@ -73,3 +73,39 @@ def test_control_to_action_validates(fields, reason: str) -> None:
     with pytest.raises(InvalidMessage) as info:
         control_to_action(new_message(CONTROL, **fields))
     assert info.value.reason == reason
+
+
+TOL = 1e-6  # control._TOLERANCE: float32 rounding of a value computed at the limit
+
+
+@pytest.mark.parametrize("steer,throttle,brake,action", [
+    (1.0, 1.0, 0.0, (1.0, 1.0)),  # the limits themselves are valid
+    (-1.0, 0.0, 1.0, (-1.0, -1.0)),
+    (1.0 + TOL / 2, 1.0 + TOL / 2, 0.0, (1.0, 1.0)),  # a hair over: accepted, clipped back
+    (1.0 + TOL, 1.0 + TOL, 1.0 + TOL, (1.0, 0.0)),  # the tolerance itself is in
+    (0.0, -TOL, -TOL, (0.0, 0.0)),
+    (-1.0 - TOL / 2, -TOL / 2, 1.0 + TOL / 2, (-1.0, -1.0)),
+])
+def test_control_to_action_at_the_limits(steer, throttle, brake, action) -> None:
+    out = control_to_action({"steer": steer, "throttle": throttle, "brake": brake})
+    assert out.dtype == np.float32 and out.tolist() == list(action)
+
+
+@pytest.mark.parametrize("fields", [
+    {"steer": -1.0 - 2 * TOL, "throttle": 0.0, "brake": 0.0},
+    {"steer": 0.0, "throttle": 1.0 + 2 * TOL, "brake": 0.0},
+    {"steer": 0.0, "throttle": -2 * TOL, "brake": 0.0},
+    {"steer": 0.0, "throttle": 0.0, "brake": 1.0 + 2 * TOL},
+    {"steer": 0.0, "throttle": 0.0, "brake": -2 * TOL},
+])
+def test_control_to_action_refuses_beyond_the_tolerance(fields) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        control_to_action(fields)
+    assert info.value.reason == "control_out_of_range"
+
+
+def test_action_of_any_shape_with_two_values() -> None:
+    """The policy's (1, 2) batch of one is one action; its dtype does not matter."""
+    for action in (np.array([[0.25, -0.5]], np.float32), [0.25, -0.5], np.array([0.25, -0.5], np.float64)):
+        fields, valid = action_to_control_fields(action)
+        assert valid and fields == {"steer": 0.25, "throttle": 0.0, "brake": 0.5}

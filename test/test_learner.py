@@ -34,6 +34,9 @@ def test_target_policy_smoothing_hand_computed():
     noise = torch.tensor([[0.7, -0.1], [-0.3, 0.5]])
     out = smoothed_target_action(pi, noise, noise_clip=0.5)
     assert torch.allclose(out, torch.tensor([[1.0, -0.3], [-1.0, 0.5]]))
+    # the noise is clipped on both sides before the action is
+    pi, noise = torch.zeros(1, 2), torch.tensor([[-3.0, 3.0]])
+    assert torch.equal(smoothed_target_action(pi, noise, noise_clip=0.5), torch.tensor([[-0.5, 0.5]]))
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared"])
@@ -257,9 +260,199 @@ def test_precision_runs_the_update_in_bf16_autocast(precision, expected, small_b
     learner = Learner(LearnerConfig(encoder_mode="shared", precision=precision))
     assert learner.bf16 is expected
     before = [p.detach().clone() for p in learner.critic_heads.parameters()]
+    dtypes: list[torch.dtype] = []
+    learner.critic_heads.qs[0][0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     metrics = learner.update(small_batch)
+    assert set(dtypes) == {torch.bfloat16 if expected else torch.float32}
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert all(p.dtype == torch.float32 for p in learner.critic_heads.parameters())  # weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.critic_heads.parameters()))
     with pytest.raises(ValueError):
         LearnerConfig(precision="fp8")
+
+
+def test_health_counts_consecutive_bad_updates_and_a_good_one_resets_them(small_batch):
+    from td3_drive.bench import random_batch
+
+    learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
+    small_batch.reward[0] = float("nan")
+    learner.update(small_batch)
+    learner.update(small_batch)
+    assert learner.health.skipped == {"critic_nonfinite_loss_or_features": 2}
+    assert learner.health.consecutive_bad == 2 and learner.health.total_skipped == 2
+    learner.update(random_batch(8, "cpu", seed=2))
+    assert learner.health.consecutive_bad == 0 and learner.health.total_skipped == 2
+
+
+def test_actor_clipping_acts_on_the_actor_gradient(small_batch):
+    learner = Learner(LearnerConfig(max_grad_norm_critic=None, max_grad_norm_actor=1e-6, policy_freq=1), seed=0)
+    m = learner.update(small_batch)
+    assert m["grad/actor_norm_before_clip"] > 1e-6
+    assert m["grad/actor_norm_after_clip"] == pytest.approx(1e-6, rel=1e-3)  # clip_grad_norm_ adds 1e-6 to the norm
+    assert m["grad/critic_norm_after_clip"] == m["grad/critic_norm_before_clip"]
+
+
+def test_action_penalty_pulls_the_pre_tanh_action_towards_zero(small_batch):
+    """With a flat critic (Q constant) the actor loss is the penalty alone: one step shrinks |pre-tanh|
+    on both sides of zero, and more with a larger weight."""
+    def shrink(action_penalty: float) -> float:
+        learner = Learner(LearnerConfig(encoder_mode="shared", policy_freq=1, action_penalty=action_penalty,
+                                        lr_mlp=1e-2), seed=0)
+        with torch.no_grad():
+            for q in learner.critic_heads.qs:
+                q[-1].weight.zero_()
+            learner.actor_head.net[-1].bias.copy_(torch.tensor([2.0, -2.0]))  # both signs
+        features = learner.critic_encoder(small_batch.obs).detach()
+
+        def pre_tanh() -> torch.Tensor:
+            return learner.actor_head.pre_tanh(features, small_batch.state).detach()
+
+        before = pre_tanh()
+        learner.update(small_batch)
+        after = pre_tanh()
+        assert ((after.abs() < before.abs()) | (before.abs() < 1e-3)).float().mean() > 0.95
+        return float((before.abs() - after.abs()).mean())
+
+    assert shrink(1.0) > shrink(0.01) > 0
+
+
+def test_augmentation_shifts_both_observations_of_the_update(small_batch, monkeypatch):
+    from td3_drive import learner as learner_module
+
+    seen: list[torch.Tensor] = []
+
+    def recording_shift(obs, pad, generator):
+        seen.append(obs)
+        out = random_shift(obs, pad, generator)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(learner_module, "random_shift", recording_shift)
+    learner = Learner(LearnerConfig(encoder_mode="shared", augment=True, augment_pad=2), seed=0)
+    metrics = learner.update(small_batch)
+    assert len(seen) == 4 and torch.equal(seen[0], small_batch.obs) and torch.equal(seen[2], small_batch.next_obs)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+
+
+def test_random_shift_covers_every_offset_reproducibly():
+    obs = torch.arange(84, dtype=torch.uint8).repeat(512, 1, 84, 1)  # pixel value = column
+    shifts = random_shift(obs, 4, torch.Generator().manual_seed(3))[:, 0, 42, 42].long() - 42
+    assert set(shifts.tolist()) == set(range(-4, 5)), "offsets 0..2*pad of the padded image, each reachable"
+    again = random_shift(obs, 4, torch.Generator().manual_seed(3))[:, 0, 42, 42].long() - 42
+    assert torch.equal(shifts, again)
+    # replicate padding: the edge column repeats (zero padding would bring in 0)
+    edge = random_shift(obs[:64] + 10, 4, torch.Generator().manual_seed(0))
+    assert int(edge.min()) == 10 and int(edge.max()) == 93
+
+
+def test_actor_architecture_builds_the_learners_actor():
+    from td3_drive.models import build_actor
+
+    learner = Learner(LearnerConfig(encoder_mode="shared", trunk_dim=24, hidden=(64,), layer_norm=False))
+    architecture = learner.config.actor_architecture()
+    assert set(architecture) == {"frame_stack", "state_dim", "action_dim", "layer_norm", "hidden", "feature_dim",
+                                 "trunk_dim"}
+    built = build_actor(architecture)
+    exported = learner.actor()
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in exported.state_dict().items()}
+    built.load_state_dict(exported.state_dict())
+    obs, state = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8), torch.randn(3, 53)
+    with torch.no_grad():
+        assert torch.equal(built(obs, state), exported(obs, state))
+        assert torch.equal(exported(obs, state), learner.act(obs, state))
+
+
+def test_update_metrics_have_the_logged_names(small_batch):
+    learner = Learner(LearnerConfig(encoder_mode="shared", policy_freq=1), seed=0)
+    metrics = learner.update(small_batch)
+    assert {"train/critic_loss", "q/q1", "q/target", "train/actor_loss", "q/actor_q", "train/action_abs_mean",
+            "train/action_saturated_fraction"} <= set(metrics)
+
+
+def test_config_round_trips_and_refuses_unknown_keys():
+    config = LearnerConfig(algo="td3", hidden=(64, 32), tau=0.01, precision="bf16")
+    values = config.to_dict()
+    assert values["hidden"] == [64, 32] and values["tau"] == 0.01
+    assert LearnerConfig.from_dict(values) == config
+    with pytest.raises(ValueError, match="taux"):
+        LearnerConfig.from_dict({**values, "taux": 0.1})
+    ddpg = LearnerConfig.from_dict({"algo": "ddpg"})
+    assert (ddpg.num_q, ddpg.policy_noise, ddpg.noise_clip, ddpg.policy_freq) == (1, 0.0, 0.0, 1)
+
+
+def test_auto_precision_follows_the_hardware():
+    from td3_drive.learner import native_bf16
+
+    cpu_native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bf16(torch.device("cpu")) is cpu_native
+    assert native_bf16(torch.device("meta")) is False
+    assert Learner(LearnerConfig(encoder_mode="shared", precision="auto")).bf16 is cpu_native
+    learner = Learner(LearnerConfig(encoder_mode="shared"))
+    assert learner.optimizers() == {"critic": learner.critic_optimizer, "actor": learner.actor_optimizer}
+
+
+def test_the_actor_step_climbs_the_critic(small_batch):
+    """One actor update raises Q1 of the policy's actions under the critic it was taken against."""
+    learner = Learner(LearnerConfig(encoder_mode="shared", policy_freq=1, action_penalty=0.0, lr_mlp=1e-3), seed=0)
+    old_actor = copy.deepcopy(learner.actor_head)
+    learner.update(small_batch)
+    with torch.no_grad():
+        features = learner.critic_encoder(small_batch.obs)
+
+        def q(head) -> float:
+            return float(learner.critic_heads.q1(features, small_batch.state, head(features, small_batch.state)).mean())
+
+        assert q(learner.actor_head) > q(old_actor)
+
+
+@pytest.mark.parametrize("field,value,valid", [
+    ("tau", 1.0, True), ("tau", 0.0, False), ("tau", 1.5, False),
+    ("gamma", 0.0, True), ("gamma", 1.0, True), ("gamma", -0.1, False), ("gamma", 1.1, False),
+    ("policy_freq", 0, False), ("num_q", 0, False), ("algo", "sac", False), ("encoder_mode", "x", False),
+])
+def test_config_validation_edges(field, value, valid):
+    if valid:
+        assert getattr(LearnerConfig(**{field: value}), field) == value
+    else:
+        with pytest.raises(ValueError, match=field):
+            LearnerConfig(**{field: value})
+
+
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_targets_are_frozen_independent_copies_and_named(mode):
+    learner = Learner(LearnerConfig(encoder_mode=mode))
+    names = {"critic_encoder", "critic_heads", "actor_head", "critic_heads_target", "actor_head_target"}
+    if mode == "separate":
+        names |= {"actor_encoder", "critic_encoder_target", "actor_encoder_target"}
+    assert set(learner.modules()) == names
+    targets = learner.target_modules()
+    assert len(targets) == (4 if mode == "separate" else 2)
+    assert all(not p.requires_grad for t in targets for p in t.parameters())
+    online = dict(learner.modules())
+    for name in [n for n in names if n.endswith("_target")]:
+        target, source = online[name], online[name[:-len("_target")]]
+        with torch.no_grad():
+            next(source.parameters()).add_(1.0)
+        assert not torch.equal(next(target.parameters()), next(source.parameters())), name
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in learner.critic_encoder.modules())
+    groups = [g["name"] for g in learner.actor_optimizer.param_groups]  # optimizer state is restored by position
+    assert groups == (["actor_cnn", "actor_mlp"] if mode == "separate" else ["actor_mlp"])
+    assert same(params(Learner(LearnerConfig(encoder_mode=mode)).critic_heads), params(
+        Learner(LearnerConfig(encoder_mode=mode), seed=0).critic_heads)), "seed 0 is the default"
+
+
+def test_augmentation_is_reproducible_from_the_learners_seed(small_batch):
+    a = Learner(LearnerConfig(encoder_mode="shared", augment=True), seed=3)
+    b = Learner(LearnerConfig(encoder_mode="shared", augment=True), seed=3)
+    a.update(small_batch)
+    b.update(small_batch)
+    assert same(params(a.critic_encoder), params(b.critic_encoder))
+
+
+def test_cuda_bf16_support_is_asked_of_cuda(monkeypatch):
+    from td3_drive.learner import native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert native_bf16(torch.device("cuda")) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert native_bf16(torch.device("cuda")) is False

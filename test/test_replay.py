@@ -19,7 +19,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_drive.replay import Batch, ReplayBuffer, measure
+from td3_drive.bench import measure_replay
+from td3_drive.replay import Batch, ReplayBuffer
 
 SHAPE = (3, 3)
 
@@ -322,6 +323,17 @@ def test_memmap_reopen_resumes(tmp_path: Path):
     check(again, log)
     with pytest.raises(ValueError, match="layout"):
         ReplayBuffer(30, frame_shape=(4, 4), state_dim=3, directory=d)
+    again.flush()
+    meta = json.loads((d / "replay.json").read_text())
+    assert meta["version"] == 1 and not list(d.glob("*.tmp"))  # written atomically, versioned
+    (d / "replay.json").write_text(json.dumps({**meta, "version": 2}))
+    with pytest.raises(ValueError, match="format version 2"):
+        make(capacity=30, n=2, directory=d)
+    (d / "replay.json").write_text(json.dumps(meta))
+    reward = np.load(d / "reward.npy")
+    np.save(d / "reward.npy", reward.astype(np.float64))  # the right shape, another dtype: refused
+    with pytest.raises(ValueError, match="reward.npy"):
+        make(capacity=30, n=2, directory=d)
 
 
 def test_memmap_reopen_mid_episode_ends_it_truncated(tmp_path: Path):
@@ -442,7 +454,7 @@ def test_zero_state_dim():
 
 
 def test_measure_figures():
-    m = measure(capacity=2000, batch_size=64)
+    m = measure_replay(capacity=2000, batch_size=64)
     assert set(m) == {"bytes_per_transition", "sample_ms_p50", "add_us_p50"}
     assert m["bytes_per_transition"] <= 7500 and m["sample_ms_p50"] > 0 and m["add_us_p50"] > 0
 
@@ -481,3 +493,72 @@ def test_vehicle_replay_samples_each_stream_in_proportion_to_its_size() -> None:
     assert actions.size == 200 * 64
     assert abs((actions == 1.0).mean() - 0.75) < 0.02  # 90 / 120
     assert set(np.unique(actions)) == {0.0, 1.0}
+
+
+def test_vehicle_replay_state_round_trip_resumes_sampling_exactly() -> None:
+    from td3_drive.replay import VehicleReplay
+
+    def filled(seed: int) -> VehicleReplay:
+        replay = VehicleReplay(2, capacity=200, frame_shape=(4, 4), frame_stack=2, state_dim=1, n_step=2, seed=seed)
+        for stream, count in ((0, 20), (1, 35)):
+            replay.start_episode(stream, np.full((4, 4), stream, np.uint8), np.zeros(1, np.float32))
+            for i in range(count):
+                replay.add(stream, np.array([stream, i], np.float32), float(i), np.full((4, 4), i, np.uint8),
+                           np.full(1, i, np.float32), i == count - 1, False)
+        return replay
+
+    original = filled(seed=3)
+    state = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in original.state_dict().items()}
+    assert {"split_rng_state", "stream0/total", "stream1/total"} <= set(state)
+    restored = VehicleReplay(2, capacity=200, frame_shape=(4, 4), frame_stack=2, state_dim=1, n_step=2, seed=99)
+    restored.load_state_dict(state)
+    assert len(restored) == len(original)
+    for _ in range(3):  # the same batches: contents and both RNGs (stream split, per-stream draw) restored
+        a, b = original.sample(16), restored.sample(16)
+        for name in ("obs", "action", "reward", "discount", "next_obs", "state", "next_state"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(ValueError, match="does not hold 3 vehicle streams"):
+        VehicleReplay(3, capacity=300, frame_shape=(4, 4), frame_stack=2, state_dim=1, n_step=2).load_state_dict(state)
+    one = VehicleReplay(1, capacity=100, frame_shape=(4, 4), frame_stack=2, state_dim=1, n_step=2)
+    assert "split_rng_state" not in one.state_dict()
+    with pytest.raises(ValueError, match="several vehicle streams"):
+        one.load_state_dict(state)
+
+
+def test_vehicle_replay_streams_their_rings_seeds_and_folders(tmp_path: Path) -> None:
+    from td3_drive.replay import VehicleReplay
+
+    with pytest.raises(ValueError):
+        VehicleReplay(0, capacity=10)
+    kw = dict(frame_shape=(4, 4), frame_stack=1, state_dim=1, n_step=1)
+    one = VehicleReplay(1, capacity=50, directory=tmp_path / "one", **kw)
+    two = VehicleReplay(2, capacity=101, directory=tmp_path / "two", **kw)
+    assert one.buffers[0].directory == tmp_path / "one" and [b.capacity for b in two.buffers] == [50, 50]
+    assert [b.directory for b in two.buffers] == [tmp_path / "two" / "stream0", tmp_path / "two" / "stream1"]
+    frame, state = np.zeros((4, 4), np.uint8), np.zeros(1, np.float32)
+    with pytest.raises(ValueError):
+        two.sample_arrays(4)  # nothing yet
+    one.start_episode(0, frame, state)
+    one.add(0, np.zeros(2, np.float32), 1.0, frame, state, True, False)
+    assert one.sample_arrays(3)["discount"].tolist() == [[0.0]] * 3  # terminated: no bootstrap
+    two.start_episode(1, frame, state)
+    two.add(1, np.ones(2, np.float32), 1.0, frame, state, False, True)  # truncated: bootstraps
+    batch = two.sample_arrays(5)  # one transition in all, in the second ring
+    assert batch["action"].tolist() == [[1.0, 1.0]] * 5 and np.allclose(batch["discount"], 0.99)
+
+    def draws(seed: int) -> list:
+        replay = VehicleReplay(2, capacity=200, seed=seed, **kw)
+        for stream in (0, 1):
+            replay.start_episode(stream, frame, state)
+            for i in range(30):
+                replay.add(stream, np.array([stream, i], np.float32), 0.0, frame, state, False, False)
+        return [replay.sample_arrays(8)["action"].tolist() for _ in range(3)]
+
+    assert draws(4) == draws(4) != draws(5)
+    twins = VehicleReplay(2, capacity=200, seed=4, **kw)  # the same content in both rings
+    for stream in (0, 1):
+        twins.start_episode(stream, frame, state)
+        for i in range(30):
+            twins.add(stream, np.array([0, i], np.float32), 0.0, frame, state, False, False)
+    picks = [b.sample_arrays(16)["action"][:, 1].tolist() for b in twins.buffers]
+    assert picks[0] != picks[1], "each ring draws with its own seed"

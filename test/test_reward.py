@@ -203,3 +203,82 @@ def test_one_terminal_event_per_step_the_most_severe() -> None:
     assert last.components["collision"] == -cfg.collision_penalty and last.components["offroad"] == 0.0
     steps = drive(lambda k: VehiclePose(396.0 + 0.4 * k, 3.0, 0.0, 8.0), 100)  # off the route at the goal
     assert steps[0].reason == "off_route" and steps[0].components["goal"] == 0.0
+
+
+def test_every_shaped_component_matches_its_formula() -> None:
+    """An independent oracle on the straight eastbound route (s = x, lateral = y, heading error =
+    yaw): each component recomputed from the poses alone, on random trajectories that start near
+    the route's first waypoint, turn, stop and cross lane markings one or several times."""
+    rng = np.random.default_rng(7)
+    cfg = RewardConfig()
+    max_ds = cfg.max_progress_speed * cfg.dt
+    for _ in range(10):
+        pose = VehiclePose(float(rng.uniform(0.2, 1.8)), 0.0, 0.0, 0.0)
+        reward = RewardFunction(cfg)
+        reward.reset(pose, ROUTE)
+        prev, prev_accel, farthest, stopped = pose, None, pose.x, 0
+        for _ in range(60):
+            pose = VehiclePose(prev.x + rng.uniform(-0.3, 1.2), float(rng.uniform(-2.4, 2.4)),
+                               float(rng.uniform(-1.0, 1.0)), float(rng.choice([0.0, 0.1, rng.uniform(-5, 25)])))
+            invasions = int(rng.integers(0, 3))
+            c = reward.step(pose, ROUTE, StepEvents(lane_invasions=invasions)).components
+            v_forward = pose.speed * math.cos(pose.yaw)
+            assert c["efficiency"] == pytest.approx(
+                cfg.w_efficiency * float(np.clip(1 - abs(v_forward - cfg.target_speed) / cfg.target_speed, -1, 1)))
+            assert c["lane_keeping"] == pytest.approx(-cfg.w_lateral * min(abs(pose.y) / cfg.max_lateral_deviation, 1))
+            accel = ((pose.speed - prev.speed) / DT, pose.speed * (pose.yaw - prev.yaw) / DT)
+            jerk = None if prev_accel is None else math.dist(accel, prev_accel) / DT
+            assert c["comfort"] == pytest.approx(0.0 if jerk is None else -cfg.w_comfort * math.tanh(jerk / cfg.jerk_scale))
+            ds = float(np.clip(pose.x - prev.x, -max_ds, max_ds))
+            assert c["progress"] == pytest.approx(cfg.w_progress * ds)
+            reached = max(farthest, prev.x + ds)
+            waypoints = sum(farthest < s <= reached for s in ROUTE[:, 0])
+            assert c["waypoint"] == pytest.approx(cfg.waypoint_bonus * waypoints)
+            assert c["lane_invasion"] == (-cfg.lane_invasion_penalty if invasions else 0.0)
+            stopped = stopped + 1 if abs(pose.speed) < cfg.stopped_speed else 0
+            assert c["stopped"] == (-cfg.stopped_penalty if stopped > cfg.stopped_grace_steps else 0.0)
+            prev, prev_accel, farthest = pose, accel, reached
+
+
+def test_boundaries_of_stopped_and_off_route() -> None:
+    cfg = RewardConfig()
+    # exactly stopped_speed is moving; one moving step restarts the grace period from zero
+    speeds = [0.0] * 10 + [cfg.stopped_speed] + [0.0] * (cfg.stopped_grace_steps + 1)
+    steps = drive(lambda k: VehiclePose(100.0, 0.0, 0.0, speeds[k - 1] if k else 0.0), len(speeds))
+    penalised = [k for k, s in enumerate(steps, start=1) if s.components["stopped"]]
+    assert penalised == [len(speeds)]
+    # on the corridor's edge is still on the route
+    edge = drive(lambda k: VehiclePose(100.0 + 0.4 * k, cfg.max_lateral_deviation if k else 0.0, 0.0, 8.0), 3)
+    assert len(edge) == 3 and not any(s.terminated for s in edge)
+
+
+def test_non_finite_pose_is_refused_with_its_reason() -> None:
+    from td3_drive.observation import InvalidMessage
+
+    reward = RewardFunction()
+    for bad in (VehiclePose(float("nan"), 0, 0, 0), VehiclePose(0, 0, 0, float("inf"))):
+        with pytest.raises(InvalidMessage) as raised:
+            reward.reset(bad, ROUTE)
+        assert raised.value.reason == "non_finite"
+
+
+def test_resync_measures_the_next_step_from_where_the_car_is() -> None:
+    """Lost steps: progress is not paid for the gap, the time limit still counts it, and each
+    waypoint is paid once: those reached in the gap with the next step, none twice."""
+    cfg = RewardConfig(max_episode_steps=10)
+    reward = RewardFunction(cfg)
+    reward.reset(VehiclePose(100.0, 0.0, 0.0, 8.0), ROUTE)
+    first = reward.step(VehiclePose(104.0, 0.0, 0.0, 8.0), ROUTE)  # progress clipped to 1 m: reached 101
+    assert first.components["waypoint"] == 0.0
+    reward.resync(VehiclePose(110.0, 0.0, 0.0, 8.0), ROUTE, lost_steps=3)
+    assert reward.steps == 4
+    step = reward.step(VehiclePose(110.4, 0.0, 0.0, 8.0), ROUTE)
+    assert step.components["progress"] == pytest.approx(cfg.w_progress * 0.4)
+    assert step.components["comfort"] == 0.0  # no acceleration history across the gap
+    assert step.components["waypoint"] == pytest.approx(cfg.waypoint_bonus * 5)  # 102 ... 110
+    again = reward.step(VehiclePose(110.8, 0.0, 0.0, 8.0), ROUTE)
+    assert again.components["waypoint"] == 0.0
+    reward.resync(VehiclePose(111.0, 0.0, 0.0, 8.0), ROUTE)
+    assert reward.steps == 7  # one lost step by default
+    with pytest.raises(Exception):
+        reward.resync(VehiclePose(float("nan"), 0.0, 0.0, 0.0), ROUTE)

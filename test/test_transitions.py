@@ -59,6 +59,27 @@ def test_lost_action_restarts_at_once():
     chain.action_lost(1.0)
     out = chain.add_observation(obs(2.0))
     assert [type(o) for o in out] == [Restart] and out[0].observation.stamp == 2.0
+    assert out[0].reason == "missing_action"
+
+
+def test_a_lost_stamp_that_becomes_current_restarts_at_once():
+    """Declared lost while an earlier step was still open: when the chain reaches it, it does not wait."""
+    chain = TransitionAssembler(max_held=5)
+    chain.start(obs(1.0))
+    chain.action_lost(2.0)  # the control for 2.0 was invalid, before 2.0 is the current observation
+    chain.add_action(1.0, act(1.0))
+    assert steps_of(chain.add_observation(obs(2.0))) == [(1.0, 1.0, 2.0)]
+    out = chain.add_observation(obs(3.0))
+    assert [type(o) for o in out] == [Restart] and out[0].observation.stamp == 3.0
+
+
+def test_an_invalid_duplicate_does_not_lose_the_valid_action():
+    chain = TransitionAssembler()
+    chain.start(obs(1.0))
+    chain.add_action(1.0, act(1.0))
+    chain.action_lost(1.0)  # a second, invalid control with the same stamp
+    assert steps_of(chain.add_observation(obs(2.0))) == [(1.0, 1.0, 2.0)]
+    assert TransitionAssembler().held == 0
 
 
 def test_duplicate_and_stale_controls():
@@ -130,9 +151,16 @@ def test_lost_and_stored_stamps_stay_bounded():
     for i in range(100):  # garbage far-future stamps, between episodes and during one
         chain.action_lost(1000.0 + i)
         chain.add_action(2000.0 + i, act(1.0))
-    assert len(chain._lost) <= 8 and len(chain._actions) <= 8
+    # between episodes the newest actions are kept (the next episode's first is among them);
+    # lost stamps always drop the farthest (forgetting one only means waiting max_held for it)
+    assert sorted(chain._lost) == [1000.0 + i for i in range(8)]
+    assert sorted(chain._actions) == [2000.0 + i for i in range(92, 100)]
     chain.start(obs(1.0))
     for i in range(100):
         chain.action_lost(3000.0 + i)
         chain.add_action(4000.0 + i, act(1.0))
-    assert len(chain._lost) <= 8 and len(chain._actions) <= 8
+    # in a chain the stamps nearest it are kept: the far-future ones are what goes
+    assert sorted(chain._lost) == [1000.0 + i for i in range(8)]
+    assert sorted(chain._actions) == [2000.0 + i for i in range(92, 100)]
+    chain.add_action(1.5, act(1.5))  # a near one still gets in, evicting the farthest
+    assert sorted(chain._actions) == [1.5] + [2000.0 + i for i in range(92, 99)]

@@ -89,11 +89,39 @@ def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
             **_percentiles(samples), "machine": _machine(args.device)}
 
 
-def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
-    from td3_drive import replay
+def measure_replay(capacity: int = 10_000, batch_size: int = 256) -> dict[str, float]:
+    """Storage and speed figures of the replay buffer at 84x84, k=4, a 53-d state."""
+    from td3_drive.replay import ReplayBuffer
 
-    return {"bench": "replay", **replay.measure(capacity=args.capacity, batch_size=args.batch),
-            "machine": _machine()}
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(capacity, n_step=3)
+    frames = rng.integers(0, 256, size=(64, 84, 84), dtype=np.uint8)
+    states = rng.standard_normal((64, 53)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
+    add_ns = []
+    buf.start_episode(frames[0], states[0])
+    for i in range(capacity):
+        end = i % 500 == 499
+        t0 = time.perf_counter_ns()
+        buf.add(actions[i % 64], 0.5, frames[i % 64], states[i % 64], terminated=end and i % 1000 == 999, truncated=end)
+        add_ns.append(time.perf_counter_ns() - t0)
+        if end:
+            buf.start_episode(frames[(i + 1) % 64], states[(i + 1) % 64])
+    buf.sample(batch_size)  # warm-up
+    sample_ns = []
+    for _ in range(50):
+        t0 = time.perf_counter_ns()
+        buf.sample(batch_size)
+        sample_ns.append(time.perf_counter_ns() - t0)
+    return {
+        "bytes_per_transition": buf.bytes_per_transition,
+        "sample_ms_p50": float(np.median(sample_ns)) / 1e6,
+        "add_us_p50": float(np.median(add_ns)) / 1e3,
+    }
+
+
+def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
+    return {"bench": "replay", **measure_replay(capacity=args.capacity, batch_size=args.batch), "machine": _machine()}
 
 
 def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:

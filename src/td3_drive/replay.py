@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +137,9 @@ class ReplayBuffer:
         meta_path = self.directory / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
         if meta is not None:
+            if meta.get("version") != _META_VERSION:  # another format: reading it would misread it
+                raise ValueError(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
+                                 f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
             stored = {k: meta.get(k) for k in self._meta_layout()}
             if stored != self._meta_layout():
                 raise ValueError(
@@ -439,6 +441,10 @@ class ReplayBuffer:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` output (same layout required); sampling resumes exactly."""
+        missing = sorted(set(self._meta_layout()) - set(d))
+        if missing:
+            streams = " (it holds several vehicle streams)" if "split_rng_state" in d else ""
+            raise ValueError(f"replay state lacks {missing}: not a single buffer's state{streams}")
         stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
         if stored != self._meta_layout():
             raise ValueError(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
@@ -530,33 +536,3 @@ class VehicleReplay:
             prefix = f"stream{i}/"
             b.load_state_dict({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)})
         self._rng.bit_generator.state = json.loads(d["split_rng_state"])
-
-
-
-def measure(capacity: int = 10_000, batch_size: int = 256) -> dict[str, float]:
-    """Storage and speed figures for an 84x84, k=4, 53-d state buffer (for ``td3_drive.bench``)."""
-    rng = np.random.default_rng(0)
-    buf = ReplayBuffer(capacity, n_step=3)
-    frames = rng.integers(0, 256, size=(64, 84, 84), dtype=np.uint8)
-    states = rng.standard_normal((64, 53)).astype(np.float32)
-    actions = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
-    add_ns = []
-    buf.start_episode(frames[0], states[0])
-    for i in range(capacity):
-        end = i % 500 == 499
-        t0 = time.perf_counter_ns()
-        buf.add(actions[i % 64], 0.5, frames[i % 64], states[i % 64], terminated=end and i % 1000 == 999, truncated=end)
-        add_ns.append(time.perf_counter_ns() - t0)
-        if end:
-            buf.start_episode(frames[(i + 1) % 64], states[(i + 1) % 64])
-    buf.sample(batch_size)  # warm-up
-    sample_ns = []
-    for _ in range(50):
-        t0 = time.perf_counter_ns()
-        buf.sample(batch_size)
-        sample_ns.append(time.perf_counter_ns() - t0)
-    return {
-        "bytes_per_transition": buf.bytes_per_transition,
-        "sample_ms_p50": float(np.median(sample_ns)) / 1e6,
-        "add_us_p50": float(np.median(add_ns)) / 1e3,
-    }
