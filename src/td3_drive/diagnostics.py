@@ -34,7 +34,8 @@ class DropCounter:
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        with self._lock:
+            return sum(self.counts.values())
 
     def status_message(self, stamp: Any, extra: dict[str, Any] | None = None) -> Any:
         """A DiagnosticArray with one status for this node: level WARN when anything was dropped."""
