@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from fake_rclpy import compatible  # the DDS request/offered rule, as the fake middleware applies it
 
 from td3_drive.runtime import local
 from td3_drive.runtime.interface import QoS
@@ -26,11 +27,6 @@ BRIDGE_OFFERS = {TP.camera: BRIDGE, TP.odometry: BRIDGE, TP.collision: BRIDGE, T
                  TP.route: QoS(depth=1, reliable=True, transient_local=True)}
 #: what the bridge side requests from us: the ego's control subscriber, the waypoint publisher's goal
 BRIDGE_REQUESTS = {TP.control: BRIDGE, TP.goal: BRIDGE}
-
-
-def compatible(offered: QoS, requested: QoS) -> bool:
-    """DDS RxO: reliability and durability of the offer at least those requested."""
-    return (offered.reliable or not requested.reliable) and (offered.transient_local or not requested.transient_local)
 
 
 def test_the_rules() -> None:

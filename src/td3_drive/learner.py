@@ -273,8 +273,9 @@ class Learner:
         metrics: dict[str, float] = {
             "train/critic_loss": critic_loss.item(), "q/q1": qs[0].detach().mean().item(), "q/target": y.mean().item(),
         }
+        critic_stats = feature_stats(critic_features)
         if not self._step(self.critic_optimizer, critic_loss, self._critic_params, cfg.max_grad_norm_critic,
-                          critic_features, "critic", metrics):
+                          critic_stats, "critic", metrics):
             return metrics
 
         # --- actor (delayed): maximise Q1 of the critic's OWN features of the same observation
@@ -291,8 +292,10 @@ class Learner:
             metrics.update({"train/actor_loss": actor_loss.item(), "q/actor_q": actor_q.detach().mean().item(),
                             "train/action_abs_mean": abs_pi.mean().item(),
                             "train/action_saturated_fraction": (abs_pi > SATURATED).float().mean().item()})
+            # shared mode: the actor sees the critic's features, whose statistics are already known
+            actor_stats = feature_stats(actor_features) if cfg.encoder_mode == "separate" else critic_stats
             if not self._step(self.actor_optimizer, actor_loss, self._actor_params, cfg.max_grad_norm_actor,
-                              actor_features, "actor", metrics):
+                              actor_stats, "actor", metrics):
                 return metrics
             self.num_actor_updates += 1
             for target, source in self._target_pairs():
@@ -324,10 +327,13 @@ class Learner:
 
     def _step(
         self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
-        max_norm: float | None, features: torch.Tensor, side: str, metrics: dict[str, float],
+        max_norm: float | None, stats: dict[str, float], side: str, metrics: dict[str, float],
     ) -> bool:
-        """Backward + guarded optimizer step.  False (and nothing changed) if anything is non-finite."""
-        for key, value in feature_stats(features).items():
+        """Backward + guarded optimizer step.  False (and nothing changed) if anything is non-finite.
+
+        ``stats``: :func:`feature_stats` of the features the loss was computed from.
+        """
+        for key, value in stats.items():
             metrics[f"features/{side}/{key}"] = value
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss.item()) or not math.isfinite(metrics[f"features/{side}/l2_norm_max"]):

@@ -443,8 +443,7 @@ class ReplayBuffer:
         """Restore from :meth:`state_dict` output (same layout required); sampling resumes exactly."""
         missing = sorted(set(self._meta_layout()) - set(d))
         if missing:
-            streams = " (it holds several vehicle streams)" if "split_rng_state" in d else ""
-            raise ValueError(f"replay state lacks {missing}: not a single buffer's state{streams}")
+            raise ValueError(f"replay state lacks {missing}: not a replay buffer's state")
         stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
         if stored != self._meta_layout():
             raise ValueError(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
@@ -529,6 +528,8 @@ class VehicleReplay:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         if len(self.buffers) == 1:
+            if "split_rng_state" in d:
+                raise ValueError("replay state holds several vehicle streams, this replay one")
             return self.buffers[0].load_state_dict(d)
         if f"stream{len(self.buffers) - 1}/total" not in d or f"stream{len(self.buffers)}/total" in d:
             raise ValueError(f"replay state does not hold {len(self.buffers)} vehicle streams")

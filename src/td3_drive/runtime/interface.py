@@ -8,7 +8,6 @@ in-process (lockstep, deterministic); ``runtime.ros`` implements it with rclpy.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 

@@ -52,7 +52,6 @@ _PARAMETER_DOCS = {
 PUBLISH_ORDERS = ("bridge", "camera_last")
 
 
-
 class SimulatorNode:
     """Publishes the racetrack as the CARLA bridge would; ticks once per control command."""
 
