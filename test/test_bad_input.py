@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from td3_drive import topics as T
-from td3_drive import weights
-from td3_drive.learner import LearnerConfig
-from td3_drive.models import build_actor
+from td3_drive.rl import weights
+from td3_drive.rl.learner import LearnerConfig
+from td3_drive.rl.models import build_actor
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
@@ -328,7 +328,7 @@ def test_drop_counters_on_diagnostics(battery) -> None:
 
 
 def test_simulator_bad_controls(tmp_path: Path) -> None:
-    from td3_drive.embedded import load_parameters
+    from td3_drive.app.config import load_parameters
     from td3_drive.sim.node import SimulatorNode
 
     rt = LocalRuntime(load_parameters("embedded"))
@@ -347,7 +347,7 @@ def test_simulator_bad_controls(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the bag path
 def test_same_battery_as_a_bag_through_play(battery, tmp_path: Path, capsys, monkeypatch) -> None:
-    from td3_drive import cli
+    from td3_drive.app import cli
     from td3_drive.runtime import local
     from td3_drive.runtime.bag import BagRecorder
 

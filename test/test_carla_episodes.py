@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from td3_drive import topics as T
-from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
+from td3_drive.carla.episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.nodes.carla_episode_manager import CarlaEpisodeManagerNode
 from td3_drive.runtime import messages
 from td3_drive.runtime.local import LocalRuntime

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from td3_drive.bench import random_batch
-from td3_drive.checkpoint import Checkpointer, CheckpointError, atomic_write_bytes
-from td3_drive.learner import Learner, LearnerConfig
-from td3_drive.replay import ReplayBuffer
+from td3_drive.app.bench import random_batch
+from td3_drive.rl.checkpoint import Checkpointer, CheckpointError, atomic_write_bytes
+from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.replay import ReplayBuffer
 
 CONFIG = LearnerConfig(encoder_mode="separate", augment=True)
 
@@ -48,7 +48,7 @@ def test_exact_resume_is_bit_identical(tmp_path):
 
 
 def test_checkpoint_contains_no_pickle_and_an_exported_actor(tmp_path):
-    from td3_drive.weights import decode_actor
+    from td3_drive.rl.weights import decode_actor
 
     learner = Learner(CONFIG)
     path = Checkpointer(tmp_path).save(0, learner)
@@ -141,7 +141,7 @@ def test_atomic_write_bytes(tmp_path):
 
 
 def test_resolve_actor_file_accepts_every_documented_form(tmp_path):
-    from td3_drive.checkpoint import resolve_actor_file
+    from td3_drive.rl.checkpoint import resolve_actor_file
 
     run = tmp_path / "run"
     checkpointer = Checkpointer(run / "checkpoints")

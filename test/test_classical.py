@@ -1,4 +1,4 @@
-"""Tests for the PID + Pure Pursuit baseline (td3_drive.classical) and its node."""
+"""Tests for the PID + Pure Pursuit baseline (td3_drive.driving.classical) and its node."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from td3_drive import topics as T
-from td3_drive.classical import PID, ClassicalConfig, PurePursuitPID, point_at_arc_length
+from td3_drive.driving.classical import PID, ClassicalConfig, PurePursuitPID, point_at_arc_length
 from td3_drive.nodes.classical_controller import ClassicalControllerNode
-from td3_drive.observation import VehiclePose, project_on_route
+from td3_drive.driving.observation import VehiclePose, project_on_route
 from td3_drive.runtime.interface import LATCHED_QOS
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp

@@ -1,11 +1,11 @@
-"""Tests for td3_drive.control: action <-> CarlaEgoVehicleControl."""
+"""Tests for td3_drive.driving.control: action <-> CarlaEgoVehicleControl."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from td3_drive.control import BRAKE, action_to_control_fields, control_to_action
-from td3_drive.observation import InvalidMessage
+from td3_drive.driving.control import BRAKE, action_to_control_fields, control_to_action
+from td3_drive.driving.observation import InvalidMessage
 from td3_drive.runtime.messages import new_message
 
 CONTROL = "carla_msgs/msg/CarlaEgoVehicleControl"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from td3_drive import cli
+from td3_drive.app import cli
 from td3_drive import topics as T
 from td3_drive.runtime.bag import BagRecorder, read_bag
 from td3_drive.runtime.local import LocalRuntime
@@ -89,9 +89,9 @@ def test_train_tensorboard_scalars(train_run):
 def test_train_checkpoint_restores_and_decodes(train_run):
     import torch
 
-    from td3_drive.checkpoint import Checkpointer
-    from td3_drive.learner import Learner, LearnerConfig
-    from td3_drive.weights import decode_actor
+    from td3_drive.rl.checkpoint import Checkpointer
+    from td3_drive.rl.learner import Learner, LearnerConfig
+    from td3_drive.rl.weights import decode_actor
 
     run, summary = train_run
     latest = Checkpointer(run / "checkpoints").latest()
@@ -217,9 +217,9 @@ def test_drive_pid_completes_an_episode(capsys):
 # ------------------------------------------------------------------ publish order
 def _trained_streams(tmp_path: Path, order: str) -> dict[str, list]:
     """120 ticks of the embedded training graph: what the nodes computed, per topic."""
-    from td3_drive import embedded
+    from td3_drive.app import config, embedded
 
-    params = cli._parameters("train", 0, [], {
+    params = config.compose("train", 0, [], {
         "trainer": {"run_dir": str(tmp_path / order), "device": "cpu", "learning_starts": 60, "batch_size": 8,
                     "checkpoint_every": 0, "log_interval": 1000},
         "policy": {"device": "cpu", "random_steps": 60},
@@ -239,7 +239,7 @@ def _trained_streams(tmp_path: Path, order: str) -> dict[str, list]:
 
     graph.runtime.add_tap(tap)
     graph.run(120)
-    streams["updates"] = [graph.nodes["trainer"].learner.num_updates]
+    streams["updates"] = [graph.nodes["trainer"].session.learner.num_updates]
     graph.close()
     return streams
 

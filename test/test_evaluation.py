@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from td3_drive import cli, evaluation, report
+from td3_drive.app import cli, protocol, report
 
 REPORT_FILES = ["report.md", "metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv",
                 "stats.json", "curves.json", *(f"{name}.png" for name in report.PLOTS)]
-AGENTS = [*evaluation.AGENTS, evaluation.PID]
+AGENTS = [*protocol.AGENTS, protocol.PID]
 
 
 def _cli(argv: list[str]) -> dict:
@@ -61,7 +61,7 @@ def test_compare_writes_every_report_file(compared):
     md = (out / "report.md").read_text()
     for name in report.PLOTS:
         assert f"({name}.png)" in md  # the report embeds every plot
-    for agent in evaluation.AGENTS:
+    for agent in protocol.AGENTS:
         for seed in (0, 1):
             assert (out / "runs" / agent / f"seed_{seed}" / "tensorboard").is_dir()
             assert (out / "eval" / agent / f"seed_{seed}" / "episodes.csv").is_file()
@@ -69,11 +69,11 @@ def test_compare_writes_every_report_file(compared):
 
 
 def test_compare_embeds_one_evaluation_episode_per_agent(compared):
-    from td3_drive.video import read_frames
+    from td3_drive.app.video import read_frames
 
     out, _ = compared
     md = (out / "report.md").read_text()
-    for agent in [*evaluation.AGENTS, "pid"]:
+    for agent in [*protocol.AGENTS, "pid"]:
         gif = out / "video" / f"{agent}.gif"
         assert f"(video/{agent}.gif)" in md
         frames = read_frames(gif)
@@ -130,7 +130,7 @@ def test_mann_whitney_pairs(compared):
 def test_curves_cover_every_agent_and_encoder(compared):
     out, _ = compared
     curves = json.loads((out / "curves.json").read_text())
-    assert set(curves) == set(evaluation.AGENTS)
+    assert set(curves) == set(protocol.AGENTS)
     for agent, tags in curves.items():
         for tag in ("episode/return", "features/actor/l2_norm", "features/critic/l2_norm", "train/critic_loss"):
             assert tag in tags, (agent, tag)
@@ -168,10 +168,10 @@ def test_eval_checkpoint_and_pid(compared, tmp_path):
 
 def test_presets_load():
     for name in ("tiny", "cpu-small", "paper"):
-        preset = evaluation.load_preset(name)
-        assert preset.name == name and preset.agents == list(evaluation.AGENTS)
-    assert len(evaluation.load_preset("cpu-small").seeds) >= 3
-    paper = evaluation.load_preset("paper")
+        preset = protocol.load_preset(name)
+        assert preset.name == name and preset.agents == list(protocol.AGENTS)
+    assert len(protocol.load_preset("cpu-small").seeds) >= 3
+    paper = protocol.load_preset("paper")
     assert paper.steps == 1_000_000 and len(paper.seeds) >= 5 and paper.eval_episodes >= 20
 
 
@@ -211,7 +211,7 @@ def test_metrics_csv_recomputed_from_episodes_json(compared):
 
 def test_holm_correction_step_down_and_monotone():
     """Holm: sort the p-values, multiply the i-th smallest by (m - i), keep it monotone, cap at 1."""
-    from td3_drive.report import _holm
+    from td3_drive.app.report import _holm
 
     block = [{"p": p} for p in (0.04, 0.01, 0.03, math.nan, 0.5)]
     _holm(block)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from td3_drive.exploration import Exploration, ExplorationConfig
+from td3_drive.rl.exploration import Exploration, ExplorationConfig
 
 
 def test_warm_up_drives_forward_with_smooth_steering_then_noise_around_the_policy() -> None:

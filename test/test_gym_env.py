@@ -9,7 +9,7 @@ import td3_drive.sim  # noqa: F401  (registers the environment)
 from td3_drive import topics as T
 from td3_drive.nodes.evaluator import EvaluatorNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
-from td3_drive.reward import RewardConfig
+from td3_drive.driving.reward import RewardConfig
 from td3_drive.runtime.interface import RELIABLE_QOS
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import seconds

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from td3_drive.embedded import load_parameters
+from td3_drive.app.config import load_parameters
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.parameters import for_node, internal_key
 from td3_drive.topics import Topics
@@ -250,7 +250,8 @@ def test_only_installed_executables_and_existing_config_files(monkeypatch, tmp_p
         kw = node.kwargs
         assert kw["package"] == "td3_drive"
         assert kw["executable"] in scripts, f"{kw['executable']} is not a console script in setup.py"
-        assert scripts[kw["executable"]].startswith("td3_drive.runtime.ros:")
+        module, _, function = scripts[kw["executable"]].partition(":")
+        assert module.startswith("td3_drive.nodes.") and function == "main", "a node file's own main()"
         assert kw["name"] == kw["executable"], "node names are what config/*.yaml sections are keyed by"
         files, overrides = node_parameters(node)
         assert files, f"{kw['name']} gets no parameter file"

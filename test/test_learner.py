@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
-from td3_drive.learner import (
+from td3_drive.rl.learner import (
     SATURATED, Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target,
 )
-from td3_drive.models import ActorHead, Trunk
+from td3_drive.rl.models import ActorHead, Trunk
 
 
 def params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -169,7 +169,7 @@ def test_non_finite_gradients_are_skipped(small_batch):
 
 
 def test_poisoned_weights_are_never_exported():
-    from td3_drive.weights import WeightsRejected, encode_actor
+    from td3_drive.rl.weights import WeightsRejected, encode_actor
 
     learner = Learner()
     assert learner.parameters_finite()
@@ -272,7 +272,7 @@ def test_precision_runs_the_update_in_bf16_autocast(precision, expected, small_b
 
 
 def test_health_counts_consecutive_bad_updates_and_a_good_one_resets_them(small_batch):
-    from td3_drive.bench import random_batch
+    from td3_drive.app.bench import random_batch
 
     learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
     small_batch.reward[0] = float("nan")
@@ -317,7 +317,7 @@ def test_action_penalty_pulls_the_pre_tanh_action_towards_zero(small_batch):
 
 
 def test_augmentation_shifts_both_observations_of_the_update(small_batch, monkeypatch):
-    from td3_drive import learner as learner_module
+    from td3_drive.rl import learner as learner_module
 
     seen: list[torch.Tensor] = []
 
@@ -346,7 +346,7 @@ def test_random_shift_covers_every_offset_reproducibly():
 
 
 def test_actor_architecture_builds_the_learners_actor():
-    from td3_drive.models import build_actor
+    from td3_drive.rl.models import build_actor
 
     learner = Learner(LearnerConfig(encoder_mode="shared", trunk_dim=24, hidden=(64,), layer_norm=False))
     architecture = learner.config.actor_architecture()
@@ -381,7 +381,7 @@ def test_config_round_trips_and_refuses_unknown_keys():
 
 
 def test_auto_precision_follows_the_hardware():
-    from td3_drive.learner import native_bf16
+    from td3_drive.rl.learner import native_bf16
 
     cpu_native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert native_bf16(torch.device("cpu")) is cpu_native
@@ -450,7 +450,7 @@ def test_augmentation_is_reproducible_from_the_learners_seed(small_batch):
 
 
 def test_cuda_bf16_support_is_asked_of_cuda(monkeypatch):
-    from td3_drive.learner import native_bf16
+    from td3_drive.rl.learner import native_bf16
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert native_bf16(torch.device("cuda")) is True

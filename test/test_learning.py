@@ -36,8 +36,8 @@ import pytest
 import torch
 from dot_task import DotTask
 
-from td3_drive.learner import Learner, LearnerConfig
-from td3_drive.replay import ReplayBuffer
+from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.replay import ReplayBuffer
 
 GAMMA = 0.9
 WARMUP_STEPS = 3000  # random actions, no updates

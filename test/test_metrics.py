@@ -1,4 +1,4 @@
-"""Known-answer tests for td3_drive.metrics."""
+"""Known-answer tests for td3_drive.driving.metrics."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from td3_drive.metrics import (EpisodeMetrics, EpisodeMetricsRecorder, max_lateral_acceleration,
+from td3_drive.driving.metrics import (EpisodeMetrics, EpisodeMetricsRecorder, max_lateral_acceleration,
                                rms_longitudinal_jerk, summarize)
-from td3_drive.observation import InvalidMessage, VehiclePose
+from td3_drive.driving.observation import InvalidMessage, VehiclePose
 
 DT = 0.05
 

@@ -91,13 +91,13 @@ def test_one_trainer_learns_from_two_vehicles_and_resets_only_the_one_that_crash
         if k:
             _send(rt, [_control(V1, t - 0.05, -0.25)])
     assert node.drops.counts == {}
-    assert [len(b) for b in node.replay.buffers] == [9, 9]
-    assert node.env_steps == 18 and node.learner.num_updates > 0
+    assert [len(b) for b in node.session.replay.buffers] == [9, 9]
+    assert node.session.env_steps == 18 and node.session.learner.num_updates > 0
     assert len(rec.on(V0.reward)) == 9 and len(rec.on(V1.reward)) == 9
     # each stream holds its own vehicle's actions only
-    for buffer, steer in zip(node.replay.buffers, (0.25, -0.25)):
+    for buffer, steer in zip(node.session.replay.buffers, (0.25, -0.25)):
         assert np.allclose(buffer.sample(32).action[:, 0], steer)  # action = (steer, throttle - brake)
-    both = node.replay.sample(256).action[:, 0].numpy()
+    both = node.session.replay.sample(256).action[:, 0].numpy()
     assert set(np.round(both, 2)) == {0.25, -0.25}
 
     # v1 crashes: only v1 is reset; v0 drives on
@@ -106,13 +106,13 @@ def test_one_trainer_learns_from_two_vehicles_and_resets_only_the_one_that_crash
     _send(rt, _tick_messages(V1, t, 24.0, collision=True))
     _send(rt, [_control(V1, t, -0.25)])
     assert [m.frame_id for m in rec.on(V1.reset_request)] == ["collision"] and rec.on(V0.reset_request) == []
-    assert node.episodes == 1 and node.vehicles[0].in_episode and not node.vehicles[1].in_episode
+    assert node.session.episodes == 1 and node.vehicles[0].in_episode and not node.vehicles[1].in_episode
     _send(rt, _tick_messages(V0, t, 14.0) + [_control(V0, t, 0.25)])
-    assert len(node.replay.buffers[0]) == 10 and node.drops.counts == {}
+    assert len(node.session.replay.buffers[0]) == 10 and node.drops.counts == {}
 
 
 def _replay_arrays(node) -> dict[str, np.ndarray]:
-    state = node.replay.state_dict()
+    state = node.session.replay.state_dict()
     return {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
@@ -159,7 +159,7 @@ def test_an_event_later_than_its_pose_counts_in_the_next_step_never_lost(tmp_pat
         if k == 1:  # stamped 1.05, delivered after that step was scored
             _send(rt, [(tp.collision, new_message(T.COLLISION, header=header(t, "c"), other_actor_id=3))])
     assert [m.frame_id for m in rec.on(tp.reset_request)] == ["collision"]
-    assert len(rec.on(tp.reward)) == 2 and node.episodes == 1
+    assert len(rec.on(tp.reward)) == 2 and node.session.episodes == 1
 
 
 def test_lost_step_resyncs_the_reward_and_keeps_the_episode_clock(tmp_path):
@@ -173,7 +173,7 @@ def test_lost_step_resyncs_the_reward_and_keeps_the_episode_clock(tmp_path):
     # the step after the gap is scored from the pose it restarted at: 0.4 m of progress, not 0.8
     assert len(rewards) == 4 and max(rewards) - min(rewards) < 0.05
     # the lost step counts towards the time limit: 4 scored + 1 lost = 5 < 6 steps, still running
-    assert node.in_episode and node.vehicles[0].reward_fn.steps == 5
+    assert node.in_episode and node.vehicles[0].scorer.reward_fn.steps == 5
 
 
 def test_vehicle_parameters_are_checked(tmp_path):
@@ -194,20 +194,20 @@ def test_two_vehicle_checkpoint_restores_both_replay_streams(tmp_path):
         _send(rt, _tick_messages(V0, t, 10 + 0.4 * k) + [_control(V0, t, 0.5)])
         if k < 4:
             _send(rt, _tick_messages(V1, t, 20 + 0.4 * k) + [_control(V1, t, -0.5)])
-    node.save_checkpoint()
+    node.session.save_checkpoint()
     node.close()
     rt2, resumed, _ = _two_vehicle_trainer(tmp_path, checkpoint_replay=True, resume=True)
-    assert [len(b) for b in resumed.replay.buffers] == [5, 3] and resumed.env_steps == 8
-    x, y = node.replay.sample(16), resumed.replay.sample(16)
+    assert [len(b) for b in resumed.session.replay.buffers] == [5, 3] and resumed.session.env_steps == 8
+    x, y = node.session.replay.sample(16), resumed.session.replay.sample(16)
     assert all(np.array_equal(getattr(x, f).numpy(), getattr(y, f).numpy()) for f in ("obs", "action", "reward"))
     resumed.close()
 
 
 def test_embedded_two_vehicle_graph_trains_one_actor(tmp_path):
     """The real node classes: two simulators, preprocessors and policies, one trainer."""
-    from td3_drive import embedded
+    from td3_drive.app import config, embedded
 
-    params = embedded.load_parameters("train", {"trainer": {"run_dir": str(tmp_path), "learning_starts": 60,
+    params = config.load_parameters("train", {"trainer": {"run_dir": str(tmp_path), "learning_starts": 60,
                                                             "batch_size": 16, "weights_every": 10,
                                                             "device": "cpu", "checkpoint_every": 0},
                                                 "policy": {"device": "cpu", "random_steps": 50}})
@@ -218,10 +218,10 @@ def test_embedded_two_vehicle_graph_trains_one_actor(tmp_path):
         policies = graph.of_kind("policy")
         assert [p for p in graph.nodes] == ["v0/simulator", "v0/camera_preprocessor", "v1/simulator",
                                             "v1/camera_preprocessor", "trainer", "v0/policy", "v1/policy"]
-        assert all(len(b) > 100 for b in trainer.replay.buffers)
-        assert trainer.env_steps >= 2 * 140 and trainer.learner.num_updates > 0
+        assert all(len(b) > 100 for b in trainer.session.replay.buffers)
+        assert trainer.session.env_steps >= 2 * 140 and trainer.session.learner.num_updates > 0
         # both policies drive the trainer's newest actor (one broadcast topic)
-        assert {p.weights_version for p in policies} == {trainer.learner.num_updates // 10 * 10}
+        assert {p.weights_version for p in policies} == {trainer.session.learner.num_updates // 10 * 10}
         assert [sim.ticks for sim in graph.sims] in ([151, 150], [151, 151])  # in lockstep, one tick apart at most
         assert all(not node.drops.counts for node in graph.nodes.values() if hasattr(node, "drops"))
     finally:
@@ -234,7 +234,7 @@ def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
 
     rt, node, _ = _trainer(tmp_path, async_updates=True, learning_starts=3, batch_size=4)
     in_update, release = threading.Event(), threading.Event()
-    original = node.learner.update
+    original = node.session.learner.update
 
     def slow_update(batch):
         in_update.set()
@@ -242,7 +242,7 @@ def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
         in_update.clear()
         return original(batch)
 
-    monkeypatch.setattr(node.learner, "update", slow_update)
+    monkeypatch.setattr(node.session.learner, "update", slow_update)
     tp = T.Topics()
     _start(rt, tp, 1.0)
     k = 0
@@ -251,14 +251,14 @@ def test_async_updates_never_block_the_callbacks(tmp_path, monkeypatch):
         _send(rt, _tick_messages(tp, t, 10 + 0.4 * k) + [_control(tp, t, 0.1)])
         k += 1
         assert k < 50, "the worker never started an update"
-    steps = node.env_steps
+    steps = node.session.env_steps
     for j in range(k, k + 8):  # the worker is stuck inside learner.update
         t = 1.0 + 0.05 * j
         _send(rt, _tick_messages(tp, t, 10 + 0.4 * j) + [_control(tp, t, 0.1)])
-    assert in_update.is_set() and node.env_steps == steps + 8, "callbacks waited for the update"
+    assert in_update.is_set() and node.session.env_steps == steps + 8, "callbacks waited for the update"
     release.set()
     node.close()
-    assert node.learner.num_updates >= 1 and node.checkpointer.latest() is not None
+    assert node.session.learner.num_updates >= 1 and node.session.checkpointer.latest() is not None
 
 
 def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_path):
@@ -275,7 +275,7 @@ def test_episode_start_tolerates_an_early_control_and_a_late_teleport_pose(tmp_p
     assert node.drops.counts == {}
     rewards = [m.data for m in rec.on(tp.reward)]
     # anchored at x=10 (after the teleport), not at x=300: 0.4 m of progress per step, no jump
-    assert len(rewards) == 3 and max(rewards) - min(rewards) < 0.05 and len(node.replay) == 3
+    assert len(rewards) == 3 and max(rewards) - min(rewards) < 0.05 and len(node.session.replay) == 3
 
 
 def test_a_pose_that_never_comes_drops_the_step_instead_of_scoring_an_old_pose(tmp_path):
@@ -286,7 +286,7 @@ def test_a_pose_that_never_comes_drops_the_step_instead_of_scoring_an_old_pose(t
         _drive_tick(rt, tp, k, odometry=k != 2)
     # both steps that touch the missing pose (into and out of 1.10) are dropped, never scored with another pose
     assert node.drops.counts == {"no_pose_at_stamp": 2}
-    assert len(rec.on(tp.reward)) == 2 and len(node.replay) == 2  # 1.00->1.05 and 1.15->1.20
+    assert len(rec.on(tp.reward)) == 2 and len(node.session.replay) == 2  # 1.00->1.05 and 1.15->1.20
 
 
 def test_reset_request_is_stamped_in_the_vehicles_own_simulation_time(tmp_path):
@@ -303,7 +303,7 @@ def test_resume_maps_a_pre_scale_out_checkpoint_in_evaluation(tmp_path):
     import json
 
     rt, node, _ = _trainer(tmp_path)
-    path = node.save_checkpoint()
+    path = node.session.save_checkpoint()
     node.close()
     payload = json.loads((path / "state.json").read_text())
     state = payload["state"]
@@ -312,7 +312,7 @@ def test_resume_maps_a_pre_scale_out_checkpoint_in_evaluation(tmp_path):
     state.update(evaluating=True, eval_left=3)
     (path / "state.json").write_text(json.dumps(payload))
     _, resumed, rec = _trainer(tmp_path, resume=True)
-    assert resumed.vehicles[0].evaluating and resumed._eval_pending == 2
+    assert resumed.session.evaluating[0] and resumed.session._eval_pending == 2
     rt2 = resumed.ctx._runtime
     rt2.spin()
     assert rec.on(T.Topics().exploration)[-1].data is False
@@ -321,9 +321,9 @@ def test_resume_maps_a_pre_scale_out_checkpoint_in_evaluation(tmp_path):
 
 def test_learning_stops_at_once_when_closing(tmp_path):
     rt, node, _ = _trainer(tmp_path)
-    node._stop.set()
-    node.learn(1000)  # would raise (empty replay) if it tried
-    assert node.learner.num_updates == 0
+    node.session._stop.set()
+    node.session.learn(1000)  # would raise (empty replay) if it tried
+    assert node.session.learner.num_updates == 0
 
 
 def test_a_lost_first_step_still_counts_toward_the_time_limit(tmp_path):

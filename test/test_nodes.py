@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from td3_drive import topics as T
-from td3_drive.observation import kinematic_state, pose_from_odometry, route_from_path
+from td3_drive.driving.observation import kinematic_state, pose_from_odometry, route_from_path
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
@@ -337,8 +337,8 @@ def _actor_action(actor, seed: int, t: float = 0.0) -> np.ndarray:
 def test_policy_weight_hot_swap_and_rejections():
     from safetensors.torch import save as save_safetensors
 
-    from td3_drive.learner import Learner, LearnerConfig
-    from td3_drive.weights import FORMAT, encode_actor
+    from td3_drive.rl.learner import Learner, LearnerConfig
+    from td3_drive.rl.weights import FORMAT, encode_actor
 
     rt, node, rec = _policy()
     before = _act(rt, rec, 1.0, seed=1)
@@ -453,10 +453,10 @@ def test_trainer_scripted_episode(trainer):
     lengths = []
     for k in range(12):
         _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
-        lengths.append(len(node.replay))
+        lengths.append(len(node.session.replay))
     assert node.in_episode
-    assert node.env_steps == 11 and lengths[-1] == 11 and lengths == sorted(lengths) and lengths[0] == 0
-    assert node.learner.num_updates > 0
+    assert node.session.env_steps == 11 and lengths[-1] == 11 and lengths == sorted(lengths) and lengths[0] == 0
+    assert node.session.learner.num_updates > 0
     assert len(rec.on(TP.reward)) == 11
     assert rec.on(TP.actor_weights), "weights are republished every weights_every updates"
     assert rec.on(TP.features("critic", "l2_norm"))
@@ -466,21 +466,21 @@ def test_trainer_scripted_episode(trainer):
     _tick(rt, 1.6, x=15.0, collision=True)
     (reset,) = rec.on(TP.reset_request)
     assert reset.frame_id == "collision"
-    assert node.episodes == 1 and not node.in_episode and node.env_steps == 12
-    assert len(node.episode_returns) == 1 and node.episode_returns[0][1] < 0  # collision penalty
+    assert node.session.episodes == 1 and not node.in_episode and node.session.env_steps == 12
+    assert len(node.session.episode_returns) == 1 and node.session.episode_returns[0][1] < 0  # collision penalty
     # observations after termination are ignored until the next episode_start
-    steps, length, updates = node.env_steps, len(node.replay), node.learner.num_updates
+    steps, length, updates = node.session.env_steps, len(node.session.replay), node.session.learner.num_updates
     for k in range(3):
         _tick(rt, 1.65 + 0.05 * k, x=15.0)
-    assert (node.env_steps, len(node.replay), node.learner.num_updates) == (steps, length, updates)
+    assert (node.session.env_steps, len(node.session.replay), node.session.learner.num_updates) == (steps, length, updates)
     assert len(rec.on(TP.reset_request)) == 1
     rt.publish(TP.route, straight_route(stamp_s=2.0))  # each episode comes with its route
     rt.publish(TP.episode_start, header(2.0, "1"))
     rt.spin()
     for k in range(3):
         _tick(rt, 2.0 + 0.05 * k, x=10.0 + 0.4 * k)
-    assert node.in_episode and node.env_steps == steps + 2 and len(node.replay) == length + 2
-    assert node.learner.num_updates > updates
+    assert node.in_episode and node.session.env_steps == steps + 2 and len(node.session.replay) == length + 2
+    assert node.session.learner.num_updates > updates
 
 
 def test_trainer_drops_bad_control_and_missing_action(trainer):
@@ -493,7 +493,7 @@ def test_trainer_drops_bad_control_and_missing_action(trainer):
     assert node.drops.counts.get("control_out_of_range") == 1
     _tick(rt, 1.10, x=10.8)
     assert node.drops.counts.get("missing_action") == 1
-    assert node.env_steps == 1
+    assert node.session.env_steps == 1
 
 
 def test_trainer_and_preprocessor_wait_for_the_new_episodes_route(trainer, pre):
@@ -509,7 +509,7 @@ def test_trainer_and_preprocessor_wait_for_the_new_episodes_route(trainer, pre):
     rt.publish(TP.route, straight_route(stamp_s=1.07))  # planned after the teleport: the episode's
     for k in range(2, 5):
         _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
-    assert node.in_episode and node.env_steps == 2 and len(rec.on(TP.reward)) == 2
+    assert node.in_episode and node.session.env_steps == 2 and len(rec.on(TP.reward)) == 2
     assert node.drops.counts == {"stale_route": 2}
 
     rt_pre, pre_node, pre_rec = pre  # the preprocessor publishes no state measured on the old route
@@ -532,8 +532,8 @@ def test_trainer_never_takes_a_watchdog_brake_as_an_action(trainer):
     _tick(rt, 1.05, x=10.4, control=(0.25, 0.5, 0.0))
     _tick(rt, 1.10, x=10.8)
     assert node.drops.counts == {"watchdog_control": 1}
-    assert node.env_steps == 2
-    actions = node.replay.sample_arrays(64)["action"]  # the policy's control at 1.05 is what was stored
+    assert node.session.env_steps == 2
+    actions = node.session.replay.sample_arrays(64)["action"]  # the policy's control at 1.05 is what was stored
     assert np.isclose(actions[:, 0], 0.25).any() and not np.isclose(actions[:, 1], -1.0).any()
 
 
@@ -645,7 +645,7 @@ def test_trainer_utd_ratio_sets_updates_per_env_step(tmp_path, utd_ratio):
     seen = []
     for k in range(12):
         _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
-        seen.append((node.env_steps, node.learner.num_updates))
+        seen.append((node.session.env_steps, node.session.learner.num_updates))
     node.close()
     for steps, updates in seen:
         assert updates == (math.floor((steps - 4 + 1) * utd_ratio) if steps >= 4 else 0), seen
@@ -664,14 +664,14 @@ def test_trainer_evaluation_round_is_noise_free_and_never_stored(tmp_path):
     rt.spin()
     assert [m.data for m in rec.on(TP.exploration)] == [True]
     episode(1.0, 5)  # training: 4 stored steps, then the collision
-    assert node.episodes == 1 and node.env_steps == 4 and len(node.replay) == 4
+    assert node.session.episodes == 1 and node.session.env_steps == 4 and len(node.session.replay) == 4
     assert [m.data for m in rec.on(TP.exploration)] == [True, False]  # the next one is an evaluation
     episode(2.0, 7)
-    assert node.episodes == 1 and node.env_steps == 4 and len(node.replay) == 4  # nothing of it kept
-    assert len(node.eval_returns) == 1 and node.eval_returns[0][0] == 4
+    assert node.session.episodes == 1 and node.session.env_steps == 4 and len(node.session.replay) == 4  # nothing of it kept
+    assert len(node.session.eval_returns) == 1 and node.session.eval_returns[0][0] == 4
     assert [m.data for m in rec.on(TP.exploration)] == [True, False, True]  # training again
     episode(3.0, 3)
-    assert node.episodes == 2 and node.env_steps == 6
+    assert node.session.episodes == 2 and node.session.env_steps == 6
     node.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -682,7 +682,7 @@ def test_trainer_evaluation_round_is_noise_free_and_never_stored(tmp_path):
 
 
 def test_trainer_periodic_checkpoints_every_n_env_steps_keep_the_newest(tmp_path):
-    from td3_drive.checkpoint import Checkpointer
+    from td3_drive.rl.checkpoint import Checkpointer
 
     rt, node, _ = _trainer_node(tmp_path, learning_starts=1000, checkpoint_every=3, checkpoint_keep=2)
     _start_episode(rt, 1.0)
@@ -690,7 +690,7 @@ def test_trainer_periodic_checkpoints_every_n_env_steps_keep_the_newest(tmp_path
     for k in range(11):  # 10 env steps: periodic checkpoints at 3, 6 and 9
         _tick(rt, 1.0 + 0.05 * k, x=10.0 + 0.4 * k)
         kept.append([p.name for p in Checkpointer(tmp_path / "checkpoints").list()])
-    assert node.env_steps == 10
+    assert node.session.env_steps == 10
     assert kept[2] == [] and len(kept[3]) == 1  # the first one at env step 3, not before
     assert len(kept[-1]) == 2 and kept[-1] == sorted(kept[-1])  # keep 2: the checkpoint of step 3 is gone
     assert kept[-1] == kept[9] != kept[6]
@@ -717,8 +717,8 @@ def test_trainer_counts_an_episode_start_without_pose_or_route(trainer):
 
 
 def test_event_queue_is_bounded_and_counts_what_it_discards():
-    from td3_drive.diagnostics import DropCounter
-    from td3_drive.nodes.common import BridgeWorld
+    from td3_drive.runtime.diagnostics import DropCounter
+    from td3_drive.nodes.bridge import BridgeWorld
     from td3_drive.topics import Topics
 
     rt = LocalRuntime()

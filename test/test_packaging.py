@@ -63,7 +63,7 @@ def test_executables_for_ros2_run(install):
         exe = install / "lib" / "td3_drive" / name
         assert exe.is_file(), f"lib/td3_drive/{name} missing (setup.cfg script_dir / console_scripts)"
         assert os.access(exe, os.X_OK), f"lib/td3_drive/{name} is not executable"
-        assert f"'console_scripts', '{name}'" in exe.read_text() or "td3_drive.runtime.ros" in exe.read_text()
+        assert f"'console_scripts', '{name}'" in exe.read_text() or "td3_drive.nodes" in exe.read_text()
 
 
 def test_share_tree(install):
@@ -83,7 +83,7 @@ def test_share_tree(install):
 def test_python_package_is_complete(install):
     site = next((install / "lib").glob("python3*/site-packages"))
     package = site / "td3_drive"
-    for module in ("runtime/ros.py", "runtime/local.py", "runtime/messages.py", "topics.py", "carla_episodes.py",
+    for module in ("runtime/ros.py", "runtime/local.py", "runtime/messages.py", "topics.py", "carla/episodes.py",
                    "nodes/__init__.py", "nodes/carla_episode_manager.py"):
         assert (package / module).is_file(), f"{module} not installed"
     assert sorted(p.name for p in (package / "msg" / "carla_msgs").glob("*.msg")) == sorted(
@@ -91,7 +91,7 @@ def test_python_package_is_complete(install):
 
 
 def test_installed_entry_point_runs_our_main_and_imports_rclpy_lazily(install, tmp_path):
-    """The script resolves to td3_drive.runtime.ros and only fails at `import rclpy` (absent here)."""
+    """The script resolves to the node's main() and only fails at `import rclpy` (absent here)."""
     site = next((install / "lib").glob("python3*/site-packages"))
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(

@@ -145,47 +145,47 @@ def _trainer(tmp_path: Path, rollback_after: int = 5):
 
 
 def _batches(node, monkeypatch, poisoned: bool) -> None:
-    from td3_drive.bench import random_batch
+    from td3_drive.app.bench import random_batch
 
     def sample_arrays(batch_size):
-        batch = random_batch(batch_size, "cpu", seed=node.learner.num_updates)
+        batch = random_batch(batch_size, "cpu", seed=node.session.learner.num_updates)
         if poisoned:
             batch.reward[:] = float("nan")
         return {name: value.numpy() for name, value in vars(batch).items()}
 
-    monkeypatch.setattr(node.replay, "sample_arrays", sample_arrays)
+    monkeypatch.setattr(node.session.replay, "sample_arrays", sample_arrays)
 
 
 def _model(node) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v.clone() for n, m in node.learner.modules().items() for k, v in m.state_dict().items()}
+    return {f"{n}.{k}": v.clone() for n, m in node.session.learner.modules().items() for k, v in m.state_dict().items()}
 
 
 def test_nan_rewards_roll_back_to_last_good_checkpoint(tmp_path: Path, monkeypatch, caplog) -> None:
     rt, node = _trainer(tmp_path)
     _batches(node, monkeypatch, poisoned=False)
-    node.learn(3)
+    node.session.learn(3)
     good = _model(node)
-    checkpoint = node.save_checkpoint()
-    node.learn(3)  # weights move on after the checkpoint
+    checkpoint = node.session.save_checkpoint()
+    node.session.learn(3)  # weights move on after the checkpoint
     assert any(not torch.equal(good[k], v) for k, v in _model(node).items())
 
     _batches(node, monkeypatch, poisoned=True)
     with caplog.at_level(logging.ERROR):
-        node.learn(4)
-        assert node.rollbacks == 0 and node.learner.health.consecutive_bad == 4
-        node.learn(1)  # the 5th consecutive bad update triggers the rollback
-    assert node.rollbacks == 1
+        node.session.learn(4)
+        assert node.session.rollbacks == 0 and node.session.learner.health.consecutive_bad == 4
+        node.session.learn(1)  # the 5th consecutive bad update triggers the rollback
+    assert node.session.rollbacks == 1
     assert any("rolled back" in r.getMessage() and str(checkpoint) in r.getMessage() for r in caplog.records)
     restored = _model(node)
     assert all(torch.equal(good[k], restored[k]) for k in good), "weights are the checkpoint's"
-    health = node.learner.health
+    health = node.session.learner.health
     assert health.total_skipped == 5 and health.consecutive_bad == 0 and not health.poisoned
-    assert node.learner.num_updates == 11, "the update count stays monotonic (it versions the weights)"
+    assert node.session.learner.num_updates == 11, "the update count stays monotonic (it versions the weights)"
 
     # learning goes on from the restored weights; the rollback is on /diagnostics
     _batches(node, monkeypatch, poisoned=False)
-    node.learn(2)
-    assert node.learner.health.consecutive_bad == 0 and node.learner.parameters_finite()
+    node.session.learn(2)
+    assert node.session.learner.health.consecutive_bad == 0 and node.session.learner.parameters_finite()
     diagnostics: list = []
     rt.add_tap(lambda topic, type_name, msg, t: diagnostics.append(msg) if topic == TP.diagnostics else None)
     rt.advance(1.0)
@@ -197,8 +197,8 @@ def test_rollback_without_checkpoint_is_logged_not_fatal(tmp_path: Path, monkeyp
     rt, node = _trainer(tmp_path, rollback_after=3)
     _batches(node, monkeypatch, poisoned=True)
     with caplog.at_level(logging.ERROR):
-        node.learn(7)
-    assert node.rollbacks == 0 and node.learner.health.total_skipped == 7
+        node.session.learn(7)
+    assert node.session.rollbacks == 0 and node.session.learner.health.total_skipped == 7
     assert sum("no checkpoint" in r.getMessage() for r in caplog.records) == 2
 
 
@@ -227,24 +227,24 @@ def _drive_episode(tmp_path: Path, ticks: int, **params):
 
 def test_close_writes_a_final_checkpoint_and_resume_continues_from_it(tmp_path: Path) -> None:
     node = _drive_episode(tmp_path, 12)
-    assert node.env_steps == 11 and node.checkpointer.latest() is None
+    assert node.session.env_steps == 11 and node.session.checkpointer.latest() is None
     node.close()  # what Ctrl-C under ros2 launch ends with
-    assert node.checkpointer.latest() is not None
+    assert node.session.checkpointer.latest() is not None
     resumed = _drive_episode(tmp_path, 0, resume=True)
-    assert resumed.env_steps == 11 and resumed.learner.num_updates == node.learner.num_updates
+    assert resumed.session.env_steps == 11 and resumed.session.learner.num_updates == node.session.learner.num_updates
     resumed.close()
-    assert len(resumed.checkpointer.list()) == 1, "nothing new to save: no second checkpoint"
+    assert len(resumed.session.checkpointer.list()) == 1, "nothing new to save: no second checkpoint"
 
 
 def test_disk_replay_newer_than_the_checkpoint_is_kept_and_reported(tmp_path: Path, caplog) -> None:
     node = _drive_episode(tmp_path, 6, replay_on_disk=True)
-    node.save_checkpoint()
-    node.replay.buffers[0].add(np.zeros(2, np.float32), 0.0, np.zeros((84, 84), np.uint8),
+    node.session.save_checkpoint()
+    node.session.replay.buffers[0].add(np.zeros(2, np.float32), 0.0, np.zeros((84, 84), np.uint8),
                                np.zeros(53, np.float32), False, False)
-    node.replay.flush()  # the memmap moved on after the checkpoint (a crash before the next one)
+    node.session.replay.flush()  # the memmap moved on after the checkpoint (a crash before the next one)
     with caplog.at_level(logging.WARNING):
         resumed = _drive_episode(tmp_path, 0, replay_on_disk=True, resume=True)
-    assert resumed.replay.buffers[0].written == 7 and resumed.env_steps == 5
+    assert resumed.session.replay.buffers[0].written == 7 and resumed.session.env_steps == 5
     assert any("not an exact resume" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="needs checkpoint_replay"):
         _drive_episode(tmp_path / "x", 0, replay_on_disk=True, checkpoint_episodes=1)
@@ -271,14 +271,14 @@ def test_non_finite_features_are_counted_not_published() -> None:
 
 def test_a_poisoned_learner_is_neither_checkpointed_nor_exported(tmp_path: Path) -> None:
     rt, node = _trainer(tmp_path)
-    node.checkpoint_every = 10
+    node.session.config.checkpoint_every = 10
     weights: list = []
     rt.add_tap(lambda topic, type_name, msg, t: weights.append(msg) if topic == TP.actor_weights else None)
     with torch.no_grad():
-        node.learner.actor_head.net[0].weight[0, 0] = float("nan")
-    node.env_steps = 10  # a checkpoint is due
-    node._learn_and_checkpoint()
-    node.publish_weights()
+        node.session.learner.actor_head.net[0].weight[0, 0] = float("nan")
+    node.session.env_steps = 10  # a checkpoint is due
+    node.session._learn_and_checkpoint()
+    node.session.publish_weights()
     rt.spin()
     assert node.drops.counts == {"checkpoint_skipped_non_finite": 1, "weights_not_exported_non_finite": 1}
-    assert node.checkpointer.latest() is None and weights == []
+    assert node.session.checkpointer.latest() is None and weights == []

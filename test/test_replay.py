@@ -19,8 +19,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_drive.bench import measure_replay
-from td3_drive.replay import Batch, ReplayBuffer
+from td3_drive.app.bench import measure_replay
+from td3_drive.rl.replay import Batch, ReplayBuffer
 
 SHAPE = (3, 3)
 
@@ -479,7 +479,7 @@ def test_zero_state_dim_memmap_reopen(tmp_path: Path):
 def test_vehicle_replay_samples_each_stream_in_proportion_to_its_size() -> None:
     """Several vehicles, one batch: a transition of any stream is as likely as any other, so a
     stream holding three times the transitions fills three times the batch slots."""
-    from td3_drive.replay import VehicleReplay
+    from td3_drive.rl.replay import VehicleReplay
 
     replay = VehicleReplay(2, capacity=400, frame_shape=(4, 4), frame_stack=1, state_dim=1, n_step=1, seed=5)
     frame = np.zeros((4, 4), np.uint8)
@@ -496,7 +496,7 @@ def test_vehicle_replay_samples_each_stream_in_proportion_to_its_size() -> None:
 
 
 def test_vehicle_replay_state_round_trip_resumes_sampling_exactly() -> None:
-    from td3_drive.replay import VehicleReplay
+    from td3_drive.rl.replay import VehicleReplay
 
     def filled(seed: int) -> VehicleReplay:
         replay = VehicleReplay(2, capacity=200, frame_shape=(4, 4), frame_stack=2, state_dim=1, n_step=2, seed=seed)
@@ -526,7 +526,7 @@ def test_vehicle_replay_state_round_trip_resumes_sampling_exactly() -> None:
 
 
 def test_vehicle_replay_streams_their_rings_seeds_and_folders(tmp_path: Path) -> None:
-    from td3_drive.replay import VehicleReplay
+    from td3_drive.rl.replay import VehicleReplay
 
     with pytest.raises(ValueError):
         VehicleReplay(0, capacity=10)

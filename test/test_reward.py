@@ -1,4 +1,4 @@
-"""Tests for td3_drive.reward on scripted trajectories."""
+"""Tests for td3_drive.driving.reward on scripted trajectories."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from td3_drive.observation import VehiclePose
-from td3_drive.reward import COMPONENTS, RewardConfig, RewardFunction, RewardStep, StepEvents
+from td3_drive.driving.observation import VehiclePose
+from td3_drive.driving.reward import COMPONENTS, RewardConfig, RewardFunction, RewardStep, StepEvents
 
 DT = 0.05
 #: eastbound straight route, 400 m, a waypoint every 2 m
@@ -253,7 +253,7 @@ def test_boundaries_of_stopped_and_off_route() -> None:
 
 
 def test_non_finite_pose_is_refused_with_its_reason() -> None:
-    from td3_drive.observation import InvalidMessage
+    from td3_drive.driving.observation import InvalidMessage
 
     reward = RewardFunction()
     for bad in (VehiclePose(float("nan"), 0, 0, 0), VehiclePose(0, 0, 0, float("inf"))):

@@ -230,10 +230,10 @@ def test_scale_out_trainer_on_the_rclpy_adapter(monkeypatch, tmp_path):
         assert pubs["/td3/actor_weights"].qos.durability == "TRANSIENT_LOCAL"
         assert {"/v0/td3/reset_request", "/v1/td3/reset_request", "/v0/td3/exploration"} <= set(pubs)
         assert [m.data for m in pubs["/v1/td3/exploration"].sent] == [True]
-        assert trainer._worker is not None and trainer._worker.is_alive()
+        assert trainer.session._worker is not None and trainer.session._worker.is_alive()
     finally:
         trainer.close()
-    assert not trainer._worker.is_alive()
+    assert not trainer.session._worker.is_alive()
 
 
 def test_parameters_typed_by_default_and_described(monkeypatch):
@@ -324,14 +324,15 @@ def test_mains_exist_for_every_console_script():
     import ast
     from pathlib import Path
 
-    from td3_drive.runtime import ros
+    import importlib
 
     setup = Path(__file__).resolve().parents[1] / "setup.py"
     scripts = [n.value for n in ast.walk(ast.parse(setup.read_text())) if isinstance(n, ast.Constant)
-               and isinstance(n.value, str) and "td3_drive.runtime.ros:" in n.value]
-    assert len(scripts) >= 3
+               and isinstance(n.value, str) and ":main" in n.value and "td3-drive" not in n.value]
+    assert len(scripts) >= 5
     for entry in scripts:
-        assert callable(getattr(ros, entry.split(":")[1].strip()))
+        module, function = entry.partition("=")[2].strip().split(":")
+        assert callable(getattr(importlib.import_module(module), function))
 
 
 # --------------------------------------------------------------------------- real rclpy

@@ -18,7 +18,7 @@ import pytest
 
 from fake_rclpy import FakeRosidl, install_fake_rclpy
 
-from td3_drive import cli, embedded
+from td3_drive.app import config, embedded
 from td3_drive import topics as T
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, QoS
 from td3_drive.runtime.parameters import for_node
@@ -123,7 +123,7 @@ def test_queues_latching_qos_matching_and_callback_errors(monkeypatch):
 
 def test_drop_counts_are_exact_when_counted_from_several_threads(monkeypatch):
     """The trainer counts drops in its learner thread and in callbacks of different groups at once."""
-    from td3_drive.diagnostics import DropCounter
+    from td3_drive.runtime.diagnostics import DropCounter
 
     _, _, ctx = _node_with(monkeypatch)
     drops = DropCounter(ctx)
@@ -180,7 +180,7 @@ class _Stack:
 
 
 def _params(tmp_path, **trainer) -> dict:
-    return cli._parameters("train", 0, [], {
+    return config.compose("train", 0, [], {
         "trainer": {"run_dir": str(tmp_path), "device": "cpu", "checkpoint_every": 0, "log_interval": 10,
                     "batch_size": 16, "weights_every": 5, **trainer},
         "policy": {"device": "cpu", "random_steps": 40},
@@ -216,12 +216,12 @@ def test_threaded_stack_stores_what_the_lockstep_graph_stores(monkeypatch, tmp_p
 
     assert reference.sim.ticks == stack.nodes["simulator"].ticks == TICKS
     assert stack.rec.graph.lost == {} and threaded.drops.counts == {} and lockstep.drops.counts == {}
-    assert threaded.env_steps == lockstep.env_steps >= TICKS - 10
-    mine, theirs = threaded.replay.state_dict(), lockstep.replay.state_dict()
+    assert threaded.session.env_steps == lockstep.session.env_steps >= TICKS - 10
+    mine, theirs = threaded.session.replay.state_dict(), lockstep.session.replay.state_dict()
     assert mine.keys() == theirs.keys()
     for key, value in theirs.items():
         assert np.array_equal(np.asarray(mine[key]), np.asarray(value)), key
-    assert threaded.episode_returns == lockstep.episode_returns
+    assert threaded.session.episode_returns == lockstep.session.episode_returns
 
 
 def test_learner_thread_runs_beside_the_callbacks(monkeypatch, tmp_path, capped):
@@ -230,7 +230,7 @@ def test_learner_thread_runs_beside_the_callbacks(monkeypatch, tmp_path, capped)
     stack = _Stack(monkeypatch, _params(tmp_path, learning_starts=30, async_updates=True))
     trainer = stack.nodes["trainer"]
     updates: list[tuple[float, float]] = []
-    update = trainer.learner.update
+    update = trainer.session.learner.update
 
     def timed_update(batch):
         start = time.monotonic()
@@ -239,13 +239,13 @@ def test_learner_thread_runs_beside_the_callbacks(monkeypatch, tmp_path, capped)
         finally:
             updates.append((start, time.monotonic()))
 
-    trainer.learner.update = timed_update
-    stack.run(TICKS, settled=lambda: trainer._updates_due() == 0)  # the worker catches up with utd_ratio
-    assert updates and trainer.learner.num_updates == len(updates)
+    trainer.session.learner.update = timed_update
+    stack.run(TICKS, settled=lambda: trainer.session.updates_due() == 0)  # the worker catches up with utd_ratio
+    assert updates and trainer.session.learner.num_updates == len(updates)
     trainer_callbacks = [(s, e) for node, what, s, e in stack.rec.calls if node == "trainer" and what.startswith("/")]
     inside = [c for c in trainer_callbacks if any(u0 < c[0] and c[1] < u1 for u0, u1 in updates)]
     assert inside, "some trainer callbacks ran start to end during a gradient update"
     lost = dict(stack.rec.graph.lost)
     lost.pop(T.Topics().actor_weights, None)  # depth 1 on purpose: a policy busy loading gets the newest only
-    assert trainer.env_steps >= TICKS - 10 and lost == {}, lost
+    assert trainer.session.env_steps >= TICKS - 10 and lost == {}, lost
     assert stack.nodes["policy"].weights_version > 0, "the policy drove with weights the trainer learned"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 import json
 
-from td3_drive import rqt
+from td3_drive.app import rqt
 from td3_drive import topics as T
 
 
@@ -52,7 +52,7 @@ def test_plotted_fields_are_float32_data_of_published_topics():
 
 def test_scale_out_perspective_uses_the_vehicle_and_trainer_namespaces(tmp_path):
     out = tmp_path / "v1.perspective"
-    from td3_drive import cli
+    from td3_drive.app import cli
 
     assert cli.main(["rqt-perspective", "--namespace", "v1", "--trainer-namespace", "", "-o", str(out)]) == 0
     plugins = _plugins(json.loads(out.read_text()))

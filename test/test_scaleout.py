@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import yaml
 
-from td3_drive import scaleout
+from td3_drive.app import scaleout
 from td3_drive import topics as T
 from td3_drive.runtime.local import LocalContext, LocalRuntime
 
@@ -49,7 +49,7 @@ def test_crossings_are_exactly_the_trainers_topics_for_that_vehicle(tmp_path):
 
 def test_domain_bridge_yaml(tmp_path):
     out = tmp_path / "bridge_v1.yaml"
-    from td3_drive import cli
+    from td3_drive.app import cli
 
     assert cli.main(["domain-bridge", "--namespace", "v1", "--role-name", "hero1", "--vehicle-domain", "11",
                      "--trainer-domain", "10", "-o", str(out)]) == 0
@@ -67,7 +67,7 @@ def test_domain_bridge_yaml(tmp_path):
 def test_bad_domains_are_refused(tmp_path):
     import pytest
 
-    from td3_drive import cli
+    from td3_drive.app import cli
 
     for vehicle_domain, trainer_domain in ((3, 3), (300, 1)):
         with pytest.raises(ValueError):

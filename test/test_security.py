@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from td3_drive import weights
+from td3_drive.rl import weights
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "td3_drive"
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from td3_drive.transitions import Observation, Restart, Step, TransitionAssembler
+from td3_drive.driving.transitions import Observation, Restart, Step, TransitionAssembler
 
 
 def obs(t: float) -> Observation:

@@ -4,8 +4,8 @@ import struct
 import pytest
 import torch
 
-from td3_drive.learner import Learner, LearnerConfig
-from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor, encode_actor
+from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor, encode_actor
 
 ARCH = LearnerConfig().actor_architecture()
 

@@ -1,1 +1,1 @@
-"""ROS nodes: wiring only (subscribe, call core code, publish)."""
+"""The nodes: wiring only (declare parameters, subscribe, call rl/ and driving/, publish); each file ends in main()."""

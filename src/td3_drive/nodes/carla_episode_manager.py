@@ -6,7 +6,7 @@ and the route (``/carla/<role>/waypoints``); publishes the route goal
 carla_waypoint_publisher plans from the new start, and ``/td3/episode_start``
 (std_msgs/Header, stamp = that route's stamp: the episode's first tick is the first
 at or after it; frame_id = episode number, latched).  All CARLA work is in
-:mod:`td3_drive.carla_episodes`; this is wiring only.  Nothing touches CARLA in the
+:mod:`td3_drive.carla.episodes`; this is wiring only.  Nothing touches CARLA in the
 constructor, so the node also builds on the in-process runtime.
 """
 from __future__ import annotations
@@ -15,19 +15,20 @@ import math
 from typing import Any, Callable
 
 from td3_drive import topics as T
-from td3_drive.carla_episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
+from td3_drive.carla.episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.runtime import messages
+from td3_drive.runtime.node import Node
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext, yaw_quaternion
 from td3_drive.topics import Topics
 
 SPAWN_OBJECT_SERVICE = "/carla/spawn_object"
 
 
-class CarlaEpisodeManagerNode:
+class CarlaEpisodeManagerNode(Node):
     """Wiring around :class:`CarlaEpisodeManager`."""
 
     def __init__(self, ctx: NodeContext, *, manager: CarlaEpisodeManager | None = None) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         p = ctx.parameter
         role_name = p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle")
         namespace = p("namespace", "", "prefix for /td3 topics (multi-vehicle scale-out)")
@@ -142,3 +143,11 @@ def _bridge_pseudo_spawner(ctx: Any) -> Callable[[dict, int], None] | None:
         client.call_async(request)  # never block a callback on the bridge
 
     return spawn
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive carla_episode_manager``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    # the CARLA watchdog timer may wait on RPC timeouts; keep it off the subscription group
+    return run_node("carla_episode_manager", CarlaEpisodeManagerNode, args=args, parallel_timers=True)

@@ -15,23 +15,24 @@ from typing import Any
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.classical import ClassicalConfig, PurePursuitPID
-from td3_drive.control import BRAKE, action_to_control_fields
-from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
-from td3_drive.observation import InvalidMessage, VehiclePose
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
+from td3_drive.driving.classical import ClassicalConfig, PurePursuitPID
+from td3_drive.driving.control import BRAKE, action_to_control_fields
+from td3_drive.driving.world import CameraPoseJoin
+from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.driving.observation import InvalidMessage, VehiclePose
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, declare_topics
 from td3_drive.runtime.interface import stamp as stamp_of
 from td3_drive.runtime.messages import seconds
 
 NODE_NAME = "classical_controller"
 
 
-class ClassicalControllerNode:
+class ClassicalControllerNode(Node):
     """Wiring only: messages -> PurePursuitPID -> CarlaEgoVehicleControl."""
 
     def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         defaults = ClassicalConfig()
         p = ctx.parameter
         topics = declare_topics(ctx)
@@ -54,13 +55,12 @@ class ClassicalControllerNode:
         self.controller = PurePursuitPID(self.config)
         self._last_stamp: float | None = None
         #: dropped inputs per reason (InvalidMessage.reason, or why a tick braked), also on /diagnostics
-        self.drops = DropCounter(ctx)
         self.published = 0
 
         self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
         self._diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, topics.diagnostics, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, topics, self.drops, events=False, on_pose=lambda: self.join.poll())
-        self.join = CameraPoseJoin(self.world, self._on_tick, self.drops)
+        self.join = CameraPoseJoin(self.world, self._on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
 
@@ -109,3 +109,10 @@ class ClassicalControllerNode:
     def publish_diagnostics(self) -> None:
         self._diagnostics_pub.publish(self.drops.status_message(stamp_of(self.ctx, self.ctx.now()),
                                                                 {"published": self.published}))
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive classical_controller``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    return run_node(NODE_NAME, ClassicalControllerNode, args=args)

@@ -9,26 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from td3_drive import topics as T
-from td3_drive.diagnostics import DropCounter
-from td3_drive.metrics import EpisodeMetrics, EpisodeMetricsRecorder
-from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
-from td3_drive.observation import VehiclePose
-from td3_drive.reward import RewardConfig, RewardFunction
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, stamp
+from td3_drive.driving.metrics import EpisodeMetrics, EpisodeMetricsRecorder
+from td3_drive.driving.world import CameraPoseJoin
+from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.driving.observation import VehiclePose
+from td3_drive.driving.reward import RewardConfig, RewardFunction
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, stamp, declare_topics
 from td3_drive.runtime.messages import seconds
 
 NODE_NAME = "evaluator"
 
 
-class EvaluatorNode:
+class EvaluatorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.topics = declare_topics(ctx)
         self.reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
         self.reward_fn = RewardFunction(self.reward_config)
         self.recorder = EpisodeMetricsRecorder(self.reward_config.max_lateral_deviation,
                                                self.reward_config.goal_distance)
-        self.drops = DropCounter(ctx)
         self.episodes: list[EpisodeMetrics] = []
         self.returns: list[float] = []
         self.in_episode = False
@@ -37,7 +37,7 @@ class EvaluatorNode:
         self.reset_pub = ctx.create_publisher(T.HEADER, self.topics.reset_request, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, self.topics, self.drops, on_pose=lambda: self.join.poll())
         # a tick is complete once its camera image and its odometry are both in (in either order)
-        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops)
+        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
 
     def on_image(self, msg: Any) -> None:
@@ -74,3 +74,10 @@ class EvaluatorNode:
                                  f"success {metrics.success}, route completion {metrics.route_completion:.2f}, "
                                  f"{metrics.distance_m:.0f} m, {metrics.collisions} collisions")
             self.reset_pub.publish(self.ctx.new(T.HEADER, stamp=stamp(self.ctx, t), frame_id=step.reason))
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive evaluator``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    return run_node(NODE_NAME, EvaluatorNode, args=args)

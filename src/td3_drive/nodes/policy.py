@@ -23,23 +23,23 @@ import numpy as np
 import torch
 
 from td3_drive import topics as T
-from td3_drive.checkpoint import resolve_actor_file
-from td3_drive.control import BRAKE, WATCHDOG_FRAME_ID, action_to_control_fields
-from td3_drive.diagnostics import DropCounter
-from td3_drive.exploration import Exploration, ExplorationConfig
-from td3_drive.inference import ActorRunner
-from td3_drive.learner import LearnerConfig
-from td3_drive.models import feature_stats
-from td3_drive.nodes.common import ObservationPairer, declare_topics
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
-from td3_drive.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
+from td3_drive.rl.checkpoint import resolve_actor_file
+from td3_drive.driving.control import BRAKE, WATCHDOG_FRAME_ID, action_to_control_fields
+from td3_drive.rl.exploration import Exploration, ExplorationConfig
+from td3_drive.rl.inference import ActorRunner
+from td3_drive.rl.learner import LearnerConfig
+from td3_drive.rl.models import feature_stats
+from td3_drive.nodes.bridge import ObservationPairer
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, declare_topics
+from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
 
 NODE_NAME = "policy"
 
 
-class PolicyNode:
+class PolicyNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         p = ctx.parameter
         self.topics = declare_topics(ctx)
         config = LearnerConfig(layer_norm=p("layer_norm", True, "LayerNorm CNN (false: ablation architecture)"),
@@ -71,7 +71,6 @@ class PolicyNode:
         checkpoint = p("checkpoint", "", "actor.safetensors or a checkpoint directory to load at start")
         if checkpoint:
             self.load_file(checkpoint)
-        self.drops = DropCounter(ctx)
         self.weight_rejections: dict[str, int] = {}
         self.actions = 0
         self.last_feature_l2 = float('nan')
@@ -161,16 +160,11 @@ class PolicyNode:
     # ------------------------------------------------------------------ state (exact resume)
     def state_dict(self) -> dict[str, Any]:
         """JSON-able exploration state and counters (the weights come back on the latched topic)."""
-        e = self.exploration
-        return {"exploration_rng": e.rng.bit_generator.state, "exploration_ar": e._ar.tolist(),
-                "exploration_steps": e.steps, "actions": self.actions, "explore": self.explore,
-                "weights_version": self.weights_version}
+        return {**{f"exploration_{k}": v for k, v in self.exploration.state_dict().items()},
+                "actions": self.actions, "explore": self.explore, "weights_version": self.weights_version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        e = self.exploration
-        e.rng.bit_generator.state = state["exploration_rng"]
-        e._ar = np.asarray(state["exploration_ar"], dtype=np.float64)
-        e.steps = int(state["exploration_steps"])
+        self.exploration.load_state_dict({k: state[f"exploration_{k}"] for k in ("rng", "ar", "steps")})
         self.actions = int(state["actions"])
         self.explore = bool(state["explore"])
         if self.weights_version != int(state["weights_version"]):
@@ -188,3 +182,10 @@ class PolicyNode:
         self.diagnostics_pub.publish(self.drops.status_message(
             stamp(self.ctx, self.ctx.now()), {"actions": self.actions, "weights_version": self.weights_version,
             "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips}))
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive policy``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    return run_node(NODE_NAME, PolicyNode, args=args)

@@ -14,26 +14,26 @@ from typing import Any
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import BridgeWorld, CameraPoseJoin, declare_topics
-from td3_drive.observation import (STATE_NAMES, FrameStack, ImageConverter, InvalidMessage, VehiclePose,
+from td3_drive.driving.world import CameraPoseJoin
+from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.driving.observation import (STATE_NAMES, FrameStack, ImageConverter, InvalidMessage, VehiclePose,
                                    kinematic_state, to_gray84)
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp, declare_topics
 from td3_drive.runtime.messages import seconds
 
 NODE_NAME = "camera_preprocessor"
 
 
-class CameraPreprocessorNode:
+class CameraPreprocessorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         p = ctx.parameter
         self.topics = declare_topics(ctx)
         self.frame_stack = p("frame_stack", 4, "frames per observation")
         self.stack = FrameStack(self.frame_stack)
         self.converter = ImageConverter(p("image_backend", "auto", "auto (cv_bridge if installed) | cv_bridge | rosbags"))
         ctx.logger.info(f"{ctx.name}: camera images converted with {self.converter.backend}")
-        self.drops = DropCounter(ctx)
         self.last_stamp = -np.inf
         self.published = 0
 
@@ -41,7 +41,7 @@ class CameraPreprocessorNode:
         self.state_pub = ctx.create_publisher(T.JOINT_STATE, self.topics.observation_state, RELIABLE_QOS)
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, self.topics, self.drops, events=False, on_pose=lambda: self.join.poll())
-        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops)
+        self.join = CameraPoseJoin(self.world, self.on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
 
@@ -89,3 +89,10 @@ class CameraPreprocessorNode:
     def publish_diagnostics(self) -> None:
         self.diagnostics_pub.publish(self.drops.status_message(
             stamp(self.ctx, self.ctx.now()), {"published": self.published}))
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive camera_preprocessor``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    return run_node(NODE_NAME, CameraPreprocessorNode, args=args)

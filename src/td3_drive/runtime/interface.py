@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from td3_drive import topics as T
+
 
 @dataclass(frozen=True)
 class QoS:
@@ -86,11 +88,14 @@ def yaw_quaternion(ctx: NodeContext, yaw: float) -> Any:
     return ctx.new("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
 
 
-def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str, defaults: Any = None) -> Any:
-    """Declare one parameter per dataclass field as ``prefix.field`` and build the dataclass.
+def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str = "", defaults: Any = None) -> Any:
+    """Declare one parameter per dataclass field (``prefix.field``, or ``field`` without a prefix) and
+    build the dataclass: the one way a node declares its configuration.
 
-    YAML ``prefix: {field: value}`` under ros__parameters is how ROS 2 spells these.
-    Tuples are declared as lists (ROS parameters have no tuples).
+    YAML ``prefix: {field: value}`` under ros__parameters is how ROS 2 spells these.  A field's
+    ``metadata["description"]`` describes its parameter.  Tuples are declared as lists (ROS
+    parameters have no tuples); an optional field (``float | None``) is declared as 0.0, and 0
+    reads back as None ("off").
     """
     import dataclasses
 
@@ -98,9 +103,18 @@ def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str, defaults: Any
     values = {}
     for f in dataclasses.fields(cls):
         default = getattr(base, f.name)
+        optional = "None" in str(f.type)
         if isinstance(default, tuple):
             default = list(default)
-        if default is None:  # ROS parameters cannot be None: 0.0 stands for "off"
+        if default is None:
             default = 0.0
-        values[f.name] = ctx.parameter(f"{prefix}.{f.name}", default, f"{cls.__name__}.{f.name}")
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        value = ctx.parameter(name, default, f.metadata.get("description", f"{cls.__name__}.{f.name}"))
+        values[f.name] = None if optional and value == 0 else value
     return cls(**values)
+
+
+def declare_topics(ctx: NodeContext) -> T.Topics:
+    """The ``role_name`` and ``namespace`` parameters every node declares -> its topic names."""
+    return T.Topics(ctx.parameter("role_name", "ego_vehicle", "CARLA role name of the ego vehicle"),
+                    ctx.parameter("namespace", "", "prefix of the /td3 topics (multi-vehicle scale-out)"))

@@ -464,10 +464,9 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C / ros2 launch's SIGINT: the normal way out
     finally:
-        close = getattr(td3_node, "close", None)
-        if callable(close):
+        if td3_node is not None:
             try:
-                close()
+                td3_node.close()
             except Exception as exc:  # never let cleanup hide the shutdown
                 if ros_node is not None:
                     ros_node.get_logger().error(f"close() failed: {exc!r}")
@@ -477,35 +476,3 @@ def run_node(
             ros_node.destroy_node()
         rclpy.try_shutdown()
     return 0
-
-
-def camera_preprocessor_main(args: list[str] | None = None) -> int:
-    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
-
-    return run_node("camera_preprocessor", CameraPreprocessorNode, args=args)
-
-
-def policy_main(args: list[str] | None = None) -> int:
-    from td3_drive.nodes.policy import PolicyNode
-
-    return run_node("policy", PolicyNode, args=args)
-
-
-def trainer_main(args: list[str] | None = None) -> int:
-    from td3_drive.nodes.trainer import TrainerNode
-
-    # learning runs in timers of their own; subscriptions keep flowing meanwhile
-    return run_node("trainer", TrainerNode, args=args, parallel_timers=True)
-
-
-def evaluator_main(args: list[str] | None = None) -> int:
-    from td3_drive.nodes.evaluator import EvaluatorNode
-
-    return run_node("evaluator", EvaluatorNode, args=args)
-
-
-def carla_episode_manager_main(args: list[str] | None = None) -> int:
-    from td3_drive.nodes.carla_episode_manager import CarlaEpisodeManagerNode
-
-    # the CARLA watchdog timer may wait on RPC timeouts; keep it off the subscription group
-    return run_node("carla_episode_manager", CarlaEpisodeManagerNode, args=args, parallel_timers=True)

@@ -22,10 +22,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from td3_drive.control import ACTION_DIM, action_to_control_fields
-from td3_drive.observation import (STATE_DIM, FrameStack, RouteProjection, VehiclePose, kinematic_state,
+from td3_drive.driving.control import ACTION_DIM, action_to_control_fields
+from td3_drive.driving.observation import (STATE_DIM, FrameStack, RouteProjection, VehiclePose, kinematic_state,
                                    to_gray84)
-from td3_drive.reward import RewardConfig, RewardFunction, StepEvents
+from td3_drive.driving.reward import RewardConfig, RewardFunction, StepEvents
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame
 
 ENV_ID = "td3_drive/Racetrack-v0"

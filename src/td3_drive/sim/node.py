@@ -23,9 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.diagnostics import DropCounter
-from td3_drive.nodes.common import declare_topics
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion, declare_topics
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 
 _PARAMETER_DOCS = {
@@ -52,11 +51,11 @@ _PARAMETER_DOCS = {
 PUBLISH_ORDERS = ("bridge", "camera_last")
 
 
-class SimulatorNode:
+class SimulatorNode(Node):
     """Publishes the racetrack as the CARLA bridge would; ticks once per control command."""
 
     def __init__(self, ctx: NodeContext, config: SimConfig | None = None) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         base = config or SimConfig()
         values = {
             f.name: ctx.parameter(f.name, getattr(base, f.name), _PARAMETER_DOCS.get(f.name, ""))
@@ -87,7 +86,6 @@ class SimulatorNode:
         self._pub_diagnostics = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
         ctx.create_timer(1.0, self._publish_diagnostics)
         #: bad controls per reason: control_clamped (applied after clamping), control_non_finite (ignored)
-        self.drops = DropCounter(ctx)
 
         # counters (read by tests, diagnostics and the CLI)
         self.ticks = 0  # world ticks published, episode starts included
@@ -289,3 +287,10 @@ def stamp_ns(ctx: NodeContext, t_ns: int) -> Any:
 
 
 __all__ = ["SimulatorNode", "stamp_ns"]
+
+
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run td3_drive simulator``: this node alone on rclpy."""
+    from td3_drive.runtime.ros import run_node
+
+    return run_node("simulator", SimulatorNode, args=args)

@@ -8,6 +8,7 @@ noise; afterwards the policy's action gets N(0, sigma) noise, clipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,15 @@ class Exploration:
 
     def reset(self) -> None:
         self._ar[:] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able: the RNG, the warm-up steering's AR(1) state, the step count."""
+        return {"rng": self.rng.bit_generator.state, "ar": self._ar.tolist(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._ar = np.asarray(state["ar"], dtype=np.float64)
+        self.steps = int(state["steps"])
 
     def __call__(self, policy_action: np.ndarray) -> np.ndarray:
         """The action to apply given the policy's deterministic action."""

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from td3_drive.observation import decode_image
+from td3_drive.driving.observation import decode_image
 from td3_drive.topics import Topics
 
 VIDEO_SUFFIXES = (".mp4", ".gif")

@@ -19,7 +19,7 @@ from typing import Any
 from td3_drive.topics import Topics
 
 #: the committed perspective for the default (single vehicle, no namespace)
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "config" / "rqt" / "td3_features.perspective"
+DEFAULT_FILE = Path(__file__).resolve().parents[3] / "config" / "rqt" / "td3_features.perspective"
 MATPLOT = 1  # rqt_plot's backends: 0 PyQtGraph, 1 MatPlot, 2 QwtPlot; MatPlot ships with rqt_plot
 
 

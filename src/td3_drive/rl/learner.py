@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from td3_drive.models import FEATURE_DIM, Actor, ActorHead, CriticHeads, Encoder, feature_stats
+from td3_drive.rl.models import FEATURE_DIM, Actor, ActorHead, CriticHeads, Encoder, feature_stats
 
 if TYPE_CHECKING:  # only for annotations: the learner takes any object with these fields
-    from td3_drive.replay import Batch
+    from td3_drive.rl.replay import Batch
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from td3_drive.evaluation import EvalResult, Preset
+from td3_drive.app.config import load_parameters
+from td3_drive.app.protocol import AGENTS, Preset
+from td3_drive.app.results import EvalResult, write_csv, write_json
+from td3_drive.runtime.parameters import for_node
 
 #: (TensorBoard tag, y label) per panel, by plot file
 CURVES: dict[str, list[tuple[str, str]]] = {
@@ -65,9 +67,6 @@ def run_scalars(run_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, n
 
 def _trainer_parameters(run_dir: Path) -> dict[str, Any]:
     """The trainer's parameters from a run's config.yaml snapshot ({} if there is none)."""
-    from td3_drive.embedded import load_parameters
-    from td3_drive.runtime.parameters import for_node
-
     path = run_dir / "config.yaml"
     return for_node(load_parameters(path), "trainer") if path.exists() else {}
 
@@ -179,7 +178,7 @@ def plot_distributions(rows: dict[str, list[dict[str, Any]]], labels: dict[str, 
 def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[EvalResult]],
                   labels: dict[str, str]) -> list[dict[str, Any]]:
     """One row per agent (classical included): summarize() over the pooled episodes + per-seed spread."""
-    from td3_drive.metrics import EpisodeMetrics, summarize
+    from td3_drive.driving.metrics import EpisodeMetrics, summarize
 
     table = []
     for agent, episodes in rows.items():
@@ -257,8 +256,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]], tests: list[dict[str, Any]],
               meta: dict[str, Any], plots: dict[str, str]) -> str:
-    from td3_drive.evaluation import AGENTS
-
     seeds = ", ".join(map(str, preset.seeds))
     lines = [
         f"# TD3 + LayerNorm vs DDPG vs TD3 without LayerNorm vs classical: `{preset.name}` preset", "",
@@ -345,8 +342,6 @@ def _encoder_note(meta: dict[str, Any]) -> str:
 def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: dict[str, list[EvalResult]],
                  labels: dict[str, str], meta: dict[str, Any] | None = None) -> dict[str, str]:
     """Write report.md, the PNGs, metrics/episodes/stats CSV + JSON and curves.json into ``out``."""
-    from td3_drive.evaluation import write_csv, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     first = next((d for dirs in runs.values() for d in dirs if (d / "config.yaml").exists()), None)

@@ -8,76 +8,33 @@ the controls.
 """
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from td3_drive.runtime.bag import BagRecorder
+from td3_drive.app.config import Parameters, vehicle_parameters
+from td3_drive.nodes.classical_controller import ClassicalControllerNode
+from td3_drive.nodes.evaluator import EvaluatorNode
+from td3_drive.nodes.policy import PolicyNode
+from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+from td3_drive.nodes.trainer import TrainerNode
+from td3_drive.runtime.bag import BagRecorder, play_bag
 from td3_drive.runtime.local import LocalRuntime
-from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
+from td3_drive.runtime.node import Node
+from td3_drive.sim.node import SimulatorNode
+from td3_drive.topics import Topics
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 #: not recorded by default: 7 MB per weight message, 28 KB per observation image (a 6000-step run
 #: made a 370 MB bag); the checkpoints hold the weights, `--bag-observations` keeps the images
 BAG_EXCLUDE = ("/td3/actor_weights", "/td3/observation/image")
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested YAML dicts -> dotted ROS 2 parameter names ({'learner': {'tau': x}} -> {'learner.tau': x})."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def find_config(name_or_path: str) -> Path:
-    """A path, or a name in the package's config/ directory ('train' -> config/train.yaml)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
-        if candidate.exists():
-            return candidate
-    try:  # installed package (colcon / ament): share/td3_drive/config
-        from ament_index_python.packages import get_package_share_directory
-
-        candidate = Path(get_package_share_directory("td3_drive")) / "config" / f"{name_or_path}.yaml"
-        if candidate.exists():
-            return candidate
-    except ImportError:
-        pass
-    raise FileNotFoundError(f"config {name_or_path!r} not found (looked in {CONFIG_DIR})")
-
-
-def load_parameters(config: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """A ROS 2 parameter file -> {node key: {dotted_param: value}} with overrides applied.
-
-    Node keys as :mod:`td3_drive.runtime.parameters` spells them: ``/**/policy`` -> ``policy``
-    (any namespace), ``policy`` -> ``/policy`` (the root namespace only, as rclpy reads it).
-    """
-    raw = yaml.safe_load(Path(find_config(str(config))).read_text()) or {}
-    params: dict[str, dict[str, Any]] = {}
-    for node, body in raw.items():
-        params.setdefault(internal_key(node), {}).update(flatten((body or {}).get("ros__parameters", {})))
-    for node, values in (overrides or {}).items():
-        params.setdefault(node, {}).update(flatten(values))
-    return params
-
-
 @dataclass
 class EmbeddedGraph:
     runtime: LocalRuntime
-    nodes: dict[str, Any]
+    nodes: dict[str, Node]
     recorder: BagRecorder | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -117,38 +74,14 @@ class EmbeddedGraph:
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         """Every node's dropped inputs per reason (only nodes that dropped something)."""
-        counts = {name: dict(node.drops.counts) for name, node in self.nodes.items() if hasattr(node, "drops")}
+        counts = {name: dict(node.drops.counts) for name, node in self.nodes.items()}
         return {name: c for name, c in counts.items() if c}
 
     def close(self) -> None:
         for node in self.nodes.values():
-            if hasattr(node, "close"):
-                node.close()
+            node.close()
         if self.recorder is not None:
             self.recorder.close()
-
-
-#: nodes that run once per vehicle (the trainer and evaluator run once)
-VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
-
-
-def vehicle_parameters(parameters: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dict[str, Any]]:
-    """Scale-out on one runtime: per vehicle ``i`` the simulator, camera_preprocessor and policy
-    run as ``/v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart);
-    they read the file's ``/**/<node>`` entries as under ROS, plus these per-vehicle ones. The
-    trainer learns from all of them (as ``train.launch.py num_vehicles:=N`` wires it)."""
-    if vehicles == 1:
-        return parameters
-    out = {name: dict(values) for name, values in parameters.items()}
-    for i in range(vehicles):
-        for name in VEHICLE_NODES:
-            values: dict[str, Any] = {"role_name": f"hero{i}", "namespace": f"v{i}"}
-            if name == "simulator":
-                values["seed"] = int(for_node(parameters, f"v{i}/{name}").get("seed", 0)) + 100_000 * i
-            out[f"/v{i}/{name}"] = values
-    out.setdefault("trainer", {}).update(vehicle_namespaces=[f"v{i}" for i in range(vehicles)],
-                                         vehicle_role_names=[f"hero{i}" for i in range(vehicles)])
-    return out
 
 
 def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
@@ -159,10 +92,6 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
 
     ``vehicles`` > 1 runs that many pipelines (see :func:`vehicle_parameters`) feeding one trainer.
     """
-    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
-    from td3_drive.sim.node import SimulatorNode
-    from td3_drive.topics import Topics
-
     if vehicles < 1 or (vehicles > 1 and (evaluator or not trainer)):
         raise ValueError("vehicles must be >= 1; several vehicles need the trainer and no evaluator")
     runtime = LocalRuntime(vehicle_parameters(parameters, vehicles))
@@ -176,28 +105,20 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
         recorder = BagRecorder(bag_path, prefixes=tuple(prefixes), exclude=tuple(exclude))
         runtime.add_tap(recorder)
     names = [""] if vehicles == 1 else [f"v{i}/" for i in range(vehicles)]
-    nodes: dict[str, Any] = {}
+    nodes: dict[str, Node] = {}
     # subscription order is delivery order: the trainer sees an observation before the control
     # computed from it (it would also wait for a late one), so it is created before the policies
     for prefix in names:
         nodes[f"{prefix}simulator"] = SimulatorNode(runtime.context(f"{prefix}simulator"))
         nodes[f"{prefix}camera_preprocessor"] = CameraPreprocessorNode(runtime.context(f"{prefix}camera_preprocessor"))
     if trainer:
-        from td3_drive.nodes.trainer import TrainerNode
-
         nodes["trainer"] = TrainerNode(runtime.context("trainer"))
     if evaluator:
-        from td3_drive.nodes.evaluator import EvaluatorNode
-
         nodes["evaluator"] = EvaluatorNode(runtime.context("evaluator"))
     for prefix in names:
         if controller == "policy":
-            from td3_drive.nodes.policy import PolicyNode
-
             nodes[f"{prefix}policy"] = PolicyNode(runtime.context(f"{prefix}policy"))
         elif controller == "pid":
-            from td3_drive.nodes.classical_controller import ClassicalControllerNode
-
             nodes[f"{prefix}classical_controller"] = ClassicalControllerNode(
                 runtime.context(f"{prefix}classical_controller"))
         else:
@@ -208,22 +129,30 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
     return EmbeddedGraph(runtime, nodes, recorder)
 
 
-def _wire_node_state(nodes: dict[str, Any]) -> None:
+def _wire_node_state(nodes: dict[str, Node]) -> None:
     """Episode-boundary checkpoints carry every node's state; a resume puts it back before start()."""
-    trainer = nodes["trainer"]
+    session = nodes["trainer"].session
     stateful = {name: node for name, node in nodes.items()
-                if name != "trainer" and hasattr(node, "state_dict") and hasattr(node, "load_state_dict")}
-    trainer.node_state_provider = lambda: {name: node.state_dict() for name, node in stateful.items()}
-    for name, state in trainer.resumed_node_states.items():
+                if name != "trainer" and node.state_dict() is not None}
+    session.node_state_provider = lambda: {name: node.state_dict() for name, node in stateful.items()}
+    for name, state in session.resumed_node_states.items():
         if name in stateful:
             stateful[name].load_state_dict(state)
         else:
             log.warning("checkpoint has state for node %r, which this graph does not run", name)
 
 
-def snapshot_config(run_dir: Path, parameters: dict[str, dict[str, Any]], argv: list[str] | None = None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    nested = {yaml_key(node): {"ros__parameters": values} for node, values in parameters.items()}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
-    if argv is not None:
-        (run_dir / "command.json").write_text(json.dumps({"argv": argv, "time": time.time()}))
+def play(bag: Path, parameters: Parameters) -> dict[str, Any]:
+    """Feed a rosbag2 through camera_preprocessor + policy; what was fed, published and dropped."""
+    runtime = LocalRuntime(parameters)
+    published: dict[str, int] = {}
+    runtime.add_tap(lambda topic, type_name, msg, t: published.__setitem__(topic, published.get(topic, 0) + 1))
+    preprocessor = CameraPreprocessorNode(runtime.context("camera_preprocessor"))
+    policy = PolicyNode(runtime.context("policy"))
+    fed = play_bag(bag, runtime, topics=None)
+    # the tap also sees every message the bag feeds in (runtime.publish): subtract those, so
+    # "published" is what the nodes published (topic_types() cannot tell: it lists subscriptions too)
+    by_nodes = {t: n - fed.get(t, 0) for t, n in sorted(published.items())}
+    return {"bag": str(bag), "fed": fed, "published": {t: n for t, n in by_nodes.items() if n > 0},
+            "drops": {"camera_preprocessor": dict(preprocessor.drops.counts), "policy": dict(policy.drops.counts)},
+            "actions": policy.actions}

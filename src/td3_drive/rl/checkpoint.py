@@ -33,8 +33,8 @@ from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save_file as save_torch_file
 
-from td3_drive import weights
-from td3_drive.learner import Learner
+from td3_drive.rl import weights
+from td3_drive.rl.learner import Learner
 
 log = logging.getLogger(__name__)
 LATEST = "latest"

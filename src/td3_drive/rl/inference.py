@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from td3_drive.models import Actor, build_actor
+from td3_drive.rl.models import Actor, build_actor
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "torch")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from td3_drive.models import Actor, build_actor
+from td3_drive.rl.models import Actor, build_actor
 
 FORMAT = "td3_drive.actor.v1"
 MAX_WEIGHT_BYTES = 64 * 1024 * 1024  # the actor is ~7 MB; anything far larger is not ours

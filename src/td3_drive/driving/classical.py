@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from td3_drive.observation import VehiclePose, project_on_route
+from td3_drive.driving.observation import VehiclePose, project_on_route
 
 __all__ = ["PID", "ClassicalConfig", "PurePursuitPID", "point_at_arc_length"]
 

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from td3_drive.observation import InvalidMessage, VehiclePose, project_on_route, wrap_angle
-from td3_drive.reward import RewardConfig
+from td3_drive.driving.observation import InvalidMessage, VehiclePose, project_on_route, wrap_angle
+from td3_drive.driving.reward import RewardConfig
 
 __all__ = ["EpisodeMetrics", "EpisodeMetricsRecorder", "summarize", "MIN_DISTANCE_FOR_RATE_M",
            "route_length"]

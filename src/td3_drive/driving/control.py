@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from td3_drive.observation import InvalidMessage
+from td3_drive.driving.observation import InvalidMessage
 
 __all__ = ["ACTION_DIM", "BRAKE", "WATCHDOG_FRAME_ID", "action_to_control_fields", "control_to_action"]
 

@@ -1,0 +1,142 @@
+"""The one place that composes node parameters, in this order (later wins):
+
+1. each node's config dataclass defaults (declared by the node itself),
+2. the ROS 2 parameter file (``config/train.yaml``, ``drive.yaml``: only what differs from 1),
+3. ``config/embedded.yaml`` (the built-in simulator instead of CARLA),
+4. what the command sets (run dir, resume, an evaluation protocol, ``--deterministic``),
+5. ``--seed`` (trainer and policy: the seed; simulator: seed x 1000),
+6. ``--set node.param=value``.
+
+Node keys as :mod:`td3_drive.runtime.parameters` spells them: ``policy`` means any
+namespace (``/**/policy`` in a file), ``/policy`` the root namespace only.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
+
+Parameters = dict[str, dict[str, Any]]
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
+
+#: --deterministic: what exact resume needs (applied before --set, so a test can still shrink a run)
+DETERMINISTIC: Parameters = {
+    "trainer": {"device": "cpu", "checkpoint_replay": True, "checkpoint_episodes": 1, "checkpoint_every": 0,
+                "async_updates": False, "replay_on_disk": False},
+    "policy": {"device": "cpu", "backend": "torch"},
+}
+
+#: nodes that run once per vehicle (the trainer and evaluator run once)
+VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML dicts -> dotted ROS 2 parameter names ({'learner': {'tau': x}} -> {'learner.tau': x})."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path, or a name in the package's config/ directory ('train' -> config/train.yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
+        if candidate.exists():
+            return candidate
+    try:  # installed package (colcon / ament): share/td3_drive/config
+        from ament_index_python.packages import get_package_share_directory
+
+        candidate = Path(get_package_share_directory("td3_drive")) / "config" / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    except ImportError:
+        pass
+    raise FileNotFoundError(f"config {name_or_path!r} not found (looked in {CONFIG_DIR})")
+
+
+def load_parameters(config: str | Path, overrides: Parameters | None = None) -> Parameters:
+    """A ROS 2 parameter file -> {node key: {dotted_param: value}} with ``overrides`` applied."""
+    raw = yaml.safe_load(Path(find_config(str(config))).read_text()) or {}
+    params: Parameters = {}
+    for node, body in raw.items():
+        params.setdefault(internal_key(node), {}).update(flatten((body or {}).get("ros__parameters", {})))
+    merge(params, overrides or {})
+    return params
+
+
+def merge(params: Parameters, extra: Parameters) -> Parameters:
+    """``extra``'s values over ``params``' (in place; nested dicts are flattened to dotted names)."""
+    for node, values in extra.items():
+        params.setdefault(node, {}).update(flatten(values))
+    return params
+
+
+def compose(config: str | Path, seed: int | None = None, overrides: list[str] | tuple[str, ...] = (),
+            extra: Parameters | None = None) -> Parameters:
+    """Every node's parameters for an embedded run (steps 2-6 of the module docstring)."""
+    params = merge(load_parameters(config), load_parameters("embedded"))
+    merge(params, extra or {})
+    if seed is not None:
+        for node in ("trainer", "policy"):
+            params.setdefault(node, {})["seed"] = seed
+        params.setdefault("simulator", {})["seed"] = seed * 1000
+    for item in overrides:  # --set trainer.learner.tau=0.01
+        key, equals, value = item.partition("=")
+        node, dot, name = key.partition(".")
+        if not name or not dot or not equals:
+            raise SystemExit(f"--set expects node.param=value, got {item!r}")
+        params.setdefault(node, {})[name] = yaml.safe_load(value)
+    return params
+
+
+def vehicle_parameters(parameters: Parameters, vehicles: int) -> Parameters:
+    """Scale-out on one runtime: per vehicle ``i`` the simulator, camera_preprocessor and policy
+    run as ``/v<i>/<node>`` (role ``hero<i>``, namespace ``v<i>``, simulator seeds 100000 apart);
+    they read the file's ``/**/<node>`` entries as under ROS, plus these per-vehicle ones. The
+    trainer learns from all of them (as ``train.launch.py num_vehicles:=N`` wires it)."""
+    if vehicles == 1:
+        return parameters
+    out = {name: dict(values) for name, values in parameters.items()}
+    for i in range(vehicles):
+        for name in VEHICLE_NODES:
+            values: dict[str, Any] = {"role_name": f"hero{i}", "namespace": f"v{i}"}
+            if name == "simulator":
+                values["seed"] = int(for_node(parameters, f"v{i}/{name}").get("seed", 0)) + 100_000 * i
+            out[f"/v{i}/{name}"] = values
+    out.setdefault("trainer", {}).update(vehicle_namespaces=[f"v{i}" for i in range(vehicles)],
+                                         vehicle_role_names=[f"hero{i}" for i in range(vehicles)])
+    return out
+
+
+def snapshot(run_dir: Path, parameters: Parameters, argv: list[str] | None = None) -> None:
+    """``run_dir/config.yaml`` (a ROS 2 parameter file of exactly what ran) and ``command.json``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nested = {yaml_key(node): {"ros__parameters": values} for node, values in parameters.items()}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
+    if argv is not None:
+        (run_dir / "command.json").write_text(json.dumps({"argv": argv, "time": time.time()}))
+
+
+def make_deterministic() -> None:
+    """CPU, one thread, deterministic kernels: the same inputs give bit-identical weights."""
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel op; intra-op threads are what matter
+        pass

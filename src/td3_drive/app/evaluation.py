@@ -1,0 +1,123 @@
+"""Evaluation on the embedded default: fixed-seed episodes of a checkpoint or the PID controller.
+
+Evaluation runs the same embedded graph as ``td3-drive drive`` (simulator ->
+preprocessor -> policy | classical_controller -> evaluator) for the episodes of
+the protocol (:class:`~td3_drive.app.protocol.Protocol`), without learning and
+without exploration noise.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from td3_drive.app import embedded
+from td3_drive.app.config import compose
+from td3_drive.app.console import progress_bar, resolve_checkpoint
+from td3_drive.app.protocol import PID, Protocol
+from td3_drive.app.results import EvalResult, save_eval
+from td3_drive.app.video import DriveRecorder
+from td3_drive.driving.metrics import summarize
+
+
+def checkpoint_architecture(actor_file: Path) -> dict[str, Any]:
+    """The actor architecture stored in an actor.safetensors file's metadata (layer_norm, frame_stack...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(actor_file), framework="numpy") as f:
+        metadata = f.metadata() or {}
+    return json.loads(metadata.get("architecture", "{}"))
+
+def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Protocol, config: str = "drive",
+                    overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Node parameters of an evaluation graph: the protocol's episodes, no exploration.
+
+    The policy's ``layer_norm`` / ``frame_stack`` / ``trunk_dim`` are taken from the checkpoint, so the
+    ablations' actors load without extra flags.
+    """
+    extra = protocol.parameters()
+    if controller == "policy":
+        if not checkpoint:
+            raise SystemExit("eval --controller policy needs --checkpoint (a run dir, checkpoint dir or actor file)")
+        actor = resolve_checkpoint(str(checkpoint))
+        arch = checkpoint_architecture(actor)
+        extra["policy"] = {"checkpoint": str(actor), "explore": False}
+        for key in ("layer_norm", "frame_stack", "trunk_dim"):
+            if key in arch:
+                extra["policy"][key] = arch[key]
+    elif controller != PID:
+        raise SystemExit(f"controller must be 'policy' or 'pid', got {controller!r}")
+    return compose(config, None, list(overrides or []), extra)
+
+def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
+                 on_episode: Callable[[int], None] | None = None, chunk: int = 20) -> None:
+    """Advance ``graph`` until its evaluator has ``episodes`` finished episodes or ``max_ticks`` ticks."""
+    evaluator = graph.nodes["evaluator"]
+    graph.start()
+    # stop on the tick that ends the last episode, not at the next chunk boundary
+    graph.run(max_ticks - graph.sim.ticks, None if on_episode is None else lambda: on_episode(len(evaluator.episodes)),
+              every=chunk, stop=lambda: len(evaluator.episodes) >= episodes)
+
+def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None,
+             protocol: Protocol = Protocol(), max_ticks: int = 100_000, config: str = "drive",
+             overrides: list[str] | None = None, progress: bool = True, video: str | Path | None = None,
+             video_episodes: int = 0) -> EvalResult:
+    """Drive the protocol's fixed-seed episodes with a checkpoint or the PID controller; no learning.
+
+    ``video`` (.mp4 or .gif): the camera view with action, speed and feature L2 overlaid, of the first
+    ``video_episodes`` episodes (0: all).
+    """
+    episodes, eval_seed = protocol.episodes, protocol.eval_seed
+    params = eval_parameters(controller, checkpoint, protocol, config, overrides)
+    graph = embedded.build_graph(params, controller=controller, trainer=False, evaluator=True)
+    evaluator = graph.nodes["evaluator"]
+    recorder = DriveRecorder(video, graph.sim.topics, max_episodes=video_episodes) if video else None
+    if recorder is not None:
+        graph.runtime.add_tap(recorder)
+    bar = progress_bar(episodes, f"eval {agent}") if progress else None
+    start = time.perf_counter()
+
+    def on_episode(done: int) -> None:
+        if bar is not None:
+            bar.n = done
+            bar.set_postfix(ticks=graph.sim.ticks, refresh=False)
+            bar.refresh()
+
+    try:
+        run_episodes(graph, episodes, max_ticks, on_episode)
+    finally:
+        if bar is not None:
+            bar.close()
+        if recorder is not None:
+            recorder.close()
+        graph.close()
+    rows = []
+    for k, (m, ret) in enumerate(zip(evaluator.episodes, evaluator.returns), start=1):
+        # simulator episode k (1-based, see sim/node.py) ran on seed config.seed + k
+        rows.append({"agent": agent, "episode": k, "seed": int(eval_seed) + k, "return": float(ret), **m.to_dict()})
+    return EvalResult(agent, rows, summarize(evaluator.episodes) if evaluator.episodes else None, graph.sim.ticks,
+                      graph.sim.ticks >= max_ticks, round(time.perf_counter() - start, 2),
+                      {"controller": controller, "checkpoint": str(checkpoint) if checkpoint else None,
+                       "eval_seed": int(eval_seed), "episodes_requested": episodes, "drops": graph.drop_counts(),
+                       "protocol": asdict(protocol),
+                       **({"video": str(video), "video_frames": recorder.frames_written} if recorder else {})})
+
+
+def evaluate_run(run_dir: Path, episodes: int) -> dict[str, Any]:
+    """Evaluate a run's newest checkpoint on ``episodes`` protocol episodes, say how it drives on stderr,
+    and write ``run_dir/eval/episodes.{json,csv}``."""
+    protocol = Protocol(episodes=episodes)
+    result = evaluate(run_dir.name, "policy", run_dir, protocol)
+    files = save_eval(result, run_dir / "eval")
+    s = result.summary or {}
+    completion = s.get("metrics", {}).get("route_completion", {}).get("mean", float("nan"))
+    print(f"evaluation ({protocol.episodes} episodes of {protocol.route_length_m:.0f} m from random starts, "
+          f"with traffic): success {s.get('successes', 0)}/{s.get('n', 0)} = {100 * s.get('success_rate', 0):.0f} %, "
+          f"route completion {completion:.2f}, ends {s.get('end_reasons', {})}; per episode: {files['csv']}",
+          file=sys.stderr, flush=True)
+    return {"success_rate": s.get("success_rate"), "route_completion": completion,
+            "end_reasons": s.get("end_reasons"), "episodes": len(result.episodes), "files": files,
+            "wall_s": result.wall_s}

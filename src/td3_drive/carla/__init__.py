@@ -1,0 +1,1 @@
+"""The CARLA-client side: spawning, teleporting and watching the ego vehicle between episodes."""
