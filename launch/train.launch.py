@@ -18,13 +18,14 @@ import os
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "td3_drive"
 CONFIGS = {"train": "train.yaml", "drive": "drive.yaml"}
@@ -158,12 +159,29 @@ def _vehicle_bridge_side(context, role: str, objects_file: str) -> list:
     ]
 
 
+def _architecture(context, mode: str, config: str) -> dict:
+    """The actor the policy runs and the frames the preprocessor stacks, from one source: train, the
+    trainer's learner in the parameter file; drive, the checkpoint (when it can be read now: else the
+    policy's own parameters, and the policy refuses a checkpoint of another architecture when it loads)."""
+    from td3_drive.app.config import checkpoint_architecture, learner_architecture, load_parameters
+    from td3_drive.rl.checkpoint import resolve_actor_file
+
+    if mode == "train":
+        return learner_architecture(load_parameters(config))
+    try:
+        return checkpoint_architecture(resolve_actor_file(_value(context, "checkpoint")))
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+
+
 def _nodes(context, mode: str) -> list:
     share = get_package_share_directory(PACKAGE)
     config = _value(context, "config") or os.path.join(share, "config", CONFIGS[mode])
     objects = _value(context, "objects_definition_file") or os.path.join(share, "config", "objects.json")
     start_bridge = _true(_value(context, "start_bridge"))
     vehicles = _vehicles(context)
+    architecture = _architecture(context, mode, config)
+    stack = {"frame_stack": architecture["frame_stack"]} if "frame_stack" in architecture else {}
     common = {"use_sim_time": True}  # the bridge publishes /clock; every node runs on simulation time
     actions: list = _bridge(context) if start_bridge else []
     for index, (role, namespace) in enumerate(vehicles):
@@ -178,11 +196,11 @@ def _nodes(context, mode: str) -> list:
             Node(
                 package=PACKAGE, executable="camera_preprocessor", name="camera_preprocessor",
                 output="screen", emulate_tty=True,
-                parameters=[config, {**common, **ids}],
+                parameters=[config, {**common, **ids, **stack}],
             ),
             Node(
                 package=PACKAGE, executable="policy", name="policy", output="screen", emulate_tty=True,
-                parameters=[config, {**common, **ids, **_overrides(context, ["device", "checkpoint"]),
+                parameters=[config, {**common, **ids, **architecture, **_overrides(context, ["device", "checkpoint"]),
                                      # wait-for-control: the watchdog must not send commands of its own
                                      "lockstep": _true(_value(context, "wait_for_control")),
                                      # drive: a trained actor, no exploration noise

@@ -32,7 +32,6 @@ import numpy as np
 
 from td3_drive.runtime import messages
 
-
 _ROSIDL_NAMES = {"bool": "boolean", "byte": "octet", "char": "uint8", "float32": "float", "float64": "double"}
 _INT_RANGES = {
     "int8": (-(2**7), 2**7), "uint8": (0, 2**8), "int16": (-(2**15), 2**15), "uint16": (0, 2**16),

@@ -8,6 +8,7 @@ finite, and the pipeline must produce a normal control on the next good tick.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -26,16 +27,13 @@ from td3_drive.rl.models import build_actor
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
+from support import Sent, header, odometry, route
+from support import control as _control
+
 TP = T.Topics()
 DT = 0.05
 WEIGHT_CAP = 10 * 1024 * 1024  # the actor is ~7.6 MB
 ARCH = LearnerConfig().actor_architecture()
-Sent = list[tuple[str, Any]]
-
-
-# ------------------------------------------------------------------ message builders
-def header(t: float, frame_id: str = "") -> Any:
-    return new_message(T.HEADER, stamp=stamp(t), frame_id=frame_id)
 
 
 def camera(t: float, encoding: str = "bgra8", h: int = 48, w: int = 64, step: int | None = None,
@@ -46,24 +44,8 @@ def camera(t: float, encoding: str = "bgra8", h: int = 48, w: int = 64, step: in
                        is_bigendian=0, step=w * channels if step is None else step, data=np.asarray(data, np.uint8))
 
 
-def odometry(t: float, x: float, y: float = 0.0, q: tuple = (0.0, 0.0, 0.0, 1.0), speed: float = 5.0) -> Any:
-    pose = new_message("geometry_msgs/msg/Pose", position=new_message("geometry_msgs/msg/Point", x=x, y=y),
-                       orientation=new_message("geometry_msgs/msg/Quaternion", x=q[0], y=q[1], z=q[2], w=q[3]))
-    twist = new_message("geometry_msgs/msg/Twist", linear=new_message("geometry_msgs/msg/Vector3", x=speed))
-    return new_message(T.ODOMETRY, header=header(t, "map"), child_frame_id="ego_vehicle",
-                       pose=new_message("geometry_msgs/msg/PoseWithCovariance", pose=pose),
-                       twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
-
-
-def route(points: list[tuple[float, float]], t: float = 0.0) -> Any:
-    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(0.0, "map"),
-                         pose=new_message("geometry_msgs/msg/Pose",
-                                          position=new_message("geometry_msgs/msg/Point", x=float(x), y=float(y)),
-                                          orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0)))
-             for x, y in points]
-    return new_message(T.PATH, header=header(t, "map"), poses=poses)
-
-
+#: controls fed by the battery are marked like its observations (the finiteness check skips what it fed)
+control = functools.partial(_control, frame_id="injected")
 STRAIGHT = [(float(x), 0.0) for x in np.arange(0.0, 400.0, 2.0)]
 
 
@@ -75,10 +57,6 @@ def observation(t: float, encoding: str = "mono8", width: int = 336, cut: int = 
     joint = new_message(T.JOINT_STATE, header=header(t, "injected"), name=[f"s{i}" for i in range(len(position))],
                         position=position)
     return [(TP.observation_image, image), (TP.observation_state, joint)]
-
-
-def control(t: float, steer: float = 0.0, throttle: float = 0.3, brake: float = 0.0) -> Any:
-    return new_message(T.CONTROL, header=header(t, "injected"), steer=steer, throttle=throttle, brake=brake)
 
 
 def weights_msg(blob: bytes) -> Any:
@@ -135,9 +113,9 @@ CASES = [
     Case("odometry_nan_position", _world("non_finite"), lambda t: [(TP.odometry, odometry(t + DT / 2, float("nan")))]),
     Case("odometry_inf_speed", _world("non_finite"), lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, speed=math.inf))]),
     Case("odometry_nan_orientation", _world("non_finite"),
-         lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, q=(0.0, 0.0, float("nan"), 1.0)))]),
+         lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, quaternion=(0.0, 0.0, float("nan"), 1.0)))]),
     Case("odometry_zero_quaternion", _world("bad_quaternion"),
-         lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, q=(0.0, 0.0, 0.0, 0.0)))]),
+         lambda t: [(TP.odometry, odometry(t + DT / 2, 10.0, quaternion=(0.0, 0.0, 0.0, 0.0)))]),
     Case("odometry_out_of_order", _world("stale_odometry_stamp"), lambda t: [(TP.odometry, odometry(t - 1.0, 10.0))]),
     # route -> every BridgeWorld (the previous route stays)
     Case("route_empty", _world("empty_route"), lambda t: [(TP.route, route([]))]),

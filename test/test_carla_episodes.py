@@ -15,6 +15,8 @@ from td3_drive.runtime import messages
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.topics import Topics
 
+from support import route
+
 REPO = Path(__file__).resolve().parents[1]
 OBJECTS = REPO / "config" / "objects.json"
 
@@ -402,16 +404,6 @@ def test_version_mismatch_is_reported():
     assert log.has("error", "!= server 0.9.15")
 
 
-def _path(t: float, points: list[tuple[float, float]]):
-    poses = [messages.new_message("geometry_msgs/msg/PoseStamped",
-                                  pose=messages.new_message("geometry_msgs/msg/Pose",
-                                                            position=messages.new_message("geometry_msgs/msg/Point",
-                                                                                          x=x, y=y)))
-             for x, y in points]
-    return messages.new_message(T.PATH, header=messages.new_message(T.HEADER, stamp=messages.stamp(t), frame_id="map"),
-                                poses=poses)
-
-
 def test_node_on_the_local_runtime_publishes_episode_starts():
     """teleport -> the old route (latched) -> goal published after the first tick at the new place ->
     the route planned from there: the episode starts at that route's stamp, never on the old one."""
@@ -438,17 +430,17 @@ def test_node_on_the_local_runtime_publishes_episode_starts():
         rt.publish(topics.clock, messages.new_message(T.CLOCK, clock=messages.stamp(t)))
         rt.spin()
 
-    rt.publish(topics.route, _path(0.02, [(0, 0), (1, 0)]))  # planned at spawn, before any reset: latched
+    rt.publish(topics.route, route([(0, 0), (1, 0)], 0.02))  # planned at spawn, before any reset: latched
     tick(0.05)
     rt.advance(0.1)  # service timer: connect + first reset (teleport at t=0.05)
     assert node.manager.episode == 1 and starts == [] and goals == []
     tick(0.10)  # first tick at the new place: the goal goes out (the map's spawn point 0, in the ROS frame)
     assert len(goals) == 1 and goals[0].header.frame_id == "map"
     assert (goals[0].pose.position.x, goals[0].pose.position.y) == (100, -100)
-    rt.publish(topics.route, _path(0.05, [(0, 0), (1, 0)]))  # stamped at the teleport: not after it
+    rt.publish(topics.route, route([(0, 0), (1, 0)], 0.05))  # stamped at the teleport: not after it
     tick(0.15)
     assert starts == []
-    rt.publish(topics.route, _path(0.15, [(3, 4), (4, 4), (5, 4)]))  # planned from the new start
+    rt.publish(topics.route, route([(3, 4), (4, 4), (5, 4)], 0.15))  # planned from the new start
     rt.spin()
     assert [(s.frame_id, messages.seconds(s.stamp)) for s in starts] == [("1", pytest.approx(0.15))]
     assert len(goals) == 1  # once per episode
@@ -462,7 +454,7 @@ def test_node_on_the_local_runtime_publishes_episode_starts():
     rt.advance(0.1)
     assert node.manager.route_timeouts == 1 and node.manager.episode == 3 and starts[-1].frame_id == "1"
     tick(0.5)
-    rt.publish(topics.route, _path(0.5, [(-30, 4), (-29, 4)]))
+    rt.publish(topics.route, route([(-30, 4), (-29, 4)], 0.5))
     rt.spin()
     assert [s.frame_id for s in starts] == ["1", "3"] and rt.topic_types()[topics.goal] == T.POSE_STAMPED
 

@@ -8,11 +8,14 @@ import pytest
 
 from td3_drive import topics as T
 from td3_drive.driving.classical import PID, ClassicalConfig, PurePursuitPID, point_at_arc_length
-from td3_drive.nodes.classical_controller import ClassicalControllerNode
 from td3_drive.driving.observation import VehiclePose, project_on_route
+from td3_drive.nodes.classical_controller import ClassicalControllerNode
 from td3_drive.runtime.interface import LATCHED_QOS
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
+
+from support import odometry
+from support import route as path
 
 DT = 0.05
 TARGET = 30.0 / 3.6
@@ -164,24 +167,6 @@ def test_pid_rejects_bad_dt() -> None:
 # --------------------------------------------------------------------------------------------
 # Node on the local runtime
 # --------------------------------------------------------------------------------------------
-
-def odometry(t: float, x: float, y: float, yaw: float, v: float):
-    q = new_message("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2), w=math.cos(yaw / 2))
-    pose = new_message("geometry_msgs/msg/Pose", position=new_message("geometry_msgs/msg/Point", x=x, y=y),
-                       orientation=q)
-    twist = new_message("geometry_msgs/msg/Twist", linear=new_message("geometry_msgs/msg/Vector3", x=v))
-    return new_message(T.ODOMETRY, header=new_message(T.HEADER, stamp=stamp(t), frame_id="map"),
-                       child_frame_id="ego_vehicle",
-                       pose=new_message("geometry_msgs/msg/PoseWithCovariance", pose=pose),
-                       twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
-
-
-def path(route: np.ndarray, stamp_s: float = 0.0):
-    poses = [new_message("geometry_msgs/msg/PoseStamped",
-                         pose=new_message("geometry_msgs/msg/Pose",
-                                          position=new_message("geometry_msgs/msg/Point", x=float(x), y=float(y))))
-             for x, y in route]
-    return new_message(T.PATH, header=new_message(T.HEADER, stamp=stamp(stamp_s), frame_id="map"), poses=poses)
 
 
 def image(t: float):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from td3_drive.app import cli
 from td3_drive import topics as T
+from td3_drive.app import cli
 from td3_drive.runtime.bag import BagRecorder, read_bag
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message

@@ -7,12 +7,11 @@ import pytest
 
 import td3_drive.sim  # noqa: F401  (registers the environment)
 from td3_drive import topics as T
+from td3_drive.driving.reward import RewardConfig
 from td3_drive.nodes.evaluator import EvaluatorNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
-from td3_drive.driving.reward import RewardConfig
 from td3_drive.runtime.interface import RELIABLE_QOS
 from td3_drive.runtime.local import LocalRuntime
-from td3_drive.runtime.messages import seconds
 from td3_drive.sim.gym_env import ENV_ID
 from td3_drive.sim.node import SimulatorNode
 from td3_drive.sim.racetrack import SimConfig

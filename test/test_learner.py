@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from td3_drive.rl.learner import (
-    SATURATED, Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target,
+    SATURATED,
+    Learner,
+    LearnerConfig,
+    random_shift,
+    smoothed_target_action,
+    td3_target,
 )
 from td3_drive.rl.models import ActorHead, Trunk
 
@@ -272,7 +277,7 @@ def test_precision_runs_the_update_in_bf16_autocast(precision, expected, small_b
 
 
 def test_health_counts_consecutive_bad_updates_and_a_good_one_resets_them(small_batch):
-    from td3_drive.app.bench import random_batch
+    from td3_drive.rl.replay import random_batch
 
     learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
     small_batch.reward[0] = float("nan")

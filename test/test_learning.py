@@ -34,10 +34,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from dot_task import DotTask
 
 from td3_drive.rl.learner import Learner, LearnerConfig
 from td3_drive.rl.replay import ReplayBuffer
+
+from dot_task import DotTask
 
 GAMMA = 0.9
 WARMUP_STEPS = 3000  # random actions, no updates

@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from td3_drive.driving.metrics import (EpisodeMetrics, EpisodeMetricsRecorder, max_lateral_acceleration,
-                               rms_longitudinal_jerk, summarize)
+from td3_drive.driving.metrics import (
+    EpisodeMetrics,
+    EpisodeMetricsRecorder,
+    max_lateral_acceleration,
+    rms_longitudinal_jerk,
+    summarize,
+)
 from td3_drive.driving.observation import InvalidMessage, VehiclePose
 
 DT = 0.05

@@ -1,7 +1,7 @@
 import torch
 
-from td3_drive.rl.models import Encoder, build_actor, feature_stats, strided_conv
 from td3_drive.rl.learner import LearnerConfig
+from td3_drive.rl.models import Encoder, build_actor, feature_stats, strided_conv
 
 
 def extreme_inputs() -> dict[str, torch.Tensor]:

@@ -13,7 +13,10 @@ import pytest
 from td3_drive import topics as T
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds
-from test_nodes import Recorder, header, observation_pair, odometry_msg, straight_route
+
+from support import Recorder, control, header, observation_pair, straight_route
+from support import odometry as odometry_msg
+from support import send as _send
 
 V0, V1 = T.Topics("hero0", "v0"), T.Topics("hero1", "v1")
 BASE = {"batch_size": 8, "learning_starts": 5, "replay_capacity": 1000, "learner.encoder_mode": "shared",
@@ -33,7 +36,7 @@ def _two_vehicle_trainer(tmp_path, **params):
 
 
 def _control(tp: T.Topics, t: float, steer: float) -> tuple[str, object]:
-    return tp.control, new_message(T.CONTROL, header=header(t, "0"), steer=steer, throttle=0.5, brake=0.0)
+    return tp.control, control(t, steer, throttle=0.5, frame_id="0")
 
 
 def _tick_messages(tp: T.Topics, t: float, x: float, collision: bool = False) -> list[tuple[str, object]]:
@@ -42,12 +45,6 @@ def _tick_messages(tp: T.Topics, t: float, x: float, collision: bool = False) ->
     if collision:
         out.append((tp.collision, new_message(T.COLLISION, header=header(t, "c"), other_actor_id=3)))
     return out + [(tp.observation_image, image), (tp.observation_state, state)]
-
-
-def _send(rt, messages) -> None:
-    for topic, msg in messages:
-        rt.publish(topic, msg)
-    rt.spin()
 
 
 def _start(rt, tp: T.Topics, t: float) -> None:

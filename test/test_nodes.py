@@ -13,73 +13,10 @@ from td3_drive.driving.observation import kinematic_state, pose_from_odometry, r
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
+from support import Recorder, header, image_msg, observation_pair, straight_route
+from support import odometry as odometry_msg
+
 TP = T.Topics()
-
-
-# ------------------------------------------------------------------ message builders
-def header(t: float, frame_id: str = "") -> object:
-    return new_message(T.HEADER, stamp=stamp(t), frame_id=frame_id)
-
-
-def image_msg(t: float, pixels: np.ndarray, encoding: str, pad: int = 0, step: int | None = None,
-              truncate: int = 0) -> object:
-    """pixels (H, W, C) uint8 -> sensor_msgs/Image, rows padded by ``pad`` bytes."""
-    pixels = np.asarray(pixels, dtype=np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    h, w, c = pixels.shape
-    rows = pixels.reshape(h, w * c)
-    if pad:
-        rows = np.concatenate([rows, np.full((h, pad), 0xAB, np.uint8)], axis=1)
-    data = np.ascontiguousarray(rows).reshape(-1)
-    if truncate:
-        data = data[:-truncate].copy()
-    return new_message(T.IMAGE, header=header(t, "ego_vehicle/rgb_front"), height=h, width=w, encoding=encoding,
-                       is_bigendian=0, step=w * c + pad if step is None else step, data=data)
-
-
-def odometry_msg(t: float, x: float, y: float, yaw: float = 0.0, speed: float = 5.0) -> object:
-    q = new_message("geometry_msgs/msg/Quaternion", z=math.sin(yaw / 2), w=math.cos(yaw / 2))
-    pose = new_message("geometry_msgs/msg/Pose", position=new_message("geometry_msgs/msg/Point", x=x, y=y),
-                       orientation=q)
-    twist = new_message("geometry_msgs/msg/Twist", linear=new_message("geometry_msgs/msg/Vector3", x=speed))
-    return new_message(T.ODOMETRY, header=header(t, "map"), child_frame_id="ego_vehicle",
-                       pose=new_message("geometry_msgs/msg/PoseWithCovariance", pose=pose),
-                       twist=new_message("geometry_msgs/msg/TwistWithCovariance", twist=twist))
-
-
-def straight_route(length: float = 400.0, spacing: float = 2.0, stamp_s: float = 0.0) -> object:
-    """A route along +x from the origin, stamped ``stamp_s`` (an episode's route: at its start)."""
-    poses = [new_message("geometry_msgs/msg/PoseStamped", header=header(stamp_s, "map"),
-                         pose=new_message("geometry_msgs/msg/Pose",
-                                          position=new_message("geometry_msgs/msg/Point", x=float(x), y=0.0),
-                                          orientation=new_message("geometry_msgs/msg/Quaternion", w=1.0)))
-             for x in np.arange(0.0, length, spacing)]
-    return new_message(T.PATH, header=header(stamp_s, "map"), poses=poses)
-
-
-def observation_pair(t: float, seed: int = 0) -> tuple[object, object]:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(84, 336), dtype=np.uint8)
-    image = new_message(T.IMAGE, header=header(t, "ego_vehicle"), height=84, width=336, encoding="mono8",
-                        is_bigendian=0, step=336, data=pixels.reshape(-1))
-    state = new_message(T.JOINT_STATE, header=header(t, "ego_vehicle"), name=[f"s{i}" for i in range(53)],
-                        position=rng.normal(0, 0.3, 53).astype(np.float64))
-    return image, state
-
-
-class Recorder:
-    """A tap collecting (topic, msg) of everything published."""
-
-    def __init__(self, runtime: LocalRuntime) -> None:
-        self.items: list[tuple[str, object]] = []
-        runtime.add_tap(lambda topic, type_name, msg, t: self.items.append((topic, msg)))
-
-    def on(self, topic: str) -> list:
-        return [m for tp, m in self.items if tp == topic]
-
-    def clear(self) -> None:
-        self.items.clear()
 
 
 # ================================================================== camera_preprocessor
@@ -717,8 +654,8 @@ def test_trainer_counts_an_episode_start_without_pose_or_route(trainer):
 
 
 def test_event_queue_is_bounded_and_counts_what_it_discards():
-    from td3_drive.runtime.diagnostics import DropCounter
     from td3_drive.nodes.bridge import BridgeWorld
+    from td3_drive.runtime.diagnostics import DropCounter
     from td3_drive.topics import Topics
 
     rt = LocalRuntime()

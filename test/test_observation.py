@@ -8,9 +8,22 @@ import cv2
 import numpy as np
 import pytest
 
-from td3_drive.driving.observation import (ENCODINGS, STATE_DIM, STATE_NAMES, FrameStack, ImageConverter, InvalidMessage,
-                                   VehiclePose, decode_image, image_to_gray84, kinematic_state, pose_from_odometry,
-                                   project_on_route, route_from_path, to_gray84)
+from td3_drive.driving.observation import (
+    ENCODINGS,
+    STATE_DIM,
+    STATE_NAMES,
+    FrameStack,
+    ImageConverter,
+    InvalidMessage,
+    VehiclePose,
+    decode_image,
+    image_to_gray84,
+    kinematic_state,
+    pose_from_odometry,
+    project_on_route,
+    route_from_path,
+    to_gray84,
+)
 from td3_drive.runtime.messages import new_message
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from td3_drive.app import cli, evaluation
 from td3_drive.app.protocol import Protocol
+from td3_drive.app.video import read_frames
 from td3_drive.driving.reward import RewardConfig
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig
-from td3_drive.app.video import read_frames
 
 
 def _start(sim: RacetrackSim, seed: int) -> tuple[int, int]:

@@ -13,11 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from fake_rclpy import compatible  # the DDS request/offered rule, as the fake middleware applies it
 
 from td3_drive.runtime import local
 from td3_drive.runtime.interface import QoS
 from td3_drive.topics import Topics
+
+from fake_rclpy import compatible  # the DDS request/offered rule, as the fake middleware applies it
 
 TP = Topics()
 BRIDGE = QoS(depth=10, reliable=True, transient_local=False)

@@ -145,7 +145,7 @@ def _trainer(tmp_path: Path, rollback_after: int = 5):
 
 
 def _batches(node, monkeypatch, poisoned: bool) -> None:
-    from td3_drive.app.bench import random_batch
+    from td3_drive.rl.replay import random_batch
 
     def sample_arrays(batch_size):
         batch = random_batch(batch_size, "cpu", seed=node.session.learner.num_updates)
@@ -205,7 +205,9 @@ def test_rollback_without_checkpoint_is_logged_not_fatal(tmp_path: Path, monkeyp
 # ------------------------------------------------------------------ shutdown keeps what was trained
 def _drive_episode(tmp_path: Path, ticks: int, **params):
     from td3_drive.nodes.trainer import TrainerNode
-    from test_nodes import header, observation_pair, odometry_msg, straight_route
+
+    from support import header, observation_pair, straight_route
+    from support import odometry as odometry_msg
 
     rt = LocalRuntime({"trainer": {"run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 4,
                                    "learning_starts": 3, "learner.encoder_mode": "shared", "log_interval": 1000,

@@ -322,9 +322,8 @@ def test_run_node_cleans_up_when_the_node_constructor_fails(monkeypatch):
 
 def test_mains_exist_for_every_console_script():
     import ast
-    from pathlib import Path
-
     import importlib
+    from pathlib import Path
 
     setup = Path(__file__).resolve().parents[1] / "setup.py"
     scripts = [n.value for n in ast.walk(ast.parse(setup.read_text())) if isinstance(n, ast.Constant)

@@ -16,13 +16,13 @@ import time
 import numpy as np
 import pytest
 
-from fake_rclpy import FakeRosidl, install_fake_rclpy
-
-from td3_drive.app import config, embedded
 from td3_drive import topics as T
+from td3_drive.app import config, embedded
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, QoS
 from td3_drive.runtime.parameters import for_node
 from td3_drive.sim.node import SimulatorNode
+
+from fake_rclpy import FakeRosidl, install_fake_rclpy
 
 TICKS = 90
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import ast
 import json
 
-from td3_drive.app import rqt
 from td3_drive import topics as T
+from td3_drive.app import rqt
 
 
 def _plugins(data: dict) -> dict[str, dict]:

@@ -1,7 +1,7 @@
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from td3_drive.app.bench import random_batch
 from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.replay import random_batch
 from td3_drive.rl.scalars import ScalarLogger, is_actor_metric
 
 

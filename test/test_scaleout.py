@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import yaml
 
-from td3_drive.app import scaleout
 from td3_drive import topics as T
+from td3_drive.app import scaleout
 from td3_drive.runtime.local import LocalContext, LocalRuntime
 
 

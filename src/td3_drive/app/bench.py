@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m td3_drive.app.bench {learner,policy,replay,pipeline,train}``.
+"""Benchmarks: ``python -m td3_drive.bench {learner,policy,replay,pipeline,train}``.
 
 Each prints progress to stderr and one JSON object as the last line of stdout.
 """
@@ -9,11 +9,22 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from td3_drive import topics as T
+from td3_drive.app.config import compose, learner_architecture, set_architecture
+from td3_drive.nodes.policy import PolicyNode
+from td3_drive.nodes.preprocessor import CameraPreprocessorNode
+from td3_drive.rl.inference import ActorRunner
+from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.replay import ReplayBuffer, random_batch
+from td3_drive.runtime.local import LocalRuntime
+from td3_drive.runtime.messages import new_message, stamp
 
 
 def _machine(device: str = "cpu") -> dict[str, Any]:
@@ -41,19 +52,7 @@ def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
     return samples
 
 
-def random_batch(batch: int, device: str, state_dim: int = 53, action_dim: int = 2, seed: int = 0):
-    from td3_drive.rl.replay import Batch
-
-    g = torch.Generator().manual_seed(seed)
-    frames = lambda: torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=g)  # noqa: E731
-    return Batch(obs=frames(), state=torch.randn(batch, state_dim, generator=g),
-                 action=torch.rand(batch, action_dim, generator=g) * 2 - 1, reward=torch.randn(batch, 1, generator=g),
-                 discount=torch.full((batch, 1), 0.99), next_obs=frames(),
-                 next_state=torch.randn(batch, state_dim, generator=g))
-
-
 def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
-    from td3_drive.rl.learner import Learner, LearnerConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,8 +74,6 @@ def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
-    from td3_drive.rl.inference import ActorRunner
-    from td3_drive.rl.learner import LearnerConfig
 
     torch.set_num_threads(args.threads or 1)
     runner = ActorRunner(LearnerConfig().actor_architecture(), device=args.device, backend=args.backend,
@@ -91,8 +88,6 @@ def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_replay(capacity: int = 10_000, batch_size: int = 256) -> dict[str, float]:
     """Storage and speed figures of the replay buffer at 84x84, k=4, a 53-d state."""
-    from td3_drive.rl.replay import ReplayBuffer
-
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(capacity, n_step=3)
     frames = rng.integers(0, 256, size=(64, 84, 84), dtype=np.uint8)
@@ -126,12 +121,6 @@ def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """800x600 bgra8 camera message -> preprocessing -> policy -> published control, in process."""
-    from td3_drive import topics as T
-    from td3_drive.nodes.policy import PolicyNode
-    from td3_drive.nodes.preprocessor import CameraPreprocessorNode
-    from td3_drive.runtime.local import LocalRuntime
-    from td3_drive.runtime.messages import new_message, stamp
-
     torch.set_num_threads(1)
     runtime = LocalRuntime({"policy": {"explore": False, "publish_features": not args.no_features}})
     CameraPreprocessorNode(runtime.context("camera_preprocessor"))
@@ -171,15 +160,11 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Env steps/s of the embedded training loop at UTD 1, against the learner's own update rate."""
     from td3_drive.app import embedded
-    from td3_drive.rl.learner import Learner
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    import tempfile
-
     run_dir = tempfile.mkdtemp(prefix="td3_bench_train_")
-    from td3_drive.app.config import compose
-
     params = compose("train")  # exactly what `td3-drive train` runs
+    set_architecture(params, learner_architecture(params), "trainer.learner")
     params.setdefault("trainer", {}).update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
                               "batch_size": args.batch, "checkpoint_every": 0, "learner.encoder_mode": args.encoder,
                               "weights_every": 100})

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from td3_drive.rl.learner import LearnerConfig
+from td3_drive.rl.weights import read_architecture
 from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
 
 Parameters = dict[str, dict[str, Any]]
@@ -31,6 +33,11 @@ DETERMINISTIC: Parameters = {
                 "async_updates": False, "replay_on_disk": False},
     "policy": {"device": "cpu", "backend": "torch"},
 }
+
+#: the actor architecture as the other nodes declare it: policy (the actor it runs) and camera_preprocessor
+#: (frames per observation).  One source: the trainer's learner (training) or the checkpoint (driving)
+ARCHITECTURE_PARAMETERS = {"layer_norm": ("policy",), "frame_stack": ("policy", "camera_preprocessor"),
+                           "trunk_dim": ("policy",)}
 
 #: nodes that run once per vehicle (the trainer and evaluator run once)
 VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
@@ -100,6 +107,31 @@ def compose(config: str | Path, seed: int | None = None, overrides: list[str] | 
             raise SystemExit(f"--set expects node.param=value, got {item!r}")
         params.setdefault(node, {})[name] = yaml.safe_load(value)
     return params
+
+
+def learner_architecture(parameters: Parameters) -> dict[str, Any]:
+    """The actor architecture the trainer's ``learner.*`` parameters give (their defaults where unset)."""
+    trainer, default = for_node(parameters, "trainer"), LearnerConfig()
+    return {key: trainer.get(f"learner.{key}", getattr(default, key)) for key in ARCHITECTURE_PARAMETERS}
+
+
+def checkpoint_architecture(actor_file: str | Path) -> dict[str, Any]:
+    """The actor architecture stored with a checkpoint's actor.safetensors."""
+    arch = read_architecture(actor_file)
+    return {key: arch[key] for key in ARCHITECTURE_PARAMETERS if key in arch}
+
+
+def set_architecture(parameters: Parameters, architecture: dict[str, Any], source: str) -> Parameters:
+    """Give the policy and the preprocessor ``architecture`` (in place).  A value set for them by hand
+    that disagrees is refused: ``source`` (the learner, the checkpoint) decides."""
+    for key, value in architecture.items():
+        for node in ARCHITECTURE_PARAMETERS[key]:
+            given = for_node(parameters, node).get(key, value)
+            if given != value:
+                raise SystemExit(f"{node}.{key}={given!r} disagrees with {source} ({value!r}): the architecture "
+                                 f"has one source, set it there")
+            parameters.setdefault(node, {})[key] = value
+    return parameters
 
 
 def vehicle_parameters(parameters: Parameters, vehicles: int) -> Parameters:

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from td3_drive.rl.checkpoint import resolve_actor_file
+
 
 def progress_bar(total: int, desc: str, unit: str = "step") -> Any:
     """A tqdm bar on stderr (plain lines when stderr is not a terminal, at most one a second)."""
@@ -16,8 +18,6 @@ def progress_bar(total: int, desc: str, unit: str = "step") -> Any:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """:func:`~td3_drive.rl.checkpoint.resolve_actor_file`, a missing file as a command-line error."""
-    from td3_drive.rl.checkpoint import resolve_actor_file
-
     try:
         return resolve_actor_file(str(path))
     except FileNotFoundError as exc:

@@ -7,7 +7,6 @@ without exploration noise.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -15,21 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from td3_drive.app import embedded
-from td3_drive.app.config import compose
+from td3_drive.app.config import checkpoint_architecture, compose, set_architecture
 from td3_drive.app.console import progress_bar, resolve_checkpoint
 from td3_drive.app.protocol import PID, Protocol
 from td3_drive.app.results import EvalResult, save_eval
 from td3_drive.app.video import DriveRecorder
 from td3_drive.driving.metrics import summarize
 
-
-def checkpoint_architecture(actor_file: Path) -> dict[str, Any]:
-    """The actor architecture stored in an actor.safetensors file's metadata (layer_norm, frame_stack...)."""
-    from safetensors import safe_open
-
-    with safe_open(str(actor_file), framework="numpy") as f:
-        metadata = f.metadata() or {}
-    return json.loads(metadata.get("architecture", "{}"))
 
 def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Protocol, config: str = "drive",
                     overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -39,18 +30,19 @@ def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Pr
     ablations' actors load without extra flags.
     """
     extra = protocol.parameters()
+    actor = None
     if controller == "policy":
         if not checkpoint:
             raise SystemExit("eval --controller policy needs --checkpoint (a run dir, checkpoint dir or actor file)")
         actor = resolve_checkpoint(str(checkpoint))
-        arch = checkpoint_architecture(actor)
         extra["policy"] = {"checkpoint": str(actor), "explore": False}
-        for key in ("layer_norm", "frame_stack", "trunk_dim"):
-            if key in arch:
-                extra["policy"][key] = arch[key]
     elif controller != PID:
         raise SystemExit(f"controller must be 'policy' or 'pid', got {controller!r}")
-    return compose(config, None, list(overrides or []), extra)
+    params = compose(config, None, list(overrides or []), extra)
+    if actor is not None:
+        set_architecture(params, checkpoint_architecture(actor), f"the checkpoint {actor}")
+    return params
+
 
 def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
                  on_episode: Callable[[int], None] | None = None, chunk: int = 20) -> None:

@@ -23,7 +23,7 @@ DEFAULT_EVAL_SEED = 1_000_000
 AGENTS: dict[str, tuple[str, list[str]]] = {
     "td3_ln": ("TD3 + LayerNorm", []),
     "ddpg": ("DDPG (same architecture)", ["trainer.learner.algo=ddpg"]),
-    "td3_no_ln": ("TD3 without LayerNorm", ["trainer.learner.layer_norm=false", "policy.layer_norm=false"]),
+    "td3_no_ln": ("TD3 without LayerNorm", ["trainer.learner.layer_norm=false"]),
 }
 PID = "pid"
 PID_LABEL = "PID + Pure Pursuit (classical)"

@@ -25,6 +25,7 @@ import numpy as np
 from td3_drive.app.config import load_parameters
 from td3_drive.app.protocol import AGENTS, Preset
 from td3_drive.app.results import EvalResult, write_csv, write_json
+from td3_drive.driving.metrics import EpisodeMetrics, summarize
 from td3_drive.runtime.parameters import for_node
 
 #: (TensorBoard tag, y label) per panel, by plot file
@@ -178,8 +179,6 @@ def plot_distributions(rows: dict[str, list[dict[str, Any]]], labels: dict[str, 
 def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[EvalResult]],
                   labels: dict[str, str]) -> list[dict[str, Any]]:
     """One row per agent (classical included): summarize() over the pooled episodes + per-seed spread."""
-    from td3_drive.driving.metrics import EpisodeMetrics, summarize
-
     table = []
     for agent, episodes in rows.items():
         row: dict[str, Any] = {"agent": agent, "label": labels.get(agent, agent), "runs": len(evals[agent]),

@@ -43,6 +43,7 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
         config.make_deterministic()
         config.merge(extra, config.DETERMINISTIC)
     params = config.compose(options.config, options.seed, options.overrides, extra)
+    config.set_architecture(params, config.learner_architecture(params), "trainer.learner")
     if options.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     config.snapshot(run_dir, config.vehicle_parameters(params, options.vehicles), argv)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from td3_drive.driving.observation import VehiclePose, project_on_route
+from td3_drive.settings import setting
 
 __all__ = ["PID", "ClassicalConfig", "PurePursuitPID", "point_at_arc_length"]
 
@@ -66,25 +67,27 @@ class PID:
 
 @dataclass
 class ClassicalConfig:
-    """Parameters of the PID + Pure Pursuit baseline (SI units)."""
+    """Parameters of the PID + Pure Pursuit baseline (SI units; every field is a node parameter)."""
 
-    #: m/s; 30 km/h, the failed predecessor's baseline speed
-    target_speed: float = 30.0 / 3.6
-    #: PID gains on the speed error (m/s) -> throttle_or_brake in [-1, 1]
-    kp: float = 0.5
-    ki: float = 0.1
-    kd: float = 0.0
-    #: m; Tesla Model 3 (the bridge's default ego vehicle)
-    wheelbase: float = 2.875
-    #: rad; max front wheel angle, steer = +-1 (CARLA's default for most cars: 70 deg)
-    max_steer: float = math.radians(70.0)
-    #: m; from the odometry position back to the rear axle, where Pure Pursuit's geometry
-    #: holds (CARLA's vehicle origin is near the bounding-box centre: about half the wheelbase)
-    rear_axle_offset: float = 2.875 / 2.0
-    #: s; lookahead distance ld = lookahead_gain * v + lookahead_min
-    lookahead_gain: float = 0.5
-    #: m
-    lookahead_min: float = 3.0
+    target_speed: float = setting(30.0 / 3.6, "m/s (default 30 km/h, the failed predecessor's baseline speed)")
+    # PID gains on the speed error (m/s) -> throttle_or_brake in [-1, 1]
+    kp: float = setting(0.5, "speed PID proportional gain (per m/s)")
+    ki: float = setting(0.1, "speed PID integral gain (per m)")
+    kd: float = setting(0.0, "speed PID derivative gain (per m/s^2)")
+    wheelbase: float = setting(2.875, "m (Tesla Model 3, the bridge's default ego vehicle)")
+    max_steer_deg: float = setting(70.0, "front wheel angle at steer = 1 (deg; CARLA's default for most cars)")
+    # where Pure Pursuit's geometry holds (CARLA's vehicle origin is near the bounding-box centre:
+    # about half the wheelbase)
+    rear_axle_offset: float = setting(2.875 / 2.0, "m from the odometry position back to the rear axle")
+    lookahead_gain: float = setting(0.5, "s; lookahead distance ld = lookahead_gain * v + lookahead_min")
+    lookahead_min: float = setting(3.0, "m")
+    nominal_dt: float = setting(0.05, "s, CARLA fixed_delta_seconds: dt of an episode's first tick and "
+                                      "whenever image stamps do not increase")
+
+    @property
+    def max_steer(self) -> float:
+        """rad; max front wheel angle, steer = +-1."""
+        return math.radians(self.max_steer_deg)
 
     def __post_init__(self) -> None:
         if self.wheelbase <= 0 or self.max_steer <= 0 or self.lookahead_min <= 0 or self.lookahead_gain < 0:

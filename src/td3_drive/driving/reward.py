@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from td3_drive.driving.observation import (InvalidMessage, RouteProjection, VehiclePose, project_on_route,
-                                   wrap_angle)
+from td3_drive.driving.observation import InvalidMessage, RouteProjection, VehiclePose, project_on_route, wrap_angle
 
 __all__ = ["RewardConfig", "StepEvents", "RewardStep", "RewardFunction", "COMPONENTS"]
 

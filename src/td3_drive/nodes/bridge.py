@@ -11,9 +11,9 @@ from typing import Any, Callable
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.runtime.diagnostics import DropCounter
 from td3_drive.driving.observation import InvalidMessage, pose_from_odometry, route_from_path
 from td3_drive.driving.world import WorldState
+from td3_drive.runtime.diagnostics import DropCounter
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext
 from td3_drive.runtime.messages import seconds
 

@@ -12,67 +12,82 @@ constructor, so the node also builds on the in-process runtime.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from td3_drive import topics as T
 from td3_drive.carla.episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.runtime import messages
+from td3_drive.runtime.interface import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    yaw_quaternion,
+)
 from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext, yaw_quaternion
-from td3_drive.topics import Topics
+from td3_drive.runtime.ros import run_node
+from td3_drive.settings import setting
 
 SPAWN_OBJECT_SERVICE = "/carla/spawn_object"
 
 
+@dataclass
+class CarlaEpisodeManagerConfig:
+    """The node's parameters; :meth:`episode_config` is what the manager gets of them."""
+    carla_host: str = setting("localhost", "CARLA server host")
+    carla_port: int = setting(2000, "CARLA server RPC port")
+    carla_timeout_s: float = setting(5.0, "client.set_timeout: bound on every CARLA call (s)")
+    spawn_points: list = setting([""], "episode start poses 'x,y,z,roll,pitch,yaw' (ROS frame, deg); "
+                                       "empty: the map's spawn points")
+    spawn_order: str = setting("cycle", "cycle | random")
+    seed: int = setting(0, "seed for spawn_order random")
+    stall_timeout_s: float = setting(10.0, "no /clock progress for this long (wall s) -> reset")
+    retry_interval_s: float = setting(2.0, "wait between reconnect / reset retries (wall s)")
+    objects_definition_file: str = setting("", "carla_spawn_objects JSON, for respawning the ego")
+    respawn: bool = setting(True, "respawn the ego (and sensors) if it was destroyed")
+    spawn_wait_s: float = setting(60.0, "wall s to wait for carla_spawn_objects' ego before spawning it")
+    wait_for_route: bool = setting(True, "start an episode at the first route planned after the teleport "
+                                         "(false: at the first tick after it)")
+    route_timeout_s: float = setting(30.0, "wall s to wait for that route before resetting again")
+    goal: str = setting("", "route goal 'x,y,z,roll,pitch,yaw' (ROS frame, deg); empty: the map's spawn point 0")
+    min_goal_distance_m: float = setting(30.0, "spawn points nearer the goal are never used")
+    service_period_s: float = setting(0.1, "watchdog / reset service period (wall s)")
+    watch_camera: bool = setting(False, "also count camera frames as progress (costs a camera copy)")
+
+    def episode_config(self, role_name: str) -> EpisodeConfig:
+        """ValueError on a spawn order or pose the manager cannot use."""
+        if self.spawn_order not in ("cycle", "random"):
+            raise ValueError(f"spawn_order must be 'cycle' or 'random', got {self.spawn_order!r}")
+        return EpisodeConfig(
+            host=self.carla_host, port=self.carla_port, timeout_s=self.carla_timeout_s, role_name=role_name,
+            spawn_points=parse_spawn_points(self.spawn_points), spawn_order=self.spawn_order, seed=self.seed,
+            stall_timeout_s=self.stall_timeout_s, retry_interval_s=self.retry_interval_s,
+            objects_file=self.objects_definition_file, respawn=self.respawn, spawn_wait_s=self.spawn_wait_s,
+            wait_for_route=self.wait_for_route, route_timeout_s=self.route_timeout_s,
+            goal=(parse_spawn_points([self.goal]) or [None])[0], min_goal_distance_m=self.min_goal_distance_m)
+
+
 class CarlaEpisodeManagerNode(Node):
     """Wiring around :class:`CarlaEpisodeManager`."""
-
     def __init__(self, ctx: NodeContext, *, manager: CarlaEpisodeManager | None = None) -> None:
         super().__init__(ctx)
-        p = ctx.parameter
-        role_name = p("role_name", "ego_vehicle", "CARLA role name of the ego vehicle")
-        namespace = p("namespace", "", "prefix for /td3 topics (multi-vehicle scale-out)")
-        config = EpisodeConfig(
-            host=p("carla_host", "localhost", "CARLA server host"),
-            port=p("carla_port", 2000, "CARLA server RPC port"),
-            timeout_s=p("carla_timeout_s", 5.0, "client.set_timeout: bound on every CARLA call (s)"),
-            role_name=role_name,
-            spawn_points=parse_spawn_points(
-                p("spawn_points", [""], "episode start poses 'x,y,z,roll,pitch,yaw' (ROS frame, deg); "
-                  "empty: the map's spawn points")
-            ),
-            spawn_order=p("spawn_order", "cycle", "cycle | random"),
-            seed=p("seed", 0, "seed for spawn_order random"),
-            stall_timeout_s=p("stall_timeout_s", 10.0, "no /clock progress for this long (wall s) -> reset"),
-            retry_interval_s=p("retry_interval_s", 2.0, "wait between reconnect / reset retries (wall s)"),
-            objects_file=p("objects_definition_file", "", "carla_spawn_objects JSON, for respawning the ego"),
-            respawn=p("respawn", True, "respawn the ego (and sensors) if it was destroyed"),
-            spawn_wait_s=p("spawn_wait_s", 60.0, "wall s to wait for carla_spawn_objects' ego before spawning it"),
-            wait_for_route=p("wait_for_route", True, "start an episode at the first route planned after the "
-                             "teleport (false: at the first tick after it)"),
-            route_timeout_s=p("route_timeout_s", 30.0, "wall s to wait for that route before resetting again"),
-            goal=(parse_spawn_points([p("goal", "", "route goal 'x,y,z,roll,pitch,yaw' (ROS frame, deg); "
-                                        "empty: the map's spawn point 0")]) or [None])[0],
-            min_goal_distance_m=p("min_goal_distance_m", 30.0, "spawn points nearer the goal are never used"),
-        )
-        if config.spawn_order not in ("cycle", "random"):
-            raise ValueError(f"spawn_order must be 'cycle' or 'random', got {config.spawn_order!r}")
-        period_s = p("service_period_s", 0.1, "watchdog / reset service period (wall s)")
-        watch_camera = p("watch_camera", False, "also count camera frames as progress (costs a camera copy)")
-        self.topics = Topics(role_name, namespace)
-        self.manager = manager or CarlaEpisodeManager(
-            config, ctx.logger, pseudo_spawner=_bridge_pseudo_spawner(ctx)
-        )
+        self.topics = declare_topics(ctx)
+        c = dataclass_parameters(ctx, CarlaEpisodeManagerConfig)
+        config = c.episode_config(self.topics.role_name)  # refuses what the manager could not use
+        self.manager = manager or CarlaEpisodeManager(config, ctx.logger, pseudo_spawner=_bridge_pseudo_spawner(ctx))
         self._episode_pub = ctx.create_publisher(T.HEADER, self.topics.episode_start, LATCHED_QOS)
         self._goal_pub = ctx.create_publisher(T.POSE_STAMPED, self.topics.goal, RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, self.topics.reset_request, self._on_reset_request, RELIABLE_QOS)
         ctx.create_subscription(T.CLOCK, self.topics.clock, self._on_clock, RELIABLE_QOS)
         ctx.create_subscription(T.PATH, self.topics.route, self._on_route, LATCHED_QOS)
-        if watch_camera:
+        if c.watch_camera:
             ctx.create_subscription(T.IMAGE, self.topics.camera, self._on_camera, SENSOR_QOS)
         # wall clock where the runtime has one: a sim-time timer stops exactly when /clock stalls
         wall_timer: Callable[[float, Callable[[], None]], None] = getattr(ctx, "create_wall_timer", ctx.create_timer)
-        wall_timer(period_s, self.manager.service)
+        wall_timer(c.service_period_s, self.manager.service)
 
     def _on_reset_request(self, msg: Any) -> None:
         reason = msg.frame_id or "unspecified"
@@ -147,7 +162,5 @@ def _bridge_pseudo_spawner(ctx: Any) -> Callable[[dict, int], None] | None:
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive carla_episode_manager``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     # the CARLA watchdog timer may wait on RPC timeouts; keep it off the subscription group
     return run_node("carla_episode_manager", CarlaEpisodeManagerNode, args=args, parallel_timers=True)

@@ -9,7 +9,6 @@ still on its way, it publishes a full brake so a lockstep simulator keeps tickin
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -17,44 +16,26 @@ import numpy as np
 from td3_drive import topics as T
 from td3_drive.driving.classical import ClassicalConfig, PurePursuitPID
 from td3_drive.driving.control import BRAKE, action_to_control_fields
+from td3_drive.driving.observation import InvalidMessage, VehiclePose
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.driving.observation import InvalidMessage, VehiclePose
-from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, declare_topics
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, declare_topics
 from td3_drive.runtime.interface import stamp as stamp_of
 from td3_drive.runtime.messages import seconds
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.ros import run_node
 
 NODE_NAME = "classical_controller"
 
 
 class ClassicalControllerNode(Node):
     """Wiring only: messages -> PurePursuitPID -> CarlaEgoVehicleControl."""
-
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        defaults = ClassicalConfig()
-        p = ctx.parameter
         topics = declare_topics(ctx)
-        self.config = ClassicalConfig(
-            target_speed=p("target_speed", defaults.target_speed, "m/s (default 30 km/h)"),
-            kp=p("kp", defaults.kp, "speed PID proportional gain (per m/s)"),
-            ki=p("ki", defaults.ki, "speed PID integral gain (per m)"),
-            kd=p("kd", defaults.kd, "speed PID derivative gain (per m/s^2)"),
-            wheelbase=p("wheelbase", defaults.wheelbase, "m"),
-            max_steer=math.radians(p("max_steer_deg", round(math.degrees(defaults.max_steer), 6),
-                                     "front wheel angle at steer = 1 (deg)")),
-            rear_axle_offset=p("rear_axle_offset", defaults.rear_axle_offset,
-                               "m from the odometry position back to the rear axle"),
-            lookahead_gain=p("lookahead_gain", defaults.lookahead_gain, "s; ld = gain * v + min"),
-            lookahead_min=p("lookahead_min", defaults.lookahead_min, "m"),
-        )
-        #: s; dt for the first tick of an episode and whenever image stamps do not increase
-        self.nominal_dt: float = p("nominal_dt", 0.05, "s, CARLA fixed_delta_seconds")
-
+        self.config = dataclass_parameters(ctx, ClassicalConfig)
         self.controller = PurePursuitPID(self.config)
         self._last_stamp: float | None = None
-        #: dropped inputs per reason (InvalidMessage.reason, or why a tick braked), also on /diagnostics
         self.published = 0
 
         self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
@@ -87,7 +68,7 @@ class ClassicalControllerNode(Node):
         if not new_episode and self._last_stamp is not None and stamp <= self._last_stamp:
             # a repeated camera frame must not produce a second control: it would tick the world twice
             return self.drops.drop("stale_stamp", f"{stamp} <= {self._last_stamp}")
-        dt = self.nominal_dt
+        dt = self.config.nominal_dt
         if new_episode:
             self.controller.reset()
         elif self._last_stamp is not None:
@@ -113,6 +94,4 @@ class ClassicalControllerNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive classical_controller``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     return run_node(NODE_NAME, ClassicalControllerNode, args=args)

@@ -10,13 +10,21 @@ from typing import Any
 
 from td3_drive import topics as T
 from td3_drive.driving.metrics import EpisodeMetrics, EpisodeMetricsRecorder
-from td3_drive.driving.world import CameraPoseJoin
-from td3_drive.nodes.bridge import BridgeWorld
 from td3_drive.driving.observation import VehiclePose
 from td3_drive.driving.reward import RewardConfig, RewardFunction
-from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, stamp, declare_topics
+from td3_drive.driving.world import CameraPoseJoin
+from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.runtime.interface import (
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    stamp,
+)
 from td3_drive.runtime.messages import seconds
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.ros import run_node
 
 NODE_NAME = "evaluator"
 
@@ -78,6 +86,4 @@ class EvaluatorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive evaluator``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     return run_node(NODE_NAME, EvaluatorNode, args=args)

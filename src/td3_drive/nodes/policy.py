@@ -17,60 +17,80 @@ control would land one tick late; the world already stands still without our con
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from td3_drive import topics as T
-from td3_drive.rl.checkpoint import resolve_actor_file
 from td3_drive.driving.control import BRAKE, WATCHDOG_FRAME_ID, action_to_control_fields
+from td3_drive.nodes.bridge import ObservationPairer
+from td3_drive.rl.checkpoint import resolve_actor_file
 from td3_drive.rl.exploration import Exploration, ExplorationConfig
 from td3_drive.rl.inference import ActorRunner
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.models import feature_stats
-from td3_drive.nodes.bridge import ObservationPairer
-from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, declare_topics
 from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
+from td3_drive.runtime.interface import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    stamp,
+)
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.ros import run_node
+from td3_drive.settings import setting
 
 NODE_NAME = "policy"
+
+
+@dataclass
+class PolicyConfig:
+    """The policy node's parameters.  For training, ``td3-drive`` takes ``layer_norm``, ``frame_stack``
+    and ``trunk_dim`` from the trainer's ``learner``; for driving, from the checkpoint."""
+
+    layer_norm: bool = setting(True, "LayerNorm CNN (false: ablation architecture)")
+    frame_stack: int = setting(4, "frames per observation")
+    trunk_dim: int = setting(LearnerConfig.trunk_dim, "trunk width between encoder and actor MLP (0: none)")
+    explore: bool = setting(False, "add exploration noise (training); /td3/exploration overrides")
+    publish_features: bool = setting(True, "publish feature statistics and the feature vector")
+    seed: int = setting(0, "RNG seed of the initial weights and of exploration noise")
+    exploration_noise: float = setting(0.1, "std of Gaussian action noise while exploring (TD3 paper: 0.1)")
+    random_steps: int = setting(1000, "warm-up steps of random (throttle-biased) actions")
+    device: str = setting("auto", "auto | cpu | cuda[:N]")
+    backend: str = setting("auto", "auto | onnxruntime | torch")
+    max_weight_bytes: int = setting(MAX_WEIGHT_BYTES, "larger weight messages are rejected unparsed")
+    watchdog_timeout: float = setting(0.15, "s without a fresh observation before braking (3 ticks)")
+    watchdog_period: float = setting(0.05, "s between watchdog checks (and brake commands)")
+    lockstep: bool = setting(True, "the world ticks once per control (wait-for-control, embedded): the watchdog "
+                                   "logs but never publishes (an extra command would shift lockstep)")
+    checkpoint: str = setting("", "actor.safetensors or a checkpoint directory to load at start")
 
 
 class PolicyNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        p = ctx.parameter
         self.topics = declare_topics(ctx)
-        config = LearnerConfig(layer_norm=p("layer_norm", True, "LayerNorm CNN (false: ablation architecture)"),
-                               frame_stack=p("frame_stack", 4, "frames per observation"),
-                               trunk_dim=p("trunk_dim", LearnerConfig.trunk_dim,
-                                           "trunk width between encoder and actor MLP (0: none)"))
-        self.architecture = config.actor_architecture()
-        self.explore = p("explore", False, "add exploration noise (training); /td3/exploration overrides")
-        self.publish_features = p("publish_features", True, "publish feature statistics and the feature vector")
-        seed = p("seed", 0, "RNG seed of the initial weights and of exploration noise")
-        self.exploration = Exploration(ExplorationConfig(
-            noise_std=p("exploration_noise", 0.1, "std of Gaussian action noise while exploring"),
-            random_steps=p("random_steps", 1000, "warm-up steps of random (throttle-biased) actions"),
-        ), seed=seed)
-        torch.manual_seed(seed)
-        self.runner = ActorRunner(self.architecture, device=p("device", "auto", "auto | cpu | cuda[:N]"),
-                                  backend=p("backend", "auto", "auto | onnxruntime | torch"))
+        self.config = c = dataclass_parameters(ctx, PolicyConfig)
+        self.architecture = LearnerConfig(layer_norm=c.layer_norm, frame_stack=c.frame_stack,
+                                          trunk_dim=c.trunk_dim).actor_architecture()
+        self.explore, self.publish_features = c.explore, c.publish_features
+        self.exploration = Exploration(ExplorationConfig(noise_std=c.exploration_noise, random_steps=c.random_steps),
+                                       seed=c.seed)
+        torch.manual_seed(c.seed)
+        self.runner = ActorRunner(self.architecture, device=c.device, backend=c.backend)
         self.weights_version = -1
-        self.max_weight_bytes = p("max_weight_bytes", MAX_WEIGHT_BYTES, "larger weight messages are rejected unparsed")
-        self.watchdog_timeout = p("watchdog_timeout", 0.15, "s without a fresh observation before braking (3 ticks)")
-        watchdog_period = p("watchdog_period", 0.05, "s between watchdog checks (and brake commands)")
-        self.lockstep = p("lockstep", True, "the world ticks once per control (wait-for-control, embedded): "
-                          "the watchdog logs but never publishes (an extra command would shift lockstep)")
+        self.max_weight_bytes, self.watchdog_timeout, self.lockstep = c.max_weight_bytes, c.watchdog_timeout, c.lockstep
         self.last_observation_s: float | None = None  # node clock; None: not armed until the first frame
         self.watchdog_active = False
         self.watchdog_brakes = 0  # brake commands published by the watchdog
         self.watchdog_trips = 0  # times the watchdog engaged
         self._last_brake_s = -np.inf
-        checkpoint = p("checkpoint", "", "actor.safetensors or a checkpoint directory to load at start")
-        if checkpoint:
-            self.load_file(checkpoint)
+        if c.checkpoint:
+            self.load_file(c.checkpoint)
         self.weight_rejections: dict[str, int] = {}
         self.actions = 0
         self.last_feature_l2 = float('nan')
@@ -85,7 +105,7 @@ class PolicyNode(Node):
         ctx.create_subscription(T.UINT8_ARRAY, self.topics.actor_weights, self.on_weights, LATCHED_QOS)
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)
-        ctx.create_timer(watchdog_period, self.check_watchdog)
+        ctx.create_timer(c.watchdog_period, self.check_watchdog)
 
     # ------------------------------------------------------------------ weights
     def load_file(self, path: str) -> None:
@@ -186,6 +206,4 @@ class PolicyNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive policy``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     return run_node(NODE_NAME, PolicyNode, args=args)

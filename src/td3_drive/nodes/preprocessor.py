@@ -9,30 +9,53 @@ the image: the image waits for it).  The stack restarts (first frame repeated) a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from td3_drive import topics as T
+from td3_drive.driving.observation import (
+    STATE_NAMES,
+    FrameStack,
+    ImageConverter,
+    InvalidMessage,
+    VehiclePose,
+    kinematic_state,
+    to_gray84,
+)
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.driving.observation import (STATE_NAMES, FrameStack, ImageConverter, InvalidMessage, VehiclePose,
-                                   kinematic_state, to_gray84)
-from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp, declare_topics
+from td3_drive.runtime.interface import (
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    stamp,
+)
 from td3_drive.runtime.messages import seconds
+from td3_drive.runtime.node import Node
+from td3_drive.runtime.ros import run_node
+from td3_drive.settings import setting
 
 NODE_NAME = "camera_preprocessor"
+
+
+@dataclass
+class PreprocessorConfig:
+    frame_stack: int = setting(4, "frames per observation (td3-drive: the trainer's learner.frame_stack)")
+    image_backend: str = setting("auto", "auto (cv_bridge if installed) | cv_bridge | rosbags")
 
 
 class CameraPreprocessorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        p = ctx.parameter
         self.topics = declare_topics(ctx)
-        self.frame_stack = p("frame_stack", 4, "frames per observation")
+        self.config = dataclass_parameters(ctx, PreprocessorConfig)
+        self.frame_stack = self.config.frame_stack
         self.stack = FrameStack(self.frame_stack)
-        self.converter = ImageConverter(p("image_backend", "auto", "auto (cv_bridge if installed) | cv_bridge | rosbags"))
+        self.converter = ImageConverter(self.config.image_backend)
         ctx.logger.info(f"{ctx.name}: camera images converted with {self.converter.backend}")
         self.last_stamp = -np.inf
         self.published = 0
@@ -93,6 +116,4 @@ class CameraPreprocessorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive camera_preprocessor``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     return run_node(NODE_NAME, CameraPreprocessorNode, args=args)

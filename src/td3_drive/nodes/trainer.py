@@ -30,10 +30,17 @@ from td3_drive.nodes.bridge import BridgeWorld, ObservationPairer
 from td3_drive.rl.inference import resolve_device
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.session import EpisodeEnd, SessionConfig, TrainingSession
-from td3_drive.runtime.interface import (LATCHED_QOS, RELIABLE_QOS, NodeContext, dataclass_parameters,
-                                         declare_topics, stamp)
+from td3_drive.runtime.interface import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    stamp,
+)
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
+from td3_drive.runtime.ros import run_node
 
 NODE_NAME = "trainer"
 
@@ -56,7 +63,6 @@ def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) 
 
 class Vehicle:
     """One vehicle pipeline as the trainer sees it: its topics, transition chain and episode scoring."""
-
     def __init__(self, ctx: NodeContext, index: int, topics: T.Topics, trainer: "TrainerNode",
                  reward_config: RewardConfig, max_held: int) -> None:
         self.ctx, self.index, self.topics, self.trainer = ctx, index, topics, trainer
@@ -207,7 +213,5 @@ class TrainerNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive trainer``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     # learning runs in timers of their own; subscriptions keep flowing meanwhile
     return run_node(NODE_NAME, TrainerNode, args=args, parallel_timers=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,37 +30,33 @@ from td3_drive.rl.learner import Learner, LearnerConfig
 from td3_drive.rl.replay import VehicleReplay, batch_to
 from td3_drive.rl.scalars import ScalarLogger
 from td3_drive.rl.weights import encode_actor
-
-
-def _doc(default: Any, description: str) -> Any:
-    """A dataclass field with the description its ROS 2 parameter is declared with."""
-    return field(default=default, metadata={"description": description})
+from td3_drive.settings import setting
 
 
 @dataclass
 class SessionConfig:
     """The trainer's schedule, replay and checkpoint parameters (declared under these names)."""
 
-    run_dir: str = _doc("runs/latest", "checkpoints and TensorBoard logs go here")
-    seed: int = _doc(0, "RNG seed of networks, noise and replay sampling")
-    total_steps: int = _doc(100_000, "env steps of a training run (td3-drive train default)")
-    batch_size: int = _doc(256, "replay batch size")
-    learning_starts: int = _doc(1000, "env steps before the first update")
-    utd_ratio: float = _doc(1.0, "gradient updates per env step")
-    weights_every: int = _doc(100, "publish actor weights every N updates")
-    checkpoint_every: int = _doc(5000, "env steps between checkpoints (0: only at exit)")
-    eval_every: int = _doc(0, "training episodes between evaluation rounds (0: never)")
-    eval_episodes: int = _doc(1, "episodes per evaluation round")
-    log_interval: int = _doc(100, "updates between TensorBoard points")
-    async_updates: bool = _doc(False, "learn in a worker thread (ROS); false = in the callback")
-    replay_capacity: int = _doc(100_000, "transitions kept (split between the vehicles)")
-    n_step: int = _doc(1, "n-step returns")
-    replay_on_disk: bool = _doc(False, "memory-map the replay buffer under run_dir/replay")
-    checkpoint_replay: bool = _doc(False, "store the replay buffer in checkpoints")
-    checkpoint_keep: int = _doc(3, "checkpoints kept")
-    checkpoint_episodes: int = _doc(0, "checkpoint at the start of every N-th episode with every node's state: "
+    run_dir: str = setting("runs/latest", "checkpoints and TensorBoard logs go here")
+    seed: int = setting(0, "RNG seed of networks, noise and replay sampling")
+    total_steps: int = setting(100_000, "env steps of a training run (td3-drive train default)")
+    batch_size: int = setting(256, "replay batch size")
+    learning_starts: int = setting(1000, "env steps before the first update")
+    utd_ratio: float = setting(1.0, "gradient updates per env step")
+    weights_every: int = setting(100, "publish actor weights every N updates")
+    checkpoint_every: int = setting(5000, "env steps between checkpoints (0: only at exit)")
+    eval_every: int = setting(0, "training episodes between evaluation rounds (0: never)")
+    eval_episodes: int = setting(1, "episodes per evaluation round")
+    log_interval: int = setting(100, "updates between TensorBoard points")
+    async_updates: bool = setting(False, "learn in a worker thread (ROS); false = in the callback")
+    replay_capacity: int = setting(100_000, "transitions kept (split between the vehicles)")
+    n_step: int = setting(1, "n-step returns")
+    replay_on_disk: bool = setting(False, "memory-map the replay buffer under run_dir/replay")
+    checkpoint_replay: bool = setting(False, "store the replay buffer in checkpoints")
+    checkpoint_keep: int = setting(3, "checkpoints kept")
+    checkpoint_episodes: int = setting(0, "checkpoint at the start of every N-th episode with every node's state: "
                                        "exact resume points (0: off; --deterministic sets 1)")
-    rollback_after: int = _doc(20, "consecutive skipped (non-finite) updates before the learner rolls back to "
+    rollback_after: int = setting(20, "consecutive skipped (non-finite) updates before the learner rolls back to "
                                    "the last good checkpoint (0: never)")
 
     def check(self, vehicles: int) -> None:
@@ -161,7 +157,8 @@ class TrainingSession:
 
     def record_step(self, vehicle: int, action: np.ndarray, reward: float, next_frame: np.ndarray,
                     next_state: np.ndarray, terminated: bool, truncated: bool, ended: EpisodeEnd | None = None) -> None:
-        """A scored transition of ``vehicle`` (``ended``: the episode it finished): stored unless evaluating, then learn."""
+        """A scored transition of ``vehicle`` (``ended``: the episode it ended, if it did): stored unless
+        the vehicle is evaluating, then the updates it makes due."""
         evaluated = self.evaluating[vehicle]
         with self._data_lock:  # the step and its episode's counters: one state for a checkpoint meanwhile
             if not evaluated:

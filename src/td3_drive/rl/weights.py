@@ -12,6 +12,7 @@ import functools
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,3 +109,19 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: dict[str, Any]
         if not torch.isfinite(tensor).all():
             raise WeightsRejected("non_finite", name)
     return ActorWeights(state, version, architecture)
+
+
+def read_architecture(path: str | Path) -> dict[str, Any]:
+    """The architecture in an actor.safetensors file's metadata (layer_norm, frame_stack, ...), from its
+    JSON header alone; {} when it names none."""
+    with open(path, "rb") as f:
+        data = f.read(8)
+        if len(data) < 8:
+            return {}
+        (size,) = struct.unpack("<Q", data)
+        header = f.read(min(size, MAX_HEADER_BYTES))
+    try:
+        metadata = json.loads(header).get("__metadata__") or {}
+        return json.loads(metadata.get("architecture", "{}"))
+    except (ValueError, AttributeError):
+        return {}

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from td3_drive.runtime import messages
-from td3_drive.runtime.parameters import for_node
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
+from td3_drive.runtime.parameters import for_node
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 Tap = Callable[[str, str, Any, float], None]

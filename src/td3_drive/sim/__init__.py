@@ -7,8 +7,8 @@ bridge's topic names and types, ticking once per control command (lockstep);
 """
 import gymnasium as _gym
 
-from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 from td3_drive.sim.gym_env import ENV_ID, RacetrackDriveEnv
+from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 
 if ENV_ID not in _gym.registry:
     _gym.register(id=ENV_ID, entry_point=RacetrackDriveEnv)

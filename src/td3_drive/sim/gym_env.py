@@ -23,8 +23,14 @@ import numpy as np
 from gymnasium import spaces
 
 from td3_drive.driving.control import ACTION_DIM, action_to_control_fields
-from td3_drive.driving.observation import (STATE_DIM, FrameStack, RouteProjection, VehiclePose, kinematic_state,
-                                   to_gray84)
+from td3_drive.driving.observation import (
+    STATE_DIM,
+    FrameStack,
+    RouteProjection,
+    VehiclePose,
+    kinematic_state,
+    to_gray84,
+)
 from td3_drive.driving.reward import RewardConfig, RewardFunction, StepEvents
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame
 

@@ -17,51 +17,32 @@ real DDS there is no order at all, and the stamps are what match messages.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any, Callable
 
 import numpy as np
 
 from td3_drive import topics as T
+from td3_drive.runtime.interface import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    NodeContext,
+    dataclass_parameters,
+    declare_topics,
+    stamp,
+    yaw_quaternion,
+)
 from td3_drive.runtime.node import Node
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion, declare_topics
+from td3_drive.runtime.ros import run_node
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 
-_PARAMETER_DOCS = {
-    "env_id": "highway-env racetrack id",
-    "image_width": "camera image width [px]",
-    "image_height": "camera image height [px]",
-    "camera_scaling": "camera resolution [px/m] (top-down chase camera)",
-    "camera_ego_row": "ego position in the image as a fraction of its height",
-    "dt": "tick length = CARLA fixed_delta_seconds [s]",
-    "simulation_frequency": "highway-env integration rate [Hz]",
-    "other_vehicles": "number of IDM vehicles",
-    "route_length_m": "route length [m]; 0 = one lap",
-    "route_spacing_m": "route waypoint spacing [m]",
-    "max_steer_rad": "front wheel angle at steer = 1 [rad]",
-    "max_accel": "acceleration at throttle = 1 from standstill [m/s^2]",
-    "max_decel": "deceleration at brake = 1 [m/s^2]",
-    "max_speed": "speed where throttle stops accelerating [m/s]",
-    "coast_decel": "deceleration without throttle [m/s^2]",
-    "initial_speed": "ego speed at episode start [m/s]",
-    "random_start": "start episodes at seeded random points of the lap, either lane (else highway-env's start)",
-    "seed": "base seed; episode k uses seed + k",
-    "publish_order": "bridge (camera before odometry, as carla-ros-bridge) | camera_last",
-}
 PUBLISH_ORDERS = ("bridge", "camera_last")
 
 
 class SimulatorNode(Node):
     """Publishes the racetrack as the CARLA bridge would; ticks once per control command."""
-
     def __init__(self, ctx: NodeContext, config: SimConfig | None = None) -> None:
         super().__init__(ctx)
-        base = config or SimConfig()
-        values = {
-            f.name: ctx.parameter(f.name, getattr(base, f.name), _PARAMETER_DOCS.get(f.name, ""))
-            for f in fields(SimConfig)
-        }
-        self.config = SimConfig(**values)
+        self.config = dataclass_parameters(ctx, SimConfig, defaults=config)
         if self.config.publish_order not in PUBLISH_ORDERS:
             raise ValueError(f"publish_order must be one of {PUBLISH_ORDERS}, got {self.config.publish_order!r}")
         self.topics = declare_topics(ctx)
@@ -291,6 +272,4 @@ __all__ = ["SimulatorNode", "stamp_ns"]
 
 def main(args: list[str] | None = None) -> int:
     """``ros2 run td3_drive simulator``: this node alone on rclpy."""
-    from td3_drive.runtime.ros import run_node
-
     return run_node("simulator", SimulatorNode, args=args)

@@ -44,6 +44,8 @@ from highway_env import utils as hw_utils  # noqa: E402
 from highway_env.road.lane import AbstractLane, LineType  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
+from td3_drive.settings import setting  # noqa: E402
+
 #: carla_msgs/CarlaLaneInvasionEvent constants
 LANE_MARKING_OTHER = 0
 LANE_MARKING_BROKEN = 1
@@ -76,30 +78,34 @@ def _wrap(angle: float) -> float:
 class SimConfig:
     """Embedded simulator settings; every field is also a SimulatorNode parameter."""
 
-    env_id: str = "racetrack-v1"  # or racetrack-v0, racetrack-large-v1, racetrack-oval-v1
-    image_width: int = 160
-    image_height: int = 120
-    camera_scaling: float = 3.0  # px per metre: 160x120 sees 53 m x 40 m
-    camera_ego_row: float = 0.75  # ego at 75 % of the height: 30 m ahead, 10 m behind
-    dt: float = 0.05  # one tick = CARLA's fixed_delta_seconds (20 Hz)
-    simulation_frequency: int = 20  # highway-env integration rate; substeps = dt * this
-    other_vehicles: int = 4  # exactly this many, unless the track is too crowded
-    route_length_m: float = 0.0  # 0: one lap of the ego's starting lane
-    route_spacing_m: float = 1.0
-    max_steer_rad: float = 0.5  # steer 1.0 -> 0.5 rad front wheels (9.5 m turning radius)
-    max_accel: float = 3.0  # m/s^2 at throttle 1 from standstill, fading to 0 at max_speed
-    max_decel: float = 8.0  # m/s^2 at brake 1
-    max_speed: float = 20.0
-    coast_decel: float = 0.5  # rolling resistance and engine braking, m/s^2
-    initial_speed: float = 0.0  # the ego starts at rest, as a freshly spawned CARLA vehicle
-    #: start each episode at a seeded random point of the lap, on either lane (CARLA training scripts draw
-    #: spawn points around the map); False: highway-env's start, 20-50 m into the first straight, so the
-    #: curves past ~100 m are rarely seen in training
-    random_start: bool = False
-    seed: int = 0  # base seed: episode k uses seed + k
-    #: per tick, "bridge": camera, collision and lane invasion before odometry, speedometer and vehicle
-    #: status, as carla-ros-bridge sends them (sensors before pseudo-sensors); "camera_last": the reverse
-    publish_order: str = "bridge"
+    # racetrack-v1, or racetrack-v0, racetrack-large-v1, racetrack-oval-v1
+    env_id: str = setting("racetrack-v1", "highway-env racetrack id")
+    image_width: int = setting(160, "camera image width [px]")
+    image_height: int = setting(120, "camera image height [px]")
+    # 160x120 at 3 px/m sees 53 m x 40 m
+    camera_scaling: float = setting(3.0, "camera resolution [px/m] (top-down chase camera)")
+    # ego at 75 % of the height: 30 m ahead, 10 m behind
+    camera_ego_row: float = setting(0.75, "ego position in the image as a fraction of its height")
+    dt: float = setting(0.05, "tick length = CARLA fixed_delta_seconds [s] (20 Hz)")
+    simulation_frequency: int = setting(20, "highway-env integration rate [Hz]; substeps = dt * this")
+    other_vehicles: int = setting(4, "number of IDM vehicles (exactly this many, unless the track is too crowded)")
+    route_length_m: float = setting(0.0, "route length [m]; 0 = one lap of the ego's starting lane")
+    route_spacing_m: float = setting(1.0, "route waypoint spacing [m]")
+    # 0.5 rad front wheels: 9.5 m turning radius
+    max_steer_rad: float = setting(0.5, "front wheel angle at steer = 1 [rad]")
+    max_accel: float = setting(3.0, "acceleration at throttle = 1 from standstill [m/s^2], fading to 0 at max_speed")
+    max_decel: float = setting(8.0, "deceleration at brake = 1 [m/s^2]")
+    max_speed: float = setting(20.0, "speed where throttle stops accelerating [m/s]")
+    coast_decel: float = setting(0.5, "deceleration without throttle [m/s^2]: rolling resistance, engine braking")
+    initial_speed: float = setting(0.0, "ego speed at episode start [m/s] (a freshly spawned CARLA vehicle: 0)")
+    # CARLA training scripts draw spawn points around the map; highway-env's start is 20-50 m into the
+    # first straight, so the curves past ~100 m are rarely seen in training
+    random_start: bool = setting(False, "start episodes at seeded random points of the lap, either lane "
+                                        "(else highway-env's start)")
+    seed: int = setting(0, "base seed; episode k uses seed + k")
+    # "bridge": camera, collision and lane invasion before odometry, speedometer and vehicle status,
+    # as carla-ros-bridge sends them (sensors before pseudo-sensors); "camera_last": the reverse
+    publish_order: str = setting("bridge", "bridge (camera before odometry, as carla-ros-bridge) | camera_last")
 
     @property
     def substeps(self) -> int:
