@@ -5,6 +5,7 @@
     td3-drive play BAG [--checkpoint PATH]
     td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
+    td3-drive params [NODE ...]
     td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] -o FILE
     td3-drive domain-bridge --namespace NS --role-name ROLE --vehicle-domain N --trainer-domain N -o FILE
 
@@ -85,6 +86,17 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
         extra["policy"]["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
     return {"command": "play", **embedded.play(args.bag, config.compose(args.config, None, args.set, extra))}
+
+
+def cmd_params(args: argparse.Namespace) -> dict[str, Any]:
+    kinds = args.nodes or list(embedded.NODE_KINDS)
+    unknown = sorted(set(kinds) - set(embedded.NODE_KINDS))
+    if unknown:
+        raise SystemExit(f"params: unknown nodes {unknown} (known: {list(embedded.NODE_KINDS)})")
+    listed = {kind: {name: {"default": default, "description": text}
+                     for name, (default, text) in sorted(embedded.declared_parameters(kind).items())}
+              for kind in kinds}
+    return {"command": "params", "nodes": listed}
 
 
 def _write(command: str, text: str, output: Path) -> dict[str, Any]:
@@ -169,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", type=Path)
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("params", help="every parameter the nodes declare: default and description (JSON)")
+    p.add_argument("nodes", nargs="*", help=f"node names (default: all of {', '.join(embedded.NODE_KINDS)})")
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("rqt-perspective", help="write an rqt perspective: feature plots, reward, observation image")
     p.add_argument("--namespace", default="", help="the vehicle pipeline's namespace (scale-out: v0, v1, ...)")

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from td3_drive.app.config import Parameters, vehicle_parameters
+from td3_drive.nodes.carla_episode_manager import CarlaEpisodeManagerNode
 from td3_drive.nodes.classical_controller import ClassicalControllerNode
 from td3_drive.nodes.evaluator import EvaluatorNode
 from td3_drive.nodes.policy import PolicyNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
 from td3_drive.nodes.trainer import TrainerNode
+from td3_drive.rl.session import SessionConfig
 from td3_drive.runtime.bag import BagRecorder, play_bag
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.node import Node
@@ -156,3 +158,27 @@ def play(bag: Path, parameters: Parameters) -> dict[str, Any]:
     return {"bag": str(bag), "fed": fed, "published": {t: n for t, n in by_nodes.items() if n > 0},
             "drops": {"camera_preprocessor": dict(preprocessor.drops.counts), "policy": dict(policy.drops.counts)},
             "actions": policy.actions}
+
+
+#: every node kind the programs run, by its node name
+NODE_KINDS: dict[str, type[Node]] = {
+    "simulator": SimulatorNode, "camera_preprocessor": CameraPreprocessorNode, "policy": PolicyNode,
+    "trainer": TrainerNode, "evaluator": EvaluatorNode, "classical_controller": ClassicalControllerNode,
+    "carla_episode_manager": CarlaEpisodeManagerNode,
+}
+
+
+def declared_parameters(kind: str) -> dict[str, tuple[Any, str]]:
+    """``{parameter: (default, description)}`` as node ``kind`` declares them (built once, in a scratch dir)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="td3_params_") as scratch:
+        given = {"run_dir": scratch} if kind == "trainer" else {}
+        runtime = LocalRuntime({kind: given})
+        ctx = runtime.context(kind)
+        node = NODE_KINDS[kind](ctx)
+        node.close()
+    declared = dict(ctx.declared)
+    if kind == "trainer":  # the default, not the scratch dir it was built in
+        declared["run_dir"] = (SessionConfig().run_dir, declared["run_dir"][1])
+    return declared

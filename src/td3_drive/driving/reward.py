@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from td3_drive.driving.observation import InvalidMessage, RouteProjection, VehiclePose, project_on_route, wrap_angle
+from td3_drive.settings import setting
 
 __all__ = ["RewardConfig", "StepEvents", "RewardStep", "RewardFunction", "COMPONENTS"]
 
@@ -34,48 +35,36 @@ COMPONENTS = ("efficiency", "lane_keeping", "heading", "comfort", "progress", "w
 class RewardConfig:
     """Weights and limits of the reward.  Components are reported already weighted."""
 
-    #: m/s; efficiency peaks when the speed along the route equals it
-    target_speed: float = 8.0
-    #: efficiency = w * clip(1 - |v_fwd - target| / target, -1, 1), v_fwd = speed * cos(heading error)
-    w_efficiency: float = 0.4
-    #: lane keeping = -w * min(|lateral| / max_lateral_deviation, 1)
-    w_lateral: float = 0.3
-    #: heading = -w * |heading error| / pi
-    w_heading: float = 0.2
-    #: comfort = -w * tanh(|jerk| / jerk_scale); jerk of the (longitudinal, lateral) acceleration
-    w_comfort: float = 0.05
-    #: m/s^3; the comfort penalty reaches 76% of w_comfort at this jerk (tanh(1))
-    jerk_scale: float = 30.0
-    #: per metre of arc length gained along the route (negative when going back)
-    w_progress: float = 0.5
-    #: m/s; one step's progress is clipped to +-max_progress_speed * dt (1 m at 20 Hz), so a
-    #: projection that jumps (route passing near itself, route replaced) cannot pay out a lot
-    max_progress_speed: float = 20.0
-    #: per route waypoint passed for the first time (small: the route spacing sets its rate)
-    waypoint_bonus: float = 0.02
-    #: once, when the route is completed
-    goal_bonus: float = 10.0
-    #: once, on collision (terminates)
-    collision_penalty: float = 10.0
-    #: once, when |lateral| > max_lateral_deviation (terminates "off_route"); the bridge has
-    #: no off-road sensor, so leaving the route corridor is what "off-road" means here
-    offroad_penalty: float = 5.0
-    #: per step with at least one lane invasion event (never terminates)
-    lane_invasion_penalty: float = 0.2
-    #: per step once the car has been stopped for more than stopped_grace_steps
-    stopped_penalty: float = 0.05
-    #: m/s; |speed| below this counts as stopped
-    stopped_speed: float = 0.2
-    #: steps stopped before the stopped penalty starts (40 = 2 s at 20 Hz: starting, traffic)
-    stopped_grace_steps: int = 40
-    #: m; |lateral deviation| beyond this terminates the episode ("off_route")
-    max_lateral_deviation: float = 2.5
-    #: m; remaining route below this completes the route ("route_completed")
-    goal_distance: float = 2.0
-    #: steps; reaching it truncates ("timeout"): not a terminal state, the learner bootstraps
-    max_episode_steps: int = 1000
-    #: s per step (CARLA fixed_delta_seconds), used for accelerations and jerk
-    dt: float = 0.05
+    target_speed: float = setting(8.0, "m/s; efficiency peaks when the speed along the route equals it")
+    w_efficiency: float = setting(0.4, "efficiency = w * clip(1 - |v_fwd - target| / target, -1, 1), v_fwd = speed * "
+                                       "cos(heading error)")
+    w_lateral: float = setting(0.3, "lane keeping = -w * min(|lateral| / max_lateral_deviation, 1)")
+    w_heading: float = setting(0.2, "heading = -w * |heading error| / pi")
+    w_comfort: float = setting(0.05, "comfort = -w * tanh(|jerk| / jerk_scale); jerk of the (longitudinal, lateral) "
+                                     "acceleration")
+    jerk_scale: float = setting(30.0, "m/s^3; the comfort penalty reaches 76% of w_comfort at this jerk (tanh(1))")
+    w_progress: float = setting(0.5, "per metre of arc length gained along the route (negative when going back)")
+    max_progress_speed: float = setting(20.0, "m/s; one step's progress is clipped to +-max_progress_speed * dt (1 m "
+                                              "at 20 Hz), so a projection that jumps (route passing near itself, "
+                                              "route replaced) cannot pay out a lot")
+    waypoint_bonus: float = setting(0.02, "per route waypoint passed for the first time (small: the route spacing "
+                                          "sets its rate)")
+    goal_bonus: float = setting(10.0, "once, when the route is completed")
+    collision_penalty: float = setting(10.0, "once, on collision (terminates)")
+    offroad_penalty: float = setting(5.0, "once, when |lateral| > max_lateral_deviation (terminates 'off_route'); "
+                                          "the bridge has no off-road sensor, so leaving the route corridor is what "
+                                          "'off-road' means here")
+    lane_invasion_penalty: float = setting(0.2, "per step with at least one lane invasion event (never terminates)")
+    stopped_penalty: float = setting(0.05, "per step once the car has been stopped for more than stopped_grace_steps")
+    stopped_speed: float = setting(0.2, "m/s; |speed| below this counts as stopped")
+    stopped_grace_steps: int = setting(40, "steps stopped before the stopped penalty starts (40 = 2 s at 20 Hz: "
+                                           "starting, traffic)")
+    max_lateral_deviation: float = setting(2.5, "m; |lateral deviation| beyond this terminates the episode "
+                                                "('off_route')")
+    goal_distance: float = setting(2.0, "m; remaining route below this completes the route ('route_completed')")
+    max_episode_steps: int = setting(1000, "steps; reaching it truncates ('timeout'): not a terminal state, the "
+                                           "learner bootstraps")
+    dt: float = setting(0.05, "s per step (CARLA fixed_delta_seconds), used for accelerations and jerk")
 
 
 @dataclass

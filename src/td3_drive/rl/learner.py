@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from td3_drive.rl.models import FEATURE_DIM, Actor, ActorHead, CriticHeads, Encoder, feature_stats
+from td3_drive.settings import setting
 
 if TYPE_CHECKING:  # only for annotations: the learner takes any object with these fields
     from td3_drive.rl.replay import Batch
@@ -48,33 +49,34 @@ ENCODER_MODES = ("separate", "shared")
 class LearnerConfig:
     """Hyperparameters (TD3 paper names and defaults unless noted)."""
 
-    algo: str = "td3"  # "ddpg" forces num_q=1, policy_noise=0, policy_freq=1
-    encoder_mode: str = "separate"
-    layer_norm: bool = True
-    gamma: float = 0.99
-    tau: float = 0.005
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_freq: int = 2
-    num_q: int = 2
-    lr_cnn: float = 1e-4
-    lr_mlp: float = 3e-4
-    max_grad_norm_actor: float | None = 10.0  # None disables clipping
-    max_grad_norm_critic: float | None = 10.0
-    augment: bool = False  # DrQ random shift, pad 4
-    augment_pad: int = 4
-    frame_stack: int = 4
-    state_dim: int = 53
-    action_dim: int = 2
-    hidden: tuple[int, ...] = (256, 256)
-    #: width of the Linear -> LayerNorm -> tanh trunk between the encoder and each head (DrQ-v2: 50); 0: none
-    trunk_dim: int = 50
-    #: weight of mean(pre-tanh action ^ 2) in the actor loss.  Adam follows even a tiny, same-signed
-    #: early dQ/da at full step size and pins tanh at +-1, where its gradient vanishes; this pulls it back.
-    action_penalty: float = 1e-2
-    #: network passes of the update in "bf16" autocast (weights, optimizer state and losses stay fp32),
-    #: "fp32", or "auto": bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX)
-    precision: str = "fp32"
+    algo: str = setting("td3", "td3 | ddpg (ddpg forces num_q=1, policy_noise=0, policy_freq=1)")
+    encoder_mode: str = setting("separate", "separate (actor and critic encoders, SB3) | shared (one encoder trained "
+                                            "by the critic, DrQ-v2)")
+    layer_norm: bool = setting(True, "LayerNorm after every conv and the encoder's linear layer (false: the ablation)")
+    gamma: float = setting(0.99, "discount")
+    tau: float = setting(0.005, "target network soft-update rate")
+    policy_noise: float = setting(0.2, "std of the target policy smoothing noise")
+    noise_clip: float = setting(0.5, "clip of the target policy smoothing noise")
+    policy_freq: int = setting(2, "critic updates per actor and target update")
+    num_q: int = setting(2, "critics (clipped double Q: 2)")
+    lr_cnn: float = setting(1e-4, "Adam learning rate of the encoder")
+    lr_mlp: float = setting(3e-4, "Adam learning rate of the MLP heads")
+    max_grad_norm_actor: float | None = setting(10.0, "actor gradient norm clip (0 or None: none)")
+    max_grad_norm_critic: float | None = setting(10.0, "critic gradient norm clip (0 or None: none)")
+    augment: bool = setting(False, "DrQ random shift of both observations of a transition")
+    augment_pad: int = setting(4, "pixels of padding for the random shift")
+    frame_stack: int = setting(4, "frames per observation")
+    state_dim: int = setting(53, "kinematic state size")
+    action_dim: int = setting(2, "action size (steer, throttle_or_brake)")
+    hidden: tuple[int, ...] = setting((256, 256), "MLP head widths")
+    trunk_dim: int = setting(50, "width of the Linear -> LayerNorm -> tanh trunk between the encoder and each head "
+                                 "(DrQ-v2: 50); 0: none")
+    action_penalty: float = setting(1e-2, "weight of mean(pre-tanh action ^ 2) in the actor loss: Adam follows even "
+                                          "a tiny, same-signed early dQ/da at full step size and pins tanh at +-1, "
+                                          "where its gradient vanishes; this pulls it back")
+    precision: str = setting("fp32", "network passes of the update in 'bf16' autocast (weights, optimizer state and "
+                                     "losses stay fp32), 'fp32', or 'auto': bf16 where the hardware runs it natively "
+                                     "(CUDA with bf16, CPUs with AVX512-BF16/AMX)")
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
