@@ -3,14 +3,7 @@ import copy
 import pytest
 import torch
 
-from td3_drive.rl.learner import (
-    SATURATED,
-    Learner,
-    LearnerConfig,
-    random_shift,
-    smoothed_target_action,
-    td3_target,
-)
+from td3_drive.rl.learner import SATURATED, Learner, LearnerConfig, random_shift, smoothed_target_action, td3_target
 from td3_drive.rl.models import ActorHead, Trunk
 
 

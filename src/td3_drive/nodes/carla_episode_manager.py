@@ -18,15 +18,7 @@ from typing import Any, Callable
 from td3_drive import topics as T
 from td3_drive.carla.episodes import CarlaEpisodeManager, EpisodeConfig, SpawnPoint, parse_spawn_points
 from td3_drive.runtime import messages
-from td3_drive.runtime.interface import (
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    SENSOR_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    yaw_quaternion,
-)
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, NodeContext, yaw_quaternion
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
 from td3_drive.settings import setting
@@ -37,6 +29,7 @@ SPAWN_OBJECT_SERVICE = "/carla/spawn_object"
 @dataclass
 class CarlaEpisodeManagerConfig:
     """The node's parameters; :meth:`episode_config` is what the manager gets of them."""
+
     carla_host: str = setting("localhost", "CARLA server host")
     carla_port: int = setting(2000, "CARLA server RPC port")
     carla_timeout_s: float = setting(5.0, "client.set_timeout: bound on every CARLA call (s)")
@@ -72,10 +65,10 @@ class CarlaEpisodeManagerConfig:
 
 class CarlaEpisodeManagerNode(Node):
     """Wiring around :class:`CarlaEpisodeManager`."""
+
     def __init__(self, ctx: NodeContext, *, manager: CarlaEpisodeManager | None = None) -> None:
         super().__init__(ctx)
-        self.topics = declare_topics(ctx)
-        c = dataclass_parameters(ctx, CarlaEpisodeManagerConfig)
+        c = self.declare_config(CarlaEpisodeManagerConfig)
         config = c.episode_config(self.topics.role_name)  # refuses what the manager could not use
         self.manager = manager or CarlaEpisodeManager(config, ctx.logger, pseudo_spawner=_bridge_pseudo_spawner(ctx))
         self._episode_pub = ctx.create_publisher(T.HEADER, self.topics.episode_start, LATCHED_QOS)

@@ -19,7 +19,7 @@ from td3_drive.driving.control import BRAKE, action_to_control_fields
 from td3_drive.driving.observation import InvalidMessage, VehiclePose
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, dataclass_parameters, declare_topics
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.runtime.interface import stamp as stamp_of
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
@@ -30,10 +30,11 @@ NODE_NAME = "classical_controller"
 
 class ClassicalControllerNode(Node):
     """Wiring only: messages -> PurePursuitPID -> CarlaEgoVehicleControl."""
+
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        topics = declare_topics(ctx)
-        self.config = dataclass_parameters(ctx, ClassicalConfig)
+        topics = self.topics
+        self.config = self.declare_config(ClassicalConfig)
         self.controller = PurePursuitPID(self.config)
         self._last_stamp: float | None = None
         self.published = 0

@@ -14,14 +14,7 @@ from td3_drive.driving.observation import VehiclePose
 from td3_drive.driving.reward import RewardConfig, RewardFunction
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.runtime.interface import (
-    RELIABLE_QOS,
-    SENSOR_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    stamp,
-)
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
@@ -32,8 +25,7 @@ NODE_NAME = "evaluator"
 class EvaluatorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        self.topics = declare_topics(ctx)
-        self.reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
+        self.reward_config = self.declare_config(RewardConfig, "reward")
         self.reward_fn = RewardFunction(self.reward_config)
         self.recorder = EpisodeMetricsRecorder(self.reward_config.max_lateral_deviation,
                                                self.reward_config.goal_distance)

@@ -32,14 +32,7 @@ from td3_drive.rl.inference import ActorRunner
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.models import feature_stats
 from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
-from td3_drive.runtime.interface import (
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    stamp,
-)
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
 from td3_drive.settings import setting
@@ -73,8 +66,7 @@ class PolicyConfig:
 class PolicyNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        self.topics = declare_topics(ctx)
-        self.config = c = dataclass_parameters(ctx, PolicyConfig)
+        self.config = c = self.declare_config(PolicyConfig)
         self.architecture = LearnerConfig(layer_norm=c.layer_norm, frame_stack=c.frame_stack,
                                           trunk_dim=c.trunk_dim).actor_architecture()
         self.explore, self.publish_features = c.explore, c.publish_features

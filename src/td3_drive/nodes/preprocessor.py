@@ -26,14 +26,7 @@ from td3_drive.driving.observation import (
 )
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.runtime.interface import (
-    RELIABLE_QOS,
-    SENSOR_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    stamp,
-)
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
@@ -51,8 +44,7 @@ class PreprocessorConfig:
 class CameraPreprocessorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        self.topics = declare_topics(ctx)
-        self.config = dataclass_parameters(ctx, PreprocessorConfig)
+        self.config = self.declare_config(PreprocessorConfig)
         self.frame_stack = self.config.frame_stack
         self.stack = FrameStack(self.frame_stack)
         self.converter = ImageConverter(self.config.image_backend)

@@ -30,14 +30,7 @@ from td3_drive.nodes.bridge import BridgeWorld, ObservationPairer
 from td3_drive.rl.inference import resolve_device
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.session import EpisodeEnd, SessionConfig, TrainingSession
-from td3_drive.runtime.interface import (
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    stamp,
-)
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
@@ -63,6 +56,7 @@ def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) 
 
 class Vehicle:
     """One vehicle pipeline as the trainer sees it: its topics, transition chain and episode scoring."""
+
     def __init__(self, ctx: NodeContext, index: int, topics: T.Topics, trainer: "TrainerNode",
                  reward_config: RewardConfig, max_held: int) -> None:
         self.ctx, self.index, self.topics, self.trainer = ctx, index, topics, trainer
@@ -158,16 +152,15 @@ class TrainerNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
         p = ctx.parameter
-        self.topics = declare_topics(ctx)
         namespaces = p("vehicle_namespaces", [""], "namespace of each vehicle pipeline this trainer learns from "
                        "([\"\"]: one vehicle, role_name/namespace)")
         roles = p("vehicle_role_names", [""], "CARLA role name of each vehicle, same order ([\"\"]: role_name)")
         max_held = p("max_control_delay", 2, "observations held while the control for an earlier one is late; "
                      "beyond that its step is dropped (missing_action)")
         device = resolve_device(p("device", "auto", "auto | cpu | cuda[:N]"))
-        config = dataclass_parameters(ctx, SessionConfig)
-        learner_config = dataclass_parameters(ctx, LearnerConfig, "learner")
-        reward_config = dataclass_parameters(ctx, RewardConfig, "reward")
+        config = self.declare_config(SessionConfig)
+        learner_config = self.declare_config(LearnerConfig, "learner")
+        reward_config = self.declare_config(RewardConfig, "reward")
         vehicle_topics = _vehicle_topics(self.topics, namespaces, roles)
 
         tp = self.topics

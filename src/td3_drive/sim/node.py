@@ -22,15 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.runtime.interface import (
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    NodeContext,
-    dataclass_parameters,
-    declare_topics,
-    stamp,
-    yaw_quaternion,
-)
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
@@ -40,12 +32,12 @@ PUBLISH_ORDERS = ("bridge", "camera_last")
 
 class SimulatorNode(Node):
     """Publishes the racetrack as the CARLA bridge would; ticks once per control command."""
+
     def __init__(self, ctx: NodeContext, config: SimConfig | None = None) -> None:
         super().__init__(ctx)
-        self.config = dataclass_parameters(ctx, SimConfig, defaults=config)
+        self.config = self.declare_config(SimConfig, defaults=config)
         if self.config.publish_order not in PUBLISH_ORDERS:
             raise ValueError(f"publish_order must be one of {PUBLISH_ORDERS}, got {self.config.publish_order!r}")
-        self.topics = declare_topics(ctx)
         self.role_name = self.topics.role_name
         self.sim = RacetrackSim(self.config)
         # tick time in integer nanoseconds, so /clock advances by exactly dt per tick
