@@ -15,15 +15,15 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m td3_drive.app.cli train --eval-episodes 20 $(if $(STEPS),--steps $(STEPS)) $(ARGS)
+	$(PY) -m td3_drive train --eval-episodes 20 $(if $(STEPS),--steps $(STEPS)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q test $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m td3_drive.app.bench learner
-	$(PY) -m td3_drive.app.bench policy
-	$(PY) -m td3_drive.app.bench replay
+	$(PY) -m td3_drive.bench learner
+	$(PY) -m td3_drive.bench policy
+	$(PY) -m td3_drive.bench replay
 
 # mutation testing of learner, replay, reward, transitions and control (~40 min on 2 cores; not in CI);
 # the summary (killed / survived / timeouts) is printed last and kept in mutants/mutmut-cicd-stats.json

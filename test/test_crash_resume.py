@@ -26,7 +26,7 @@ ARGS = ["--steps", str(STEPS), "--no-bag", "--deterministic", "--seed", "3",
 
 
 def _cmd(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "td3_drive.app.cli", "train", "--run-dir", str(run_dir), "--resume", *ARGS]
+    return [sys.executable, "-m", "td3_drive", "train", "--run-dir", str(run_dir), "--resume", *ARGS]
 
 
 def _finish(run_dir: Path) -> dict:

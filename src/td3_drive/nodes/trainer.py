@@ -2,10 +2,12 @@
 
 One trainer learns from one or several vehicle pipelines (``vehicle_namespaces``)
 and broadcasts the actor to all of them.  Per vehicle, transitions are assembled
-by stamp (``transitions.TransitionAssembler``): the observation at t, the control
-the policy published for t (it may arrive after the observation of t+1), and the
-observation, pose and events stamped t+1 (the reward is computed from those).
-Each vehicle writes its own replay stream.  Termination (collision, off-route,
+by stamp (``driving.transitions.TransitionAssembler``): the observation at t, the
+control the policy published for t (it may arrive after the observation of t+1),
+and the observation, pose and events stamped t+1, from which
+``driving.episode.EpisodeScorer`` computes the reward.  ``rl.session.TrainingSession``
+stores each vehicle's steps in its own replay stream and decides when to learn,
+broadcast weights, checkpoint and evaluate; this file only wires them to topics.  Termination (collision, off-route,
 route completed) and truncation (timeout) end that vehicle's episode with a
 /td3/reset_request in its namespace; whoever owns the world (the embedded
 simulator, or the CARLA episode manager) resets it and announces
@@ -16,6 +18,7 @@ actor may be updated during an evaluation episode).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,12 +33,27 @@ from td3_drive.nodes.bridge import BridgeWorld, ObservationPairer
 from td3_drive.rl.inference import resolve_device
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.session import EpisodeEnd, SessionConfig, TrainingSession
+from td3_drive.runtime.diagnostics import DropCounter
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
+from td3_drive.settings import setting
 
 NODE_NAME = "trainer"
+
+
+@dataclass
+class TrainerConfig:
+    """The trainer's own parameters (the schedule is ``SessionConfig``, the networks ``learner.*``)."""
+
+    vehicle_namespaces: list = setting([""], "namespace of each vehicle pipeline this trainer learns from "
+                                             "([\"\"]: one vehicle, role_name/namespace)")
+    vehicle_role_names: list = setting([""], "CARLA role name of each vehicle, same order ([\"\"]: role_name)")
+    max_control_delay: int = setting(2, "observations held while the control for an earlier one is late; beyond "
+                                        "that its step is dropped (missing_action)")
+    device: str = setting("auto", "auto | cpu | cuda[:N]")
+    resume: bool = setting(False, "continue from the newest checkpoint in run_dir")
 
 
 def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) -> list[T.Topics]:
@@ -57,10 +75,9 @@ def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) 
 class Vehicle:
     """One vehicle pipeline as the trainer sees it: its topics, transition chain and episode scoring."""
 
-    def __init__(self, ctx: NodeContext, index: int, topics: T.Topics, trainer: "TrainerNode",
-                 reward_config: RewardConfig, max_held: int) -> None:
-        self.ctx, self.index, self.topics, self.trainer = ctx, index, topics, trainer
-        self.session, self.drops = trainer.session, trainer.drops
+    def __init__(self, ctx: NodeContext, index: int, topics: T.Topics, session: TrainingSession,
+                 drops: DropCounter, reward_config: RewardConfig, max_held: int) -> None:
+        self.ctx, self.index, self.topics, self.session, self.drops = ctx, index, topics, session, drops
         self.label = topics.namespace or topics.role_name
         self.world = BridgeWorld(ctx, topics, self.drops, on_pose=self._on_pose)
         self.chain = TransitionAssembler(max_held=max_held, world_ready=self.world.has_pose_for)
@@ -151,17 +168,11 @@ class Vehicle:
 class TrainerNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        p = ctx.parameter
-        namespaces = p("vehicle_namespaces", [""], "namespace of each vehicle pipeline this trainer learns from "
-                       "([\"\"]: one vehicle, role_name/namespace)")
-        roles = p("vehicle_role_names", [""], "CARLA role name of each vehicle, same order ([\"\"]: role_name)")
-        max_held = p("max_control_delay", 2, "observations held while the control for an earlier one is late; "
-                     "beyond that its step is dropped (missing_action)")
-        device = resolve_device(p("device", "auto", "auto | cpu | cuda[:N]"))
+        wiring = self.declare_config(TrainerConfig)
         config = self.declare_config(SessionConfig)
         learner_config = self.declare_config(LearnerConfig, "learner")
         reward_config = self.declare_config(RewardConfig, "reward")
-        vehicle_topics = _vehicle_topics(self.topics, namespaces, roles)
+        vehicle_topics = _vehicle_topics(self.topics, wiring.vehicle_namespaces, wiring.vehicle_role_names)
 
         tp = self.topics
         self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
@@ -169,13 +180,14 @@ class TrainerNode(Node):
                             for s in T.FEATURE_STATS}
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
         self.session = TrainingSession(
-            config, learner_config, len(vehicle_topics), device, ctx.logger, publish_weights=self.publish_weights,
+            config, learner_config, len(vehicle_topics), resolve_device(wiring.device), ctx.logger,
+            publish_weights=self.publish_weights,
             on_evaluating=lambda i, flag: self.vehicles[i].publish_exploration(flag),
             on_update=self.publish_critic_features, drop=self.drops.drop)
-        self.vehicles = [Vehicle(ctx, i, topics, self, reward_config, max_held)
+        self.vehicles = [Vehicle(ctx, i, topics, self.session, self.drops, reward_config, wiring.max_control_delay)
                          for i, topics in enumerate(vehicle_topics)]
         ctx.create_timer(1.0, self.publish_diagnostics)
-        if p("resume", False, "continue from the newest checkpoint in run_dir"):
+        if wiring.resume:
             self.session.resume()
         for vehicle, evaluating in zip(self.vehicles, self.session.evaluating):
             vehicle.publish_exploration(evaluating)
