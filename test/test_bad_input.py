@@ -8,6 +8,7 @@ finite, and the pipeline must produce a normal control on the next good tick.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -23,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 from td3_drive import topics as T
 from td3_drive.rl import weights
 from td3_drive.rl.learner import LearnerConfig
-from td3_drive.rl.models import build_actor
+from td3_drive.rl.models import ActorArchitecture, build_actor
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, seconds, stamp
 
@@ -63,12 +64,12 @@ def weights_msg(blob: bytes) -> Any:
     return new_message(T.UINT8_ARRAY, data=np.frombuffer(blob, dtype=np.uint8).copy())
 
 
-def _actor_blob(architecture: dict, metadata_format: str = weights.FORMAT, poison: bool = False) -> bytes:
+def _actor_blob(architecture: ActorArchitecture, metadata_format: str = weights.FORMAT, poison: bool = False) -> bytes:
     torch.manual_seed(0)
     state = {k: v.detach().float().contiguous() for k, v in build_actor(architecture).state_dict().items()}
     if poison:
         next(iter(state.values())).view(-1)[0] = float("nan")
-    metadata = {"format": metadata_format, "version": "7", "architecture": json.dumps(architecture, sort_keys=True)}
+    metadata = {"format": metadata_format, "version": "7", "architecture": architecture.to_json()}
     return save_safetensors(state, metadata=metadata)
 
 
@@ -156,7 +157,7 @@ CASES = [
     Case("weights_wrong_format", {POL: "weights_wrong_format"},
          lambda t: [(TP.actor_weights, weights_msg(_actor_blob(ARCH, metadata_format="someone.else")))]),
     Case("weights_wrong_architecture", {POL: "weights_wrong_architecture"},
-         lambda t: [(TP.actor_weights, weights_msg(_actor_blob({**ARCH, "layer_norm": False})))]),
+         lambda t: [(TP.actor_weights, weights_msg(_actor_blob(dataclasses.replace(ARCH, layer_norm=False))))]),
     Case("weights_non_finite", {POL: "weights_non_finite"},
          lambda t: [(TP.actor_weights, weights_msg(_actor_blob(ARCH, poison=True)))]),
 ]

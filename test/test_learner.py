@@ -348,8 +348,7 @@ def test_actor_architecture_builds_the_learners_actor():
 
     learner = Learner(LearnerConfig(encoder_mode="shared", trunk_dim=24, hidden=(64,), layer_norm=False))
     architecture = learner.config.actor_architecture()
-    assert set(architecture) == {"frame_stack", "state_dim", "action_dim", "layer_norm", "hidden", "feature_dim",
-                                 "trunk_dim"}
+    assert (architecture.trunk_dim, architecture.hidden, architecture.layer_norm) == (24, (64,), False)
     built = build_actor(architecture)
     exported = learner.actor()
     assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in exported.state_dict().items()}

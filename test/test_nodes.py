@@ -300,7 +300,7 @@ def test_policy_weight_hot_swap_and_rejections():
     first = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
     state[first].view(-1)[0] = float("nan")
     nan_weights = save_safetensors(state, metadata={"format": FORMAT, "version": "100",
-                                                    "architecture": __import__("json").dumps(arch, sort_keys=True)})
+                                                    "architecture": arch.to_json()})
     for data in (garbage, wrong_arch, nan_weights, b""):
         rt.publish(TP.actor_weights, _weights_msg(data))
         rt.spin()

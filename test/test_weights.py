@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import struct
 
@@ -41,7 +42,7 @@ def test_rejections(blob):
     assert reason(struct.pack("<Q", 5) + b"nojsn") == "bad_header"
     assert reason(blob[: len(blob) // 2]) == "bad_data"
     assert reason(blob, max_bytes=1000) == "oversized"
-    assert reason(blob, arch={**ARCH, "state_dim": 10}) == "wrong_architecture"
+    assert reason(blob, arch=dataclasses.replace(ARCH, state_dim=10)) == "wrong_architecture"
     other = LearnerConfig(layer_norm=False)
     assert reason(encode_actor(Learner(other).actor(), 1, other.actor_architecture())) == "wrong_architecture"
 
@@ -67,3 +68,26 @@ def test_foreign_format(blob):
     data = save({"x": torch.zeros(2)}, metadata={"format": "something-else"})
     assert reason(data) == "wrong_format"
     assert MAX_WEIGHT_BYTES > len(blob)
+
+
+def test_the_architecture_travels_as_the_json_it_always_was():
+    from td3_drive.rl.models import ActorArchitecture
+
+    text = ARCH.to_json()
+    assert json.loads(text) == {"frame_stack": 4, "state_dim": 53, "action_dim": 2, "layer_norm": True,
+                                "hidden": [256, 256], "feature_dim": 512, "trunk_dim": 50}
+    assert ActorArchitecture.from_dict(json.loads(text)) == ARCH
+    legacy = {k: v for k, v in json.loads(text).items() if k != "trunk_dim"}  # written before the trunk
+    assert ActorArchitecture.from_dict(legacy).trunk_dim == 0
+
+
+@pytest.mark.parametrize("change", [{"frame_stack": "4"}, {"layer_norm": 1}, {"hidden": [256, "x"]},
+                                    {"colour": True}, {"frame_stack": None}])
+def test_metadata_that_is_no_architecture_is_rejected(change):
+    from safetensors.torch import save
+
+    from td3_drive.rl.weights import FORMAT
+
+    arch = {**json.loads(ARCH.to_json()), **change}
+    data = save({"x": torch.zeros(2)}, metadata={"format": FORMAT, "version": "1", "architecture": json.dumps(arch)})
+    assert reason(data) == "bad_metadata"

@@ -26,6 +26,11 @@ CARLA_STATUS = "carla_msgs/msg/CarlaStatus"
 CLOCK = "rosgraph_msgs/msg/Clock"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 
+#: the observation's shape on /td3/observation/{image,state}: frames of FRAME_SIZE x FRAME_SIZE
+#: mono8 pixels side by side, and a kinematic state of STATE_DIM values
+FRAME_SIZE = 84
+STATE_DIM = 53
+
 FEATURE_STATS = ("l2_norm", "l2_norm_max", "mean", "std", "min", "max", "dead_fraction")
 
 

@@ -79,8 +79,8 @@ def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
     runner = ActorRunner(LearnerConfig().actor_architecture(), device=args.device, backend=args.backend,
                          threads=args.threads or 1)
     rng = np.random.default_rng(0)
-    obs = rng.integers(0, 256, (4, 84, 84), dtype=np.uint8)
-    state = rng.standard_normal(53).astype(np.float32)
+    obs = rng.integers(0, 256, (4, T.FRAME_SIZE, T.FRAME_SIZE), dtype=np.uint8)
+    state = rng.standard_normal(T.STATE_DIM).astype(np.float32)
     samples = _time_calls(lambda: runner(obs, state), args.iterations, 50)
     return {"bench": "policy", "backend": runner.backend, "device": str(runner.device), "batch": 1,
             **_percentiles(samples), "machine": _machine(args.device)}
@@ -90,8 +90,8 @@ def measure_replay(capacity: int = 10_000, batch_size: int = 256) -> dict[str, f
     """Storage and speed figures of the replay buffer at 84x84, k=4, a 53-d state."""
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(capacity, n_step=3)
-    frames = rng.integers(0, 256, size=(64, 84, 84), dtype=np.uint8)
-    states = rng.standard_normal((64, 53)).astype(np.float32)
+    frames = rng.integers(0, 256, size=(64, T.FRAME_SIZE, T.FRAME_SIZE), dtype=np.uint8)
+    states = rng.standard_normal((64, T.STATE_DIM)).astype(np.float32)
     actions = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
     add_ns = []
     buf.start_episode(frames[0], states[0])

@@ -118,7 +118,7 @@ def learner_architecture(parameters: Parameters) -> dict[str, Any]:
 def checkpoint_architecture(actor_file: str | Path) -> dict[str, Any]:
     """The actor architecture stored with a checkpoint's actor.safetensors."""
     arch = read_architecture(actor_file)
-    return {key: arch[key] for key in ARCHITECTURE_PARAMETERS if key in arch}
+    return {} if arch is None else {key: getattr(arch, key) for key in ARCHITECTURE_PARAMETERS}
 
 
 def set_architecture(parameters: Parameters, architecture: dict[str, Any], source: str) -> Parameters:

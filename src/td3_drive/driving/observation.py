@@ -20,6 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from td3_drive import topics as T
+
 __all__ = [
     "InvalidMessage", "ENCODINGS", "ImageConverter", "decode_image", "to_gray84", "image_to_gray84", "FrameStack",
     "N_WAYPOINTS", "STATE_DIM", "STATE_NAMES", "VehiclePose", "pose_from_odometry", "route_from_path",
@@ -135,7 +137,7 @@ def decode_image(msg: Any) -> np.ndarray:
     return _default_converter(msg)
 
 
-def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (84, 84)) -> np.ndarray:
+def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (T.FRAME_SIZE, T.FRAME_SIZE)) -> np.ndarray:
     """Decoded image (H, W, C) -> grayscale uint8 of shape ``size`` = (height, width).
 
     Equivalent (within +-2 grey levels on natural images) to ``cv2.cvtColor`` then one
@@ -172,7 +174,7 @@ def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (84, 84)
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-def image_to_gray84(msg: Any, size: tuple[int, int] = (84, 84)) -> np.ndarray:
+def image_to_gray84(msg: Any, size: tuple[int, int] = (T.FRAME_SIZE, T.FRAME_SIZE)) -> np.ndarray:
     """sensor_msgs/Image (rosbags or rclpy) -> grayscale uint8 of shape ``size``."""
     return to_gray84(decode_image(msg), msg.encoding, size)
 
@@ -180,7 +182,7 @@ def image_to_gray84(msg: Any, size: tuple[int, int] = (84, 84)) -> np.ndarray:
 class FrameStack:
     """The last ``k`` frames, oldest first (k x 84 x 84 uint8, as the CNN expects)."""
 
-    def __init__(self, k: int = 4, frame_shape: tuple[int, int] = (84, 84)) -> None:
+    def __init__(self, k: int = 4, frame_shape: tuple[int, int] = (T.FRAME_SIZE, T.FRAME_SIZE)) -> None:
         if k < 1:
             raise ValueError("k must be >= 1")
         self.k = k
@@ -229,8 +231,8 @@ N_WAYPOINTS = 25
 STATE_NAMES: list[str] = ["speed", "lateral_deviation", "heading_error"] + [
     f"wp{i:02d}_{axis}" for i in range(N_WAYPOINTS) for axis in ("x", "y")
 ]
-STATE_DIM = len(STATE_NAMES)  # 53
-assert STATE_DIM == 53
+STATE_DIM = len(STATE_NAMES)
+assert STATE_DIM == T.STATE_DIM, "the state topic carries T.STATE_DIM values"
 
 
 def wrap_angle(angle: float) -> float:

@@ -61,13 +61,14 @@ class BridgeWorld(WorldState):
 def observation_from_messages(image_msg: Any, state_msg: Any, frame_stack: int,
                               state_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """The observation topics -> (uint8 (k, 84, 84), float32 (state_dim,)); ValueError if malformed."""
-    if image_msg.encoding != "mono8" or image_msg.height != 84 or image_msg.width != 84 * frame_stack:
-        raise ValueError(f"observation image must be mono8 84x{84 * frame_stack}")
+    size = T.FRAME_SIZE
+    if image_msg.encoding != "mono8" or image_msg.height != size or image_msg.width != size * frame_stack:
+        raise ValueError(f"observation image must be mono8 {size}x{size * frame_stack}")
     data = image_msg.data
     pixels = data if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), dtype=np.uint8)
-    if pixels.size != 84 * 84 * frame_stack or image_msg.step != 84 * frame_stack:
+    if pixels.size != size * size * frame_stack or image_msg.step != size * frame_stack:
         raise ValueError("observation image size mismatch")
-    obs = np.ascontiguousarray(pixels.reshape(84, frame_stack, 84).transpose(1, 0, 2))
+    obs = np.ascontiguousarray(pixels.reshape(size, frame_stack, size).transpose(1, 0, 2))
     with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, rejected just below
         state = np.asarray(state_msg.position, dtype=np.float32)
     if state.shape != (state_dim,) or not np.isfinite(state).all():

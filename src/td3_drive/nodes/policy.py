@@ -92,8 +92,8 @@ class PolicyNode(Node):
                           for s in T.FEATURE_STATS}
         self.vector_pub = ctx.create_publisher(T.FLOAT32_ARRAY, self.topics.features("actor", "vector"), RELIABLE_QOS)
         self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
-        self.observations = ObservationPairer(ctx, self.topics, self.architecture["frame_stack"],
-                                              self.architecture["state_dim"], self.act, self.drops)
+        self.observations = ObservationPairer(ctx, self.topics, self.architecture.frame_stack,
+                                              self.architecture.state_dim, self.act, self.drops)
         ctx.create_subscription(T.UINT8_ARRAY, self.topics.actor_weights, self.on_weights, LATCHED_QOS)
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
         ctx.create_timer(1.0, self.publish_diagnostics)

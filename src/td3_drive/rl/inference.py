@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from td3_drive.rl.models import Actor, build_actor
+from td3_drive import topics as T
+from td3_drive.rl.models import Actor, ActorArchitecture, build_actor
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -41,7 +41,7 @@ def resolve_device(device: str) -> torch.device:
 class ActorRunner:
     """Runs the actor on one observation; ``load_state_dict`` swaps weights."""
 
-    def __init__(self, architecture: dict[str, Any], device: str = "auto", backend: str = "auto",
+    def __init__(self, architecture: ActorArchitecture, device: str = "auto", backend: str = "auto",
                  threads: int = 1) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
@@ -64,8 +64,8 @@ class ActorRunner:
             return
         import onnxruntime as ort
 
-        obs = torch.zeros(1, self.architecture["frame_stack"], 84, 84, dtype=torch.uint8)
-        state = torch.zeros(1, self.architecture["state_dim"])
+        obs = torch.zeros(1, self.architecture.frame_stack, T.FRAME_SIZE, T.FRAME_SIZE, dtype=torch.uint8)
+        state = torch.zeros(1, self.architecture.state_dim)
         buffer = io.BytesIO()
         with torch.no_grad():
             torch.onnx.export(_ActionAndFeatures(self.actor.cpu()), (obs, state), buffer, dynamo=False,

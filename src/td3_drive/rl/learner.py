@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from td3_drive.rl.models import FEATURE_DIM, Actor, ActorHead, CriticHeads, Encoder, feature_stats
+from td3_drive import topics as T
+from td3_drive.rl.models import FEATURE_DIM, Actor, ActorArchitecture, ActorHead, CriticHeads, Encoder, feature_stats
 from td3_drive.settings import setting
 
 if TYPE_CHECKING:  # only for annotations: the learner takes any object with these fields
@@ -66,7 +67,7 @@ class LearnerConfig:
     augment: bool = setting(False, "DrQ random shift of both observations of a transition")
     augment_pad: int = setting(4, "pixels of padding for the random shift")
     frame_stack: int = setting(4, "frames per observation")
-    state_dim: int = setting(53, "kinematic state size")
+    state_dim: int = setting(T.STATE_DIM, "kinematic state size")
     action_dim: int = setting(2, "action size (steer, throttle_or_brake)")
     hidden: tuple[int, ...] = setting((256, 256), "MLP head widths")
     trunk_dim: int = setting(50, "width of the Linear -> LayerNorm -> tanh trunk between the encoder and each head "
@@ -104,13 +105,11 @@ class LearnerConfig:
         d["hidden"] = list(self.hidden)
         return d
 
-    def actor_architecture(self) -> dict[str, Any]:
+    def actor_architecture(self) -> ActorArchitecture:
         """What a policy must match to load this learner's actor weights."""
-        return {
-            "frame_stack": self.frame_stack, "state_dim": self.state_dim, "action_dim": self.action_dim,
-            "layer_norm": self.layer_norm, "hidden": list(self.hidden), "feature_dim": FEATURE_DIM,
-            "trunk_dim": self.trunk_dim,
-        }
+        return ActorArchitecture(frame_stack=self.frame_stack, state_dim=self.state_dim, action_dim=self.action_dim,
+                                 layer_norm=self.layer_norm, hidden=tuple(self.hidden), feature_dim=FEATURE_DIM,
+                                 trunk_dim=self.trunk_dim)
 
 
 def random_shift(obs: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -10,14 +10,55 @@ kept for the ablation.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-FRAME_SIZE = 84
+from td3_drive import topics as T
+
 FEATURE_DIM = 512
 LEAKY_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class ActorArchitecture:
+    """What a policy must match to load an actor's weights; every weight blob carries it as JSON."""
+
+    frame_stack: int = 4
+    state_dim: int = T.STATE_DIM
+    action_dim: int = 2
+    layer_norm: bool = True
+    hidden: tuple[int, ...] = (256, 256)
+    feature_dim: int = FEATURE_DIM
+    trunk_dim: int = 50
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "hidden": list(self.hidden)}, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ActorArchitecture":
+        """Parsed metadata -> an architecture; ValueError for unknown keys or values of the wrong type.
+        Weights written before the trunk existed name no ``trunk_dim``: they have none (0)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"architecture must be an object, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(values) - known:
+            raise ValueError(f"unknown architecture keys {sorted(set(values) - known)}")
+        missing = known - set(values) - {"trunk_dim"}
+        if missing:
+            raise ValueError(f"architecture lacks {sorted(missing)}")
+        ints = ("frame_stack", "state_dim", "action_dim", "feature_dim", "trunk_dim")
+        hidden = values["hidden"]
+        if (not all(type(values.get(k, 0)) is int for k in ints) or type(values["layer_norm"]) is not bool
+                or not isinstance(hidden, (list, tuple)) or not all(type(h) is int for h in hidden)):
+            raise ValueError(f"architecture values of the wrong type: {values}")
+        return cls(**{"trunk_dim": 0, **values, "hidden": tuple(hidden)})
 
 
 def _space_to_depth(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -166,12 +207,10 @@ class Actor(nn.Module):
         return self.head(self.encoder(obs), state)
 
 
-def build_actor(architecture: dict) -> Actor:
-    """An actor for an architecture dict (``LearnerConfig.actor_architecture()``)."""
-    encoder = Encoder(architecture["frame_stack"], architecture["feature_dim"], architecture["layer_norm"])
-    head = ActorHead(architecture["feature_dim"], architecture["state_dim"], architecture["action_dim"],
-                     tuple(architecture["hidden"]), architecture.get("trunk_dim", 0))
-    return Actor(encoder, head)
+def build_actor(architecture: ActorArchitecture) -> Actor:
+    a = architecture
+    return Actor(Encoder(a.frame_stack, a.feature_dim, a.layer_norm),
+                 ActorHead(a.feature_dim, a.state_dim, a.action_dim, a.hidden, a.trunk_dim))
 
 
 def feature_stats(features: "torch.Tensor | np.ndarray") -> dict[str, float]:

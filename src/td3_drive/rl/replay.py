@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from td3_drive import topics as T
+
 META_FILE = "replay.json"
 _META_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -75,9 +77,9 @@ class ReplayBuffer:
     def __init__(
         self,
         capacity: int,
-        frame_shape: tuple[int, int] = (84, 84),
+        frame_shape: tuple[int, int] = (T.FRAME_SIZE, T.FRAME_SIZE),
         frame_stack: int = 4,
-        state_dim: int = 53,
+        state_dim: int = T.STATE_DIM,
         action_dim: int = 2,
         n_step: int = 1,
         gamma: float = 0.99,
@@ -539,11 +541,11 @@ class VehicleReplay:
         self._rng.bit_generator.state = json.loads(d["split_rng_state"])
 
 
-def random_batch(batch: int, device: str | torch.device = "cpu", state_dim: int = 53, action_dim: int = 2,
+def random_batch(batch: int, device: str | torch.device = "cpu", state_dim: int = T.STATE_DIM, action_dim: int = 2,
                  seed: int = 0) -> Batch:
     """A batch of random data in the layout of :meth:`ReplayBuffer.sample`, on ``device`` (benchmarks, tests)."""
     g = torch.Generator().manual_seed(seed)
-    frames = lambda: torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=g)  # noqa: E731
+    frames = lambda: torch.randint(0, 256, (batch, 4, T.FRAME_SIZE, T.FRAME_SIZE), dtype=torch.uint8, generator=g)  # noqa: E731
     tensors = dict(obs=frames(), state=torch.randn(batch, state_dim, generator=g),
                    action=torch.rand(batch, action_dim, generator=g) * 2 - 1, reward=torch.randn(batch, 1, generator=g),
                    discount=torch.full((batch, 1), 0.99), next_obs=frames(),

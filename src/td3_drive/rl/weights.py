@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from td3_drive.rl.models import Actor, build_actor
+from td3_drive.rl.models import Actor, ActorArchitecture, build_actor
 
 FORMAT = "td3_drive.actor.v1"
 MAX_WEIGHT_BYTES = 64 * 1024 * 1024  # the actor is ~7 MB; anything far larger is not ours
@@ -40,26 +40,22 @@ class WeightsRejected(ValueError):
 class ActorWeights:
     state_dict: dict[str, torch.Tensor]
     version: int
-    architecture: dict[str, Any]
+    architecture: ActorArchitecture
 
 
-def encode_actor(actor: Actor, version: int, architecture: dict[str, Any]) -> bytes:
+def encode_actor(actor: Actor, version: int, architecture: ActorArchitecture) -> bytes:
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in actor.state_dict().items()}
     for name, tensor in state.items():
         if not torch.isfinite(tensor).all():
             raise WeightsRejected("non_finite", f"refusing to export non-finite {name}")
-    metadata = {"format": FORMAT, "version": str(int(version)), "architecture": json.dumps(architecture, sort_keys=True)}
+    metadata = {"format": FORMAT, "version": str(int(version)), "architecture": architecture.to_json()}
     return save_safetensors(state, metadata=metadata)
 
 
-def _expected_layout(architecture: dict[str, Any]) -> dict[str, tuple[str, list[int]]]:
-    return _layout_of(json.dumps(architecture, sort_keys=True))
-
-
 @functools.lru_cache(maxsize=8)
-def _layout_of(architecture_json: str) -> dict[str, tuple[str, list[int]]]:
+def _expected_layout(architecture: ActorArchitecture) -> dict[str, tuple[str, list[int]]]:
     # building a reference actor costs ~15 ms: once per architecture, not once per weight message
-    reference = build_actor(json.loads(architecture_json)).state_dict()
+    reference = build_actor(architecture).state_dict()
     return {k: (_DTYPES[v.dtype], list(v.shape)) for k, v in reference.items()}
 
 
@@ -78,7 +74,7 @@ def _read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def decode_actor(data: bytes | np.ndarray, expected_architecture: dict[str, Any],
+def decode_actor(data: bytes | np.ndarray, expected_architecture: ActorArchitecture,
                  max_bytes: int = MAX_WEIGHT_BYTES) -> ActorWeights:
     """Validate and decode actor weights (bytes or a uint8 array); raises :class:`WeightsRejected`."""
     if len(data) > max_bytes:  # before copying a single byte (a message's uint8 array or bytes)
@@ -90,7 +86,7 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: dict[str, Any]
         raise WeightsRejected("wrong_format", f"format {metadata.get('format')!r}")
     try:
         version = int(metadata["version"])
-        architecture = json.loads(metadata["architecture"])
+        architecture = ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsRejected("bad_metadata", str(exc)) from None
     if architecture != expected_architecture:
@@ -111,17 +107,16 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: dict[str, Any]
     return ActorWeights(state, version, architecture)
 
 
-def read_architecture(path: str | Path) -> dict[str, Any]:
-    """The architecture in an actor.safetensors file's metadata (layer_norm, frame_stack, ...), from its
-    JSON header alone; {} when it names none."""
+def read_architecture(path: str | Path) -> ActorArchitecture | None:
+    """The architecture in an actor.safetensors file's metadata, from its JSON header alone (None: none)."""
     with open(path, "rb") as f:
         data = f.read(8)
         if len(data) < 8:
-            return {}
+            return None
         (size,) = struct.unpack("<Q", data)
         header = f.read(min(size, MAX_HEADER_BYTES))
     try:
         metadata = json.loads(header).get("__metadata__") or {}
-        return json.loads(metadata.get("architecture", "{}"))
-    except (ValueError, AttributeError):
-        return {}
+        return ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return None

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from td3_drive import topics as T
 from td3_drive.driving.control import ACTION_DIM, action_to_control_fields
 from td3_drive.driving.observation import (
     STATE_DIM,
@@ -35,7 +36,6 @@ from td3_drive.driving.reward import RewardConfig, RewardFunction, StepEvents
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame
 
 ENV_ID = "td3_drive/Racetrack-v0"
-FRAME_SIZE = 84
 
 
 def _pose(frame: SimFrame) -> VehiclePose:
@@ -58,7 +58,7 @@ class RacetrackDriveEnv(gym.Env):
         self.reward_fn = RewardFunction(self.reward_config)
         self.stack = FrameStack(frame_stack)
         self.observation_space = spaces.Dict({
-            "image": spaces.Box(0, 255, (frame_stack, FRAME_SIZE, FRAME_SIZE), np.uint8),
+            "image": spaces.Box(0, 255, (frame_stack, T.FRAME_SIZE, T.FRAME_SIZE), np.uint8),
             "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
         })
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
