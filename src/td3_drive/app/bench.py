@@ -159,7 +159,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Env steps/s of the embedded training loop at UTD 1, against the learner's own update rate."""
-    from td3_drive.app import embedded
+    from td3_drive.app import embedded  # the simulator's highway-env only where a bench runs it
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     run_dir = tempfile.mkdtemp(prefix="td3_bench_train_")

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from td3_drive.app import compare, config, embedded, evaluation, rqt, scaleout
 from td3_drive.app.console import resolve_checkpoint
 from td3_drive.app.protocol import AGENTS, DEFAULT_EVAL_SEED, PID, Protocol, check_agents, load_preset
@@ -57,7 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     controller = "pid" if args.controller == PID else "policy"
     agent = args.name or (PID if controller == PID else Path(str(args.checkpoint)).name)
     result = evaluation.evaluate(agent, controller, args.checkpoint, protocol_from_args(args), args.max_ticks,
-                      args.config, args.set)
+                                 args.config, args.set)
     files = save_eval(result, Path(args.out))
     return {"command": "eval", "agent": agent, "controller": controller, "out": str(args.out), "files": files,
             "episodes": len(result.episodes), "seeds": [r["seed"] for r in result.episodes],
@@ -82,10 +84,12 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
-    extra: config.Parameters = {"policy": {"explore": False}}
-    if args.checkpoint:
-        extra["policy"]["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
-    return {"command": "play", **embedded.play(args.bag, config.compose(args.config, None, args.set, extra))}
+    actor = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    extra: config.Parameters = {"policy": {"explore": False, **({"checkpoint": str(actor)} if actor else {})}}
+    params = config.compose(args.config, None, args.set, extra)
+    if actor is not None:
+        config.set_architecture(params, config.checkpoint_architecture(actor), f"the checkpoint {actor}")
+    return {"command": "play", **embedded.play(args.bag, params)}
 
 
 def cmd_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,8 +114,6 @@ def cmd_rqt_perspective(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_domain_bridge(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
     try:
         bridge = scaleout.domain_bridge_config(Topics(args.role_name, args.namespace), args.vehicle_domain,
                                                args.trainer_domain)

@@ -9,6 +9,7 @@ the controls.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -170,8 +171,6 @@ NODE_KINDS: dict[str, type[Node]] = {
 
 def declared_parameters(kind: str) -> dict[str, tuple[Any, str]]:
     """``{parameter: (default, description)}`` as node ``kind`` declares them (built once, in a scratch dir)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="td3_params_") as scratch:
         given = {"run_dir": scratch} if kind == "trainer" else {}
         runtime = LocalRuntime({kind: given})

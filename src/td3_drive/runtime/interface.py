@@ -7,6 +7,7 @@ in-process (lockstep, deterministic); ``runtime.ros`` implements it with rclpy.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -97,8 +98,6 @@ def dataclass_parameters(ctx: NodeContext, cls: type, prefix: str = "", defaults
     parameters have no tuples); an optional field (``float | None``) is declared as 0.0, and 0
     reads back as None ("off").
     """
-    import dataclasses
-
     base = defaults if defaults is not None else cls()
     values = {}
     for f in dataclasses.fields(cls):
