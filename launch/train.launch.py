@@ -18,14 +18,13 @@ import os
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "td3_drive"
 CONFIGS = {"train": "train.yaml", "drive": "drive.yaml"}
@@ -164,12 +163,16 @@ def _architecture(context, mode: str, config: str) -> dict:
     trainer's learner in the parameter file; drive, the checkpoint (when it can be read now: else the
     policy's own parameters, and the policy refuses a checkpoint of another architecture when it loads)."""
     from td3_drive.app.config import checkpoint_architecture, learner_architecture, load_parameters
+
+    if mode == "train":  # only what the file sets: the nodes' own defaults are the learner's (test_config)
+        return learner_architecture(load_parameters(config), defaults=False)
+    checkpoint = _value(context, "checkpoint")
+    if not checkpoint:  # the parameter file's policy.checkpoint, if any, is checked by the policy itself
+        return {}
     from td3_drive.rl.checkpoint import resolve_actor_file
 
-    if mode == "train":
-        return learner_architecture(load_parameters(config))
     try:
-        return checkpoint_architecture(resolve_actor_file(_value(context, "checkpoint")))
+        return checkpoint_architecture(resolve_actor_file(checkpoint))
     except (FileNotFoundError, OSError, ValueError):
         return {}
 

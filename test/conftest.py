@@ -15,6 +15,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def small_batch():
     """A random replay batch (B=8) in the replay buffer's Batch layout."""
-    from td3_drive.rl.replay import random_batch
+    from td3_drive.rl.synthetic import random_batch
 
     return random_batch(8, "cpu", seed=1)

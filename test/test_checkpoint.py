@@ -6,7 +6,8 @@ import torch
 
 from td3_drive.rl.checkpoint import Checkpointer, CheckpointError, atomic_write_bytes
 from td3_drive.rl.learner import Learner, LearnerConfig
-from td3_drive.rl.replay import ReplayBuffer, random_batch
+from td3_drive.rl.replay import ReplayBuffer
+from td3_drive.rl.synthetic import random_batch
 
 CONFIG = LearnerConfig(encoder_mode="separate", augment=True)
 

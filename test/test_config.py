@@ -61,3 +61,23 @@ def test_params_command_lists_declarations(capsys):
     tau = listed["nodes"]["trainer"]["learner.tau"]
     assert tau["default"] == 0.005 and tau["description"]
     assert listed["nodes"]["policy"]["exploration_noise"]["default"] == 0.1
+
+
+def test_train_options_say_the_command_that_reproduces_them():
+    from pathlib import Path
+
+    from td3_drive.app import cli
+    from td3_drive.app.train import TrainOptions
+
+    options = TrainOptions(run_dir=Path("runs/x"), steps=60, seed=2, overrides=["trainer.batch_size=8"], bag=False,
+                           deterministic=True)
+    assert cli.train_options(cli.build_parser().parse_args(options.argv())) == options
+
+
+def test_the_nodes_default_to_the_learners_architecture():
+    """train.launch.py passes the policy and the preprocessor only what the parameter file sets for the
+    learner; that is one source only while their own defaults are the learner's."""
+    learner = DECLARED["trainer"]
+    for key, nodes in config.ARCHITECTURE_PARAMETERS.items():
+        for node in nodes:
+            assert DECLARED[node][key][0] == learner[f"learner.{key}"][0], f"{node}.{key}"

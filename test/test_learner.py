@@ -270,7 +270,7 @@ def test_precision_runs_the_update_in_bf16_autocast(precision, expected, small_b
 
 
 def test_health_counts_consecutive_bad_updates_and_a_good_one_resets_them(small_batch):
-    from td3_drive.rl.replay import random_batch
+    from td3_drive.rl.synthetic import random_batch
 
     learner = Learner(LearnerConfig(encoder_mode="shared"), seed=0)
     small_batch.reward[0] = float("nan")

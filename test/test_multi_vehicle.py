@@ -220,7 +220,7 @@ def test_embedded_two_vehicle_graph_trains_one_actor(tmp_path):
         # both policies drive the trainer's newest actor (one broadcast topic)
         assert {p.weights_version for p in policies} == {trainer.session.learner.num_updates // 10 * 10}
         assert [sim.ticks for sim in graph.sims] in ([151, 150], [151, 151])  # in lockstep, one tick apart at most
-        assert all(not node.drops.counts for node in graph.nodes.values() if hasattr(node, "drops"))
+        assert all(not node.drops.counts for node in graph.nodes.values())
     finally:
         graph.close()
 

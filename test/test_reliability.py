@@ -145,7 +145,7 @@ def _trainer(tmp_path: Path, rollback_after: int = 5):
 
 
 def _batches(node, monkeypatch, poisoned: bool) -> None:
-    from td3_drive.rl.replay import random_batch
+    from td3_drive.rl.synthetic import random_batch
 
     def sample_arrays(batch_size):
         batch = random_batch(batch_size, "cpu", seed=node.session.learner.num_updates)

@@ -1,8 +1,8 @@
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from td3_drive.rl.learner import Learner, LearnerConfig
-from td3_drive.rl.replay import random_batch
 from td3_drive.rl.scalars import ScalarLogger, is_actor_metric
+from td3_drive.rl.synthetic import random_batch
 
 
 def steps_of(accumulator: EventAccumulator, tag: str) -> list[int]:

@@ -20,11 +20,3 @@ def setting(default: Any, description: str) -> Any:
                                  metadata={"description": description})
     return dataclasses.field(default=default, metadata={"description": description})
 
-
-def describe(cls: type) -> dict[str, tuple[Any, str]]:
-    """``{field: (default, description)}`` of a configuration dataclass (docs, ``td3-drive params``)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        out[f.name] = (default, f.metadata.get("description", ""))
-    return out

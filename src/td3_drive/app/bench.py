@@ -22,7 +22,8 @@ from td3_drive.nodes.policy import PolicyNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
 from td3_drive.rl.inference import ActorRunner
 from td3_drive.rl.learner import Learner, LearnerConfig
-from td3_drive.rl.replay import ReplayBuffer, random_batch
+from td3_drive.rl.replay import ReplayBuffer
+from td3_drive.rl.synthetic import random_batch
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, stamp
 
@@ -53,12 +54,11 @@ def _time_calls(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
 
 
 def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
-
     if args.threads:
         torch.set_num_threads(args.threads)
     learner = Learner(LearnerConfig(encoder_mode=args.encoder, algo=args.algo, augment=args.augment,
                                     precision=args.precision), args.device)
-    batch = random_batch(args.batch, args.device)
+    batch = random_batch(args.batch, "cpu")  # the replay is on the host: the copy to the device is timed too
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def step() -> None:
@@ -74,7 +74,6 @@ def bench_learner(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
-
     torch.set_num_threads(args.threads or 1)
     runner = ActorRunner(LearnerConfig().actor_architecture(), device=args.device, backend=args.backend,
                          threads=args.threads or 1)

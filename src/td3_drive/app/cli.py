@@ -10,7 +10,8 @@
     td3-drive domain-bridge --namespace NS --role-name ROLE --vehicle-domain N --trainer-domain N -o FILE
 
 Each command prints progress on stderr and a JSON summary as the last stdout line.  This module
-is argparse only: every command calls one function of the app layer.
+is argparse only: every command calls one function of the app layer, imported when the command
+runs, so that `rqt-perspective` and `domain-bridge` work without torch or the simulator.
 """
 from __future__ import annotations
 
@@ -23,19 +24,27 @@ from typing import Any
 
 import yaml
 
-from td3_drive.app import compare, config, embedded, evaluation, rqt, scaleout
+from td3_drive.app import config
 from td3_drive.app.console import resolve_checkpoint
 from td3_drive.app.protocol import AGENTS, DEFAULT_EVAL_SEED, PID, Protocol, check_agents, load_preset
 from td3_drive.app.results import json_safe, save_eval
-from td3_drive.app.train import TrainOptions, train
-from td3_drive.app.video import check_video_path
 from td3_drive.topics import Topics
 
 
+def train_options(args: argparse.Namespace) -> Any:
+    """``td3-drive train``'s flags -> :class:`~td3_drive.app.train.TrainOptions`."""
+    from td3_drive.app.train import TrainOptions
+
+    return TrainOptions(run_dir=Path(args.run_dir), config=args.config, steps=args.steps, seed=args.seed,
+                        overrides=args.set, resume=args.resume, vehicles=args.vehicles, bag=not args.no_bag,
+                        bag_observations=args.bag_observations, deterministic=args.deterministic)
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    options = TrainOptions(run_dir=Path(args.run_dir), config=args.config, steps=args.steps, seed=args.seed,
-                           overrides=args.set, resume=args.resume, vehicles=args.vehicles, bag=not args.no_bag,
-                           bag_observations=args.bag_observations, deterministic=args.deterministic)
+    from td3_drive.app import evaluation
+    from td3_drive.app.train import train
+
+    options = train_options(args)
     summary = train(options, sys.argv)
     if args.eval_episodes > 0:
         summary["eval"] = evaluation.evaluate_run(options.run_dir, args.eval_episodes)
@@ -44,6 +53,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
     """Deployment on the embedded simulator: a checkpoint (or the PID baseline), no noise, no learning."""
+    from td3_drive.app import evaluation
+    from td3_drive.app.video import check_video_path
+
     if args.video:  # refused before anything drives
         try:
             check_video_path(args.video)
@@ -56,6 +68,8 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     """`td3-drive eval`: fixed-seed episodes of a checkpoint or the PID controller -> JSON + CSV."""
+    from td3_drive.app import evaluation
+
     controller = "pid" if args.controller == PID else "policy"
     agent = args.name or (PID if controller == PID else Path(str(args.checkpoint)).name)
     result = evaluation.evaluate(agent, controller, args.checkpoint, protocol_from_args(args), args.max_ticks,
@@ -69,6 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     """`td3-drive compare`: TD3+LN vs DDPG vs TD3 without LN (vs PID) over seeds -> report directory."""
+    from td3_drive.app import compare
+
     preset = load_preset(args.preset)
     if args.seeds:
         preset.seeds = [int(s) for s in args.seeds.split(",")]
@@ -84,6 +100,8 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.app import embedded
+
     actor = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     extra: config.Parameters = {"policy": {"explore": False, **({"checkpoint": str(actor)} if actor else {})}}
     params = config.compose(args.config, None, args.set, extra)
@@ -93,6 +111,8 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_params(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.app import embedded
+
     kinds = args.nodes or list(embedded.NODE_KINDS)
     unknown = sorted(set(kinds) - set(embedded.NODE_KINDS))
     if unknown:
@@ -110,10 +130,14 @@ def _write(command: str, text: str, output: Path) -> dict[str, Any]:
 
 
 def cmd_rqt_perspective(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.app import rqt
+
     return _write("rqt-perspective", rqt.render(args.namespace, args.trainer_namespace), args.output)
 
 
 def cmd_domain_bridge(args: argparse.Namespace) -> dict[str, Any]:
+    from td3_drive.app import scaleout
+
     try:
         bridge = scaleout.domain_bridge_config(Topics(args.role_name, args.namespace), args.vehicle_domain,
                                                args.trainer_domain)
@@ -185,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("params", help="every parameter the nodes declare: default and description (JSON)")
-    p.add_argument("nodes", nargs="*", help=f"node names (default: all of {', '.join(embedded.NODE_KINDS)})")
+    p.add_argument("nodes", nargs="*", help="node names, e.g. trainer policy (default: every node)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("rqt-perspective", help="write an rqt perspective: feature plots, reward, observation image")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +30,8 @@ def train_run(agent: str, seed: int, run_dir: Path, preset: Preset, extra_set: l
     options = TrainOptions(run_dir=run_dir, config=preset.train_config, steps=preset.steps, seed=seed, resume=resume,
                            overrides=[*preset.train_set, *AGENTS[agent][1], *extra_set], bag=False)
     summary = train(options)
-    write_json({"agent": agent, "seed": seed, "options": {**asdict(options), "run_dir": str(run_dir)},
-                "summary": summary}, run_dir / "train_summary.json")
+    write_json({"agent": agent, "seed": seed, "argv": options.argv(), "summary": summary},
+               run_dir / "train_summary.json")
     return summary
 
 

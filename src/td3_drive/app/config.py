@@ -19,8 +19,6 @@ from typing import Any
 
 import yaml
 
-from td3_drive.rl.learner import LearnerConfig
-from td3_drive.rl.weights import read_architecture
 from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
 
 Parameters = dict[str, dict[str, Any]]
@@ -109,14 +107,22 @@ def compose(config: str | Path, seed: int | None = None, overrides: list[str] | 
     return params
 
 
-def learner_architecture(parameters: Parameters) -> dict[str, Any]:
-    """The actor architecture the trainer's ``learner.*`` parameters give (their defaults where unset)."""
-    trainer, default = for_node(parameters, "trainer"), LearnerConfig()
-    return {key: trainer.get(f"learner.{key}", getattr(default, key)) for key in ARCHITECTURE_PARAMETERS}
+def learner_architecture(parameters: Parameters, defaults: bool = True) -> dict[str, Any]:
+    """The actor architecture the trainer's ``learner.*`` parameters give; where unset, ``LearnerConfig``'s
+    defaults (``defaults=False``: only what the parameters set, without importing torch)."""
+    trainer = for_node(parameters, "trainer")
+    given = {key: trainer[f"learner.{key}"] for key in ARCHITECTURE_PARAMETERS if f"learner.{key}" in trainer}
+    if not defaults:
+        return given
+    from td3_drive.rl.learner import LearnerConfig  # torch: only where a graph is built anyway
+
+    return {key: given.get(key, getattr(LearnerConfig(), key)) for key in ARCHITECTURE_PARAMETERS}
 
 
 def checkpoint_architecture(actor_file: str | Path) -> dict[str, Any]:
-    """The actor architecture stored with a checkpoint's actor.safetensors."""
+    """The actor architecture stored with a checkpoint's actor.safetensors ({} if it names none)."""
+    from td3_drive.rl.weights import read_architecture
+
     arch = read_architecture(actor_file)
     return {} if arch is None else {key: getattr(arch, key) for key in ARCHITECTURE_PARAMETERS}
 

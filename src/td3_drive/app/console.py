@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from td3_drive.rl.checkpoint import resolve_actor_file
-
 
 def progress_bar(total: int, desc: str, unit: str = "step") -> Any:
     """A tqdm bar on stderr (plain lines when stderr is not a terminal, at most one a second)."""
@@ -18,6 +16,8 @@ def progress_bar(total: int, desc: str, unit: str = "step") -> Any:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """:func:`~td3_drive.rl.checkpoint.resolve_actor_file`, a missing file as a command-line error."""
+    from td3_drive.rl.checkpoint import resolve_actor_file  # torch: not for the commands that need none
+
     try:
         return resolve_actor_file(str(path))
     except FileNotFoundError as exc:

@@ -53,6 +53,7 @@ def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,
     graph.run(max_ticks - graph.sim.ticks, None if on_episode is None else lambda: on_episode(len(evaluator.episodes)),
               every=chunk, stop=lambda: len(evaluator.episodes) >= episodes)
 
+
 def evaluate(agent: str, controller: str = "policy", checkpoint: str | Path | None = None,
              protocol: Protocol = Protocol(), max_ticks: int = 100_000, config: str = "drive",
              overrides: list[str] | None = None, progress: bool = True, video: str | Path | None = None,

@@ -4,7 +4,7 @@ Curves: every run's TensorBoard scalars are read back with EventAccumulator.
 ``episode/return`` is logged at env steps; the learner's scalars (losses, Q,
 feature norms) at update counts, mapped to env steps with the run's
 config snapshot: update u happens at env step ``learning_starts - 1 + ceil(u / utd_ratio)``
-(trainer._updates_due).  Each seed's curve is linearly interpolated on a
+(``rl.session.TrainingSession.updates_due``).  Each seed's curve is linearly interpolated on a
 common grid (inside the range that seed covers, never extrapolated); the band
 is the 95 % t-interval of the mean across seeds (mean +- t(0.975, n-1) * sd / sqrt(n)), computed on
 log10 values for the log-scale panels (feature norms, critic loss).

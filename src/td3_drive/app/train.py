@@ -32,9 +32,21 @@ class TrainOptions:
     bag_observations: bool = False  # ... with the observation images
     deterministic: bool = False  # CPU, one thread, deterministic kernels, exact resume points
 
+    def argv(self) -> list[str]:
+        """The ``td3-drive train`` command line that runs exactly this (kept with the run)."""
+        flags = ["train", "--run-dir", str(self.run_dir), "--config", self.config, "--vehicles", str(self.vehicles)]
+        flags += ["--steps", str(self.steps)] if self.steps is not None else []
+        flags += ["--seed", str(self.seed)] if self.seed is not None else []
+        for item in self.overrides:
+            flags += ["--set", item]
+        switches = {"--resume": self.resume, "--no-bag": not self.bag, "--bag-observations": self.bag_observations,
+                    "--deterministic": self.deterministic}
+        return flags + [name for name, on in switches.items() if on]
+
 
 def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any]:
-    """Run one training and return its summary (the JSON line ``td3-drive train`` prints)."""
+    """Run one training and return its summary (the JSON line ``td3-drive train`` prints).  ``argv``:
+    the command line to keep in ``run_dir/command.json`` (default: the one ``options`` stand for)."""
     run_dir = Path(options.run_dir)
     if options.vehicles < 1:
         raise SystemExit("--vehicles must be >= 1")
@@ -46,7 +58,8 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
     config.set_architecture(params, config.learner_architecture(params), "trainer.learner")
     if options.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
-    config.snapshot(run_dir, config.vehicle_parameters(params, options.vehicles), argv)
+    command = argv or ["td3-drive", *options.argv()]
+    config.snapshot(run_dir, config.vehicle_parameters(params, options.vehicles), command)
     exclude = tuple(t for t in embedded.BAG_EXCLUDE
                     if not (options.bag_observations and t.endswith("/observation/image")))
     graph = embedded.build_graph(params, bag_path=fresh_bag_path(run_dir) if options.bag else None,

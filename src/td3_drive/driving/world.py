@@ -148,7 +148,7 @@ class CameraPoseJoin:
     def on_image(self, stamp_s: float, item: Any) -> None:
         if self._held is not None:
             self.drop("no_odometry" if self.world.pose is None else "no_pose_for_image",
-                            f"image {self._held[0]} superseded")
+                      f"image {self._held[0]} superseded")
         self._held = (stamp_s, item)
         self.poll()
 

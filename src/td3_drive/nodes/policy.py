@@ -45,8 +45,8 @@ class PolicyConfig:
     """The policy node's parameters.  For training, ``td3-drive`` takes ``layer_norm``, ``frame_stack``
     and ``trunk_dim`` from the trainer's ``learner``; for driving, from the checkpoint."""
 
-    layer_norm: bool = setting(True, "LayerNorm CNN (false: ablation architecture)")
-    frame_stack: int = setting(4, "frames per observation")
+    layer_norm: bool = setting(LearnerConfig.layer_norm, "LayerNorm CNN (false: ablation architecture)")
+    frame_stack: int = setting(LearnerConfig.frame_stack, "frames per observation")
     trunk_dim: int = setting(LearnerConfig.trunk_dim, "trunk width between encoder and actor MLP (0: none)")
     explore: bool = setting(False, "add exploration noise (training); /td3/exploration overrides")
     publish_features: bool = setting(True, "publish feature statistics and the feature vector")

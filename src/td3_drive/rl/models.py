@@ -20,23 +20,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from td3_drive import topics as T
-
 FEATURE_DIM = 512
 LEAKY_SLOPE = 0.01
 
 
 @dataclass(frozen=True)
 class ActorArchitecture:
-    """What a policy must match to load an actor's weights; every weight blob carries it as JSON."""
+    """What a policy must match to load an actor's weights; every weight blob carries it as JSON.
+    ``LearnerConfig.actor_architecture()`` makes one (its fields hold the defaults)."""
 
-    frame_stack: int = 4
-    state_dim: int = T.STATE_DIM
-    action_dim: int = 2
-    layer_norm: bool = True
-    hidden: tuple[int, ...] = (256, 256)
-    feature_dim: int = FEATURE_DIM
-    trunk_dim: int = 50
+    frame_stack: int
+    state_dim: int
+    action_dim: int
+    layer_norm: bool
+    hidden: tuple[int, ...]
+    feature_dim: int
+    trunk_dim: int
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "hidden": list(self.hidden)}, sort_keys=True)

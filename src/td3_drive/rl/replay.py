@@ -539,15 +539,3 @@ class VehicleReplay:
             prefix = f"stream{i}/"
             b.load_state_dict({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)})
         self._rng.bit_generator.state = json.loads(d["split_rng_state"])
-
-
-def random_batch(batch: int, device: str | torch.device = "cpu", state_dim: int = T.STATE_DIM, action_dim: int = 2,
-                 seed: int = 0) -> Batch:
-    """A batch of random data in the layout of :meth:`ReplayBuffer.sample`, on ``device`` (benchmarks, tests)."""
-    g = torch.Generator().manual_seed(seed)
-    frames = lambda: torch.randint(0, 256, (batch, 4, T.FRAME_SIZE, T.FRAME_SIZE), dtype=torch.uint8, generator=g)  # noqa: E731
-    tensors = dict(obs=frames(), state=torch.randn(batch, state_dim, generator=g),
-                   action=torch.rand(batch, action_dim, generator=g) * 2 - 1, reward=torch.randn(batch, 1, generator=g),
-                   discount=torch.full((batch, 1), 0.99), next_obs=frames(),
-                   next_state=torch.randn(batch, state_dim, generator=g))
-    return Batch(**{name: x.to(device) for name, x in tensors.items()})
