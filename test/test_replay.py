@@ -350,18 +350,23 @@ def test_memmap_reopen_mid_episode_ends_it_truncated(tmp_path: Path):
     check(again, log)
 
 
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, {test_dir!r})
-    from test_replay import Log, make
-    buf, log = make(capacity=40, k=4, n=2, directory={d!r}), Log()
+def before_the_flush(log: Log, buf: ReplayBuffer) -> None:
+    """What the killed child writes before its flush (the parent replays it into a log)."""
     for length in (7, 3, 12, 30, 9):
         log.start(buf)
         for s in range(length):
             log.step(buf, terminated=s == length - 1 and length % 2 == 1)
     log.start(buf)
     log.step(buf)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {test_dir!r})
+    from test_replay import Log, before_the_flush, make
+    buf, log = make(capacity=40, k=4, n=2, directory={d!r}), Log()
+    before_the_flush(log, buf)
     buf.flush()
     print(len(log.obs), flush=True)
     for s in range(25):  # overwrite flushed slots, then die without flushing
@@ -381,13 +386,7 @@ def test_kill_minus_9_reopens_consistent(tmp_path: Path):
     flushed_total = int(proc.stdout.split()[0])
     # replay the same calls up to the flush in a log
     log = Log()
-    scratch = make(capacity=40, k=4, n=2)
-    for length in (7, 3, 12, 30, 9):
-        log.start(scratch)
-        for s in range(length):
-            log.step(scratch, terminated=s == length - 1 and length % 2 == 1)
-    log.start(scratch)
-    log.step(scratch)
+    before_the_flush(log, make(capacity=40, k=4, n=2))
     assert len(log.obs) == flushed_total
     log.trans[flushed_total - 2][2] = True  # reopening ends the open episode as truncated
     again = make(capacity=40, k=4, n=2, directory=d)
