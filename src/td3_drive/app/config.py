@@ -5,7 +5,10 @@
 3. ``config/embedded.yaml`` (the built-in simulator instead of CARLA),
 4. what the command sets (run dir, resume, an evaluation protocol, ``--deterministic``),
 5. ``--seed`` (trainer and policy: the seed; simulator: seed x 1000),
-6. ``--set node.param=value``.
+6. ``--set node.param=value``;
+
+then the actor architecture from its one source (:func:`set_architecture`): the trainer's
+``learner.*`` for training, the checkpoint for driving.
 
 Node keys as :mod:`td3_drive.runtime.parameters` spells them: ``policy`` means any
 namespace (``/**/policy`` in a file), ``/policy`` the root namespace only.
