@@ -396,6 +396,33 @@ def test_kill_minus_9_reopens_consistent(tmp_path: Path):
     assert len(exp) > 0
 
 
+def test_reopen_after_unflushed_writes_drops_exactly_the_overwritten_slots(tmp_path: Path):
+    """The kill -9 test, in process and exact: what was written after the last flush is in the memmaps
+    (another mapping of the same files sees it) but not in replay.json; reopening must drop exactly the
+    overwritten prefix and forget the outgoing step of the last flushed observation."""
+    d = tmp_path / "replay"
+    buf, writer_log = make(capacity=40, k=4, n=2, directory=d), Log()
+    before_the_flush(writer_log, buf)
+    buf.flush()
+    flushed_total = len(writer_log.obs)
+    for _ in range(25):  # overwrite flushed slots; never flushed
+        writer_log.step(buf)
+    writer_log.start(buf)
+    writer_log.step(buf)
+    written_after = len(writer_log.obs) - flushed_total  # 27 observations: the 27 oldest slots are gone
+    again = make(capacity=40, k=4, n=2, directory=d)  # as a crash leaves the directory
+    assert again._total == flushed_total
+    assert again._oldest == flushed_total - 40 + written_after
+    last = (flushed_total - 1) % 40  # its outgoing step was written after the flush: not a transition now
+    arrays = again._arrays
+    assert (arrays["action"][last] == 0).all() and arrays["reward"][last] == 0
+    assert not arrays["terminated"][last] and not arrays["truncated"][last]
+    log = Log()
+    before_the_flush(log, make(capacity=40, k=4, n=2))
+    log.trans[flushed_total - 2][2] = True  # reopening ends the open episode as truncated
+    check(again, log, batch_size=1024, oldest=again._oldest)
+
+
 def test_misuse_and_bad_input_raise_and_leave_buffer_unchanged():
     buf, log = make(), Log()
     with pytest.raises(ValueError, match="start_episode"):
