@@ -30,17 +30,16 @@ def test_every_declared_parameter_is_described():
 
 
 def test_training_takes_the_architecture_from_the_learner():
-    params = config.compose("train", overrides=["trainer.learner.layer_norm=false", "trainer.learner.frame_stack=3"])
-    config.set_architecture(params, config.learner_architecture(params), "trainer.learner")
+    params = config.compose("train", overrides=["trainer.learner.layer_norm=false", "trainer.learner.frame_stack=3"],
+                            training=True)
     policy, preprocessor = config.for_node(params, "policy"), config.for_node(params, "camera_preprocessor")
     assert (policy["layer_norm"], policy["frame_stack"], preprocessor["frame_stack"]) == (False, 3, 3)
     assert policy["trunk_dim"] == DECLARED["trainer"]["learner.trunk_dim"][0]
 
 
 def test_a_second_source_for_the_architecture_is_refused():
-    params = config.compose("train", overrides=["trainer.learner.layer_norm=false", "policy.layer_norm=true"])
     with pytest.raises(SystemExit, match="policy.layer_norm=True disagrees with trainer.learner"):
-        config.set_architecture(params, config.learner_architecture(params), "trainer.learner")
+        config.compose("train", overrides=["trainer.learner.layer_norm=false", "policy.layer_norm=true"], training=True)
 
 
 def test_later_steps_of_the_composition_win():

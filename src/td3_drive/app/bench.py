@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from td3_drive import topics as T
-from td3_drive.app.config import compose, learner_architecture, set_architecture
+from td3_drive.app.config import compose
 from td3_drive.nodes.policy import PolicyNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
 from td3_drive.rl.inference import ActorRunner
@@ -162,8 +162,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     run_dir = tempfile.mkdtemp(prefix="td3_bench_train_")
-    params = compose("train")  # exactly what `td3-drive train` runs
-    set_architecture(params, learner_architecture(params), "trainer.learner")
+    params = compose("train", training=True)  # exactly what `td3-drive train` runs
     params.setdefault("trainer", {}).update({"run_dir": run_dir, "utd_ratio": 1.0, "learning_starts": args.warmup,
                               "batch_size": args.batch, "checkpoint_every": 0, "learner.encoder_mode": args.encoder,
                               "weights_every": 100})

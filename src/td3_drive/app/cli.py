@@ -103,10 +103,7 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
     from td3_drive.app import embedded
 
     actor = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
-    extra: config.Parameters = {"policy": {"explore": False, **({"checkpoint": str(actor)} if actor else {})}}
-    params = config.compose(args.config, None, args.set, extra)
-    if actor is not None:
-        config.set_architecture(params, config.checkpoint_architecture(actor), f"the checkpoint {actor}")
+    params = config.compose(args.config, None, args.set, {"policy": {"explore": False}}, actor=actor)
     return {"command": "play", **embedded.play(args.bag, params)}
 
 

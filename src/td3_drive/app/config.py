@@ -93,8 +93,12 @@ def merge(params: Parameters, extra: Parameters) -> Parameters:
 
 
 def compose(config: str | Path, seed: int | None = None, overrides: list[str] | tuple[str, ...] = (),
-            extra: Parameters | None = None) -> Parameters:
-    """Every node's parameters for an embedded run (steps 2-6 of the module docstring)."""
+            extra: Parameters | None = None, *, actor: Path | None = None, training: bool = False) -> Parameters:
+    """Every node's parameters for an embedded run (steps 2-6 of the module docstring), then the actor
+    architecture: from ``actor`` (the checkpoint the policy loads, one of the command's values) when
+    given, else, for ``training``, from the trainer's learner."""
+    if actor is not None:
+        extra = merge({"policy": {"checkpoint": str(actor)}}, extra or {})
     params = merge(load_parameters(config), load_parameters("embedded"))
     merge(params, extra or {})
     if seed is not None:
@@ -107,6 +111,10 @@ def compose(config: str | Path, seed: int | None = None, overrides: list[str] | 
         if not name or not dot or not equals:
             raise SystemExit(f"--set expects node.param=value, got {item!r}")
         params.setdefault(node, {})[name] = yaml.safe_load(value)
+    if actor is not None:
+        set_architecture(params, checkpoint_architecture(actor), f"the checkpoint {actor}")
+    elif training:
+        set_architecture(params, learner_architecture(params), "trainer.learner")
     return params
 
 
@@ -119,7 +127,8 @@ def learner_architecture(parameters: Parameters, defaults: bool = True) -> dict[
         return given
     from td3_drive.rl.learner import LearnerConfig  # torch: only where a graph is built anyway
 
-    return {key: given.get(key, getattr(LearnerConfig(), key)) for key in ARCHITECTURE_PARAMETERS}
+    default = LearnerConfig()
+    return {key: given.get(key, getattr(default, key)) for key in ARCHITECTURE_PARAMETERS}
 
 
 def checkpoint_architecture(actor_file: str | Path) -> dict[str, Any]:

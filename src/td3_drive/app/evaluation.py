@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from td3_drive.app import embedded
-from td3_drive.app.config import checkpoint_architecture, compose, set_architecture
+from td3_drive.app.config import compose
 from td3_drive.app.console import progress_bar, resolve_checkpoint
 from td3_drive.app.protocol import PID, Protocol
 from td3_drive.app.results import EvalResult, save_eval
@@ -35,13 +35,10 @@ def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Pr
         if not checkpoint:
             raise SystemExit("eval --controller policy needs --checkpoint (a run dir, checkpoint dir or actor file)")
         actor = resolve_checkpoint(str(checkpoint))
-        extra["policy"] = {"checkpoint": str(actor), "explore": False}
+        extra["policy"] = {"explore": False}
     elif controller != PID:
         raise SystemExit(f"controller must be 'policy' or 'pid', got {controller!r}")
-    params = compose(config, None, list(overrides or []), extra)
-    if actor is not None:
-        set_architecture(params, checkpoint_architecture(actor), f"the checkpoint {actor}")
-    return params
+    return compose(config, None, list(overrides or []), extra, actor=actor)
 
 
 def run_episodes(graph: embedded.EmbeddedGraph, episodes: int, max_ticks: int,

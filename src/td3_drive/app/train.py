@@ -54,8 +54,7 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
     if options.deterministic:
         config.make_deterministic()
         config.merge(extra, config.DETERMINISTIC)
-    params = config.compose(options.config, options.seed, options.overrides, extra)
-    config.set_architecture(params, config.learner_architecture(params), "trainer.learner")
+    params = config.compose(options.config, options.seed, options.overrides, extra, training=True)
     if options.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     command = argv or ["td3-drive", *options.argv()]
