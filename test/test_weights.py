@@ -91,3 +91,9 @@ def test_metadata_that_is_no_architecture_is_rejected(change):
     arch = {**json.loads(ARCH.to_json()), **change}
     data = save({"x": torch.zeros(2)}, metadata={"format": FORMAT, "version": "1", "architecture": json.dumps(arch)})
     assert reason(data) == "bad_metadata"
+
+
+@pytest.mark.parametrize("metadata", [5, "td3_drive.actor.v1", [1, 2]])
+def test_metadata_that_is_no_object_is_rejected_not_raised(metadata):
+    header = json.dumps({"__metadata__": metadata}).encode()
+    assert reason(struct.pack("<Q", len(header)) + header) == "bad_metadata"

@@ -74,6 +74,18 @@ def _read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
+def _read_metadata(metadata: dict[str, Any]) -> tuple[int, ActorArchitecture]:
+    """The format tag, version and architecture a weight blob's metadata must hold."""
+    if not isinstance(metadata, dict):
+        raise WeightsRejected("bad_metadata", f"metadata is a {type(metadata).__name__}, not an object")
+    if metadata.get("format") != FORMAT:
+        raise WeightsRejected("wrong_format", f"format {metadata.get('format')!r}")
+    try:
+        return int(metadata["version"]), ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsRejected("bad_metadata", str(exc)) from None
+
+
 def decode_actor(data: bytes | np.ndarray, expected_architecture: ActorArchitecture,
                  max_bytes: int = MAX_WEIGHT_BYTES) -> ActorWeights:
     """Validate and decode actor weights (bytes or a uint8 array); raises :class:`WeightsRejected`."""
@@ -81,14 +93,7 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: ActorArchitect
         raise WeightsRejected("oversized", f"{len(data)} bytes > cap {max_bytes}")
     data = bytes(data)
     header = _read_header(data)
-    metadata = header.pop("__metadata__", None) or {}
-    if metadata.get("format") != FORMAT:
-        raise WeightsRejected("wrong_format", f"format {metadata.get('format')!r}")
-    try:
-        version = int(metadata["version"])
-        architecture = ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise WeightsRejected("bad_metadata", str(exc)) from None
+    version, architecture = _read_metadata(header.pop("__metadata__", None) or {})
     if architecture != expected_architecture:
         raise WeightsRejected("wrong_architecture", f"{architecture} != {expected_architecture}")
     expected = _expected_layout(expected_architecture)
@@ -110,13 +115,10 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: ActorArchitect
 def read_architecture(path: str | Path) -> ActorArchitecture | None:
     """The architecture in an actor.safetensors file's metadata, from its JSON header alone (None: none)."""
     with open(path, "rb") as f:
-        data = f.read(8)
-        if len(data) < 8:
-            return None
-        (size,) = struct.unpack("<Q", data)
-        header = f.read(min(size, MAX_HEADER_BYTES))
+        prefix = f.read(8)
+        size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        data = prefix + f.read(min(size, MAX_HEADER_BYTES))
     try:
-        metadata = json.loads(header).get("__metadata__") or {}
-        return ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
-    except (ValueError, AttributeError, KeyError, TypeError):
+        return _read_metadata(_read_header(data).get("__metadata__") or {})[1]
+    except WeightsRejected:
         return None
