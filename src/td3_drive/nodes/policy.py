@@ -69,13 +69,12 @@ class PolicyNode(Node):
         self.config = c = self.declare_config(PolicyConfig)
         self.architecture = LearnerConfig(layer_norm=c.layer_norm, frame_stack=c.frame_stack,
                                           trunk_dim=c.trunk_dim).actor_architecture()
-        self.explore, self.publish_features = c.explore, c.publish_features
+        self.explore = c.explore  # the exploration topic switches it
         self.exploration = Exploration(ExplorationConfig(noise_std=c.exploration_noise, random_steps=c.random_steps),
                                        seed=c.seed)
         torch.manual_seed(c.seed)
         self.runner = ActorRunner(self.architecture, device=c.device, backend=c.backend)
         self.weights_version = -1
-        self.max_weight_bytes, self.watchdog_timeout, self.lockstep = c.max_weight_bytes, c.watchdog_timeout, c.lockstep
         self.last_observation_s: float | None = None  # node clock; None: not armed until the first frame
         self.watchdog_active = False
         self.watchdog_brakes = 0  # brake commands published by the watchdog
@@ -99,6 +98,11 @@ class PolicyNode(Node):
         ctx.create_timer(1.0, self.publish_diagnostics)
         ctx.create_timer(c.watchdog_period, self.check_watchdog)
 
+    @property
+    def lockstep(self) -> bool:
+        """The world ticks once per control: the watchdog logs but never publishes."""
+        return self.config.lockstep
+
     # ------------------------------------------------------------------ weights
     def load_file(self, path: str) -> None:
         """actor.safetensors, a checkpoint directory, or a run / checkpoints directory (newest checkpoint)."""
@@ -108,15 +112,15 @@ class PolicyNode(Node):
 
     def load_bytes(self, data: Any) -> None:
         """Safetensors actor weights (bytes, or a message's uint8 array)."""
-        weights = decode_actor(data, self.architecture, max_bytes=self.max_weight_bytes)
+        weights = decode_actor(data, self.architecture, max_bytes=self.config.max_weight_bytes)
         self.runner.load_state_dict(weights.state_dict)
         self.weights_version = weights.version
 
     def on_weights(self, msg: Any) -> None:
         try:
             size = len(msg.data)
-            if size > self.max_weight_bytes:  # at the node boundary: never handed to the decoder
-                raise WeightsRejected("oversized", f"{size} bytes > cap {self.max_weight_bytes}")
+            if size > self.config.max_weight_bytes:  # at the node boundary: never handed to the decoder
+                raise WeightsRejected("oversized", f"{size} bytes > cap {self.config.max_weight_bytes}")
             self.load_bytes(msg.data)
         except WeightsRejected as exc:
             self.weight_rejections[exc.reason] = self.weight_rejections.get(exc.reason, 0) + 1
@@ -142,7 +146,7 @@ class PolicyNode(Node):
         header = self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.weights_version))
         self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
         self.actions += 1
-        if self.publish_features and features is not None:
+        if self.config.publish_features and features is not None:
             if np.isfinite(features).all():
                 self._publish_features(features)
             else:
@@ -153,13 +157,13 @@ class PolicyNode(Node):
         now = self.ctx.now()
         if self.last_observation_s is None or now <= self._last_brake_s:
             return  # not armed yet; or a clock jump fired this timer repeatedly at one instant
-        if now - self.last_observation_s < self.watchdog_timeout - 1e-9:
+        if now - self.last_observation_s < self.config.watchdog_timeout - 1e-9:
             return
         if not self.watchdog_active:
             self.watchdog_active = True
             self.watchdog_trips += 1
             self.ctx.logger.warning(f"{self.ctx.name}: no observation for {now - self.last_observation_s:.3f} s "
-                                    f"(timeout {self.watchdog_timeout} s): "
+                                    f"(timeout {self.config.watchdog_timeout} s): "
                                     + ("lockstep, the world waits for our next control" if self.lockstep
                                        else "braking"))
         if self.lockstep:

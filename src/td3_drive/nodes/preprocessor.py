@@ -45,8 +45,7 @@ class CameraPreprocessorNode(Node):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
         self.config = self.declare_config(PreprocessorConfig)
-        self.frame_stack = self.config.frame_stack
-        self.stack = FrameStack(self.frame_stack)
+        self.stack = FrameStack(self.config.frame_stack)
         self.converter = ImageConverter(self.config.image_backend)
         ctx.logger.info(f"{ctx.name}: camera images converted with {self.converter.backend}")
         self.last_stamp = -np.inf
