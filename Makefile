@@ -11,7 +11,7 @@ ARGS ?=
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[sim,eval,fast,dev]'
+	$(PY) -m pip install -q -e '.[sim,eval,fast,dds,dev]'
 	touch $(STAMP)
 
 train: $(STAMP)

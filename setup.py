@@ -43,6 +43,8 @@ setup(
         "sim": ["highway-env>=1.12", "gymnasium>=1.0"],
         "eval": ["matplotlib>=3.7", "scipy>=1.10"],
         "fast": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # the pip-only DDS runtime; pinned: runtime/dds_types.py swaps one of its (de)serializers
+        "dds": ["cyclonedds==11.0.1"],
         "dev": [
             "pytest>=8",
             "hypothesis>=6",
@@ -53,6 +55,7 @@ setup(
             "colcon-core>=0.15",
             "colcon-ros>=0.4",
             "colcon-python-setup-py>=0.2.8",
+            "cyclonedds==11.0.1",
         ],
     },
     entry_points={

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from td3_drive.runtime import messages
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
-from td3_drive.runtime.parameters import for_node
+from td3_drive.runtime.parameters import for_node, typed_value
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 Tap = Callable[[str, str, Any, float], None]
@@ -70,15 +70,7 @@ class LocalContext:
 
     def parameter(self, name: str, default: Any, description: str = "") -> Any:
         self.declared[name] = (default, description)
-        value = self._given.get(name, default)
-        if default is not None and value is not None and not isinstance(value, type(default)):
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            else:
-                raise TypeError(
-                    f"{self.name}: parameter {name!r} must be {type(default).__name__}, got {value!r}"
-                )
-        return value
+        return typed_value(self.name, name, default, self._given.get(name, default))
 
     def undeclared_parameters(self) -> list[str]:
         """Parameters given in the config that this node never declared (config typos)."""

@@ -26,6 +26,11 @@ _NUMPY_DTYPES = {
 }
 
 
+def numpy_dtype(base_type: str) -> type:
+    """The numpy dtype rosbags uses for an array of the ROS base type ``base_type`` ('float32')."""
+    return _NUMPY_DTYPES[base_type]
+
+
 def normalize_type_name(type_name: str) -> str:
     """'sensor_msgs/Image' or 'sensor_msgs/msg/Image' -> 'sensor_msgs/msg/Image'."""
     parts = type_name.strip("/").split("/")

@@ -47,3 +47,13 @@ def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]
         if matches(key, fqn):
             merged.update(values)
     return merged
+
+
+def typed_value(node: str, name: str, default: Any, value: Any) -> Any:
+    """``value`` given for the parameter ``name`` (typed by ``default``), as a node declares it: an
+    int for a float parameter is read as a float (YAML ``1`` for ``1.0``), any other mismatch is an error."""
+    if default is None or value is None or isinstance(value, type(default)):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")

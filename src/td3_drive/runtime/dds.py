@@ -1,0 +1,353 @@
+"""The node API on Eclipse Cyclone DDS: every node its own OS process, on ROS 2's wire format.
+
+The third runtime beside ``local`` (one process, lockstep) and ``ros`` (rclpy).  It needs only
+``pip install cyclonedds`` (the wheel carries the C library), and speaks what
+rmw_cyclonedds_cpp speaks: DDS topics ``rt/<topic>``, types ``<pkg>::msg::dds_::<Name>_`` in
+XCDR1 (:mod:`td3_drive.runtime.dds_types`), QoS as rmw maps ours (``create_readwrite_qos`` in
+``src/rmw_node.cpp``: reliable with infinite blocking, transient local with a durability
+service of the same history, no autodispose).  So a ROS 2 graph on the same network and
+domain sees these topics, and a trainer can run where pip works but ROS 2 does not.
+
+One thread delivers a node's messages and timers (a ``WaitSet``), so callbacks never run
+concurrently, as in the other runtimes; the trainer learns in its own thread
+(``async_updates``).  Timers run on ``/clock`` (sim time) like ``use_sim_time`` nodes, or on
+the wall clock (``create_wall_timer``, and every timer when ``use_sim_time`` is false).
+
+Discovery stays on this machine by default (:func:`cyclone_config`): the loopback interface,
+multicast off, unicast peers on 127.0.0.1.  ``TD3_DDS_INTERFACE=<name or address>`` joins a
+real network the way a ROS 2 machine does (multicast discovery on that interface), and
+``ROS_DOMAIN_ID`` picks the domain, as in ROS 2.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cyclonedds.core import (
+    DDSException,
+    GuardCondition,
+    InstanceState,
+    Policy,
+    Qos,
+    ReadCondition,
+    SampleState,
+    ViewState,
+    WaitSet,
+)
+from cyclonedds.domain import Domain, DomainParticipant
+from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
+from cyclonedds.util import duration
+
+from td3_drive.runtime import messages
+from td3_drive.runtime.dds_types import dds_topic_name, from_dds, idl_class, to_dds
+from td3_drive.runtime.interface import RELIABLE_QOS, QoS
+from td3_drive.runtime.parameters import for_node, typed_value
+
+CLOCK_TOPIC = "/clock"
+#: longest a reliable write waits for room in a slow reader's window before it is counted as dropped
+MAX_BLOCKING_S = 2.0
+#: longest one wait for data, so signals and stop() are seen promptly
+MAX_WAIT_S = 0.05
+#: samples taken from one reader per pass (the rest on the next pass: no reader starves the others)
+TAKE_BATCH = 64
+#: participants one machine can hold with multicast off (unicast discovery probes this many ports)
+MAX_PARTICIPANTS = 40
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- configuration
+def cyclone_config(interface: str | None = None) -> str:
+    """The Cyclone DDS configuration (XML) of a participant.
+
+    ``interface`` None: loopback only (tests, CI, the embedded default): bind 127.0.0.1, no
+    multicast, discovery by unicast to 127.0.0.1 over the first ``MAX_PARTICIPANTS``
+    participant ports, so nothing leaves the machine.  Otherwise that interface (a name such as
+    ``eth0`` or an address), with Cyclone's default multicast discovery, as rmw_cyclonedds_cpp
+    uses it.  Either way: 64 KB datagrams and a writer cache that holds a 7 MB weight broadcast.
+    """
+    if interface is None:
+        network = ('<Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
+                   "<AllowMulticast>false</AllowMulticast>")
+        discovery = ("<Discovery><ParticipantIndex>auto</ParticipantIndex>"
+                     f"<MaxAutoParticipantIndex>{MAX_PARTICIPANTS}</MaxAutoParticipantIndex>"
+                     '<Peers><Peer address="127.0.0.1"/></Peers></Discovery>')
+    else:
+        attribute = "address" if interface[:1].isdigit() else "name"
+        network = f'<Interfaces><NetworkInterface {attribute}="{interface}"/></Interfaces>'
+        discovery = ""
+    return ('<CycloneDDS xmlns="https://cdds.io/config"><Domain Id="any">'
+            f"<General>{network}<MaxMessageSize>65500B</MaxMessageSize></General>{discovery}"
+            "<Internal><Watermarks><WhcHigh>16MB</WhcHigh></Watermarks></Internal>"
+            "</Domain></CycloneDDS>")
+
+
+def domain_id() -> int:
+    """``ROS_DOMAIN_ID`` (0 when unset), as ROS 2 reads it."""
+    value = os.environ.get("ROS_DOMAIN_ID", "0").strip() or "0"
+    if not value.isdigit() or int(value) > 232:
+        raise ValueError(f"ROS_DOMAIN_ID must be an integer 0..232, got {value!r}")
+    return int(value)
+
+
+_DOMAINS: dict[int, tuple[Domain, str]] = {}
+
+
+def _domain(domain: int, config: str) -> Domain:
+    """The process's Domain ``domain`` with this configuration (Cyclone allows one per id and process)."""
+    if domain not in _DOMAINS:
+        _DOMAINS[domain] = (Domain(domain, config), config)
+    elif _DOMAINS[domain][1] != config:
+        raise ValueError(f"DDS domain {domain} already runs in this process with another configuration")
+    return _DOMAINS[domain][0]
+
+
+def dds_qos(qos: QoS) -> Qos:
+    """Our QoS presets as rmw_cyclonedds_cpp maps the same rclpy profile."""
+    history = Policy.History.KeepLast(qos.depth)
+    policies = [
+        history,
+        Policy.Reliability.Reliable(duration(seconds=MAX_BLOCKING_S)) if qos.reliable else Policy.Reliability.BestEffort,
+        Policy.WriterDataLifecycle(autodispose=False),
+        Policy.DataRepresentation(use_cdrv0_representation=True),  # XCDR1, as ROS 2 humble
+    ]
+    if qos.transient_local:
+        policies += [Policy.Durability.TransientLocal,
+                     Policy.DurabilityService(0, history, -1, -1, -1)]
+    else:
+        policies.append(Policy.Durability.Volatile)
+    return Qos(*policies)
+
+
+# --------------------------------------------------------------------------- the runtime
+@dataclass
+class _Timer:
+    period_s: float
+    callback: Callable[[], None]
+    next_s: float
+    wall: bool
+
+
+@dataclass
+class _Subscription:
+    reader: DataReader
+    condition: ReadCondition
+    type_name: str
+    topic: str
+    callback: Callable[[Any], None]
+
+
+class DdsPublisher:
+    def __init__(self, runtime: "DdsRuntime", writer: DataWriter, topic: str, type_name: str) -> None:
+        self._runtime, self._writer, self.topic, self.type_name = runtime, writer, topic, type_name
+        self.published = 0
+        self.dropped = 0
+
+    def publish(self, msg: Any) -> None:
+        if msg.__msgtype__ != self.type_name:
+            raise TypeError(f"{self.topic} carries {self.type_name}, got {msg.__msgtype__}")
+        if self.type_name == messages.normalize_type_name("rosgraph_msgs/msg/Clock"):
+            self._runtime.set_sim_time(messages.seconds(msg.clock))
+        try:
+            self._writer.write(to_dds(msg, self.type_name))
+        except DDSException as exc:  # a reliable reader too slow for MAX_BLOCKING_S: drop, count, go on
+            self.dropped += 1
+            log.warning("%s: write failed (%s); %d dropped so far", self.topic, exc, self.dropped)
+            return
+        self.published += 1
+
+
+class DdsContext:
+    """NodeContext for one node of a :class:`DdsRuntime`."""
+
+    def __init__(self, runtime: "DdsRuntime", name: str) -> None:
+        self.name = name
+        self._runtime = runtime
+        self._given = for_node(runtime.parameters, name)
+        self.declared: dict[str, tuple[Any, str]] = {}
+        self._logger = logging.getLogger(f"td3_drive.{name}")
+
+    def create_publisher(self, type_name: str, topic: str, qos: QoS = RELIABLE_QOS) -> DdsPublisher:
+        type_name = messages.normalize_type_name(type_name)
+        return self._runtime.publisher(type_name, topic, qos)
+
+    def create_subscription(
+        self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS = RELIABLE_QOS
+    ) -> None:
+        self._runtime.subscribe(messages.normalize_type_name(type_name), topic, callback, qos)
+
+    def create_timer(self, period_s: float, callback: Callable[[], None]) -> None:
+        self._runtime.add_timer(period_s, callback, wall=not self._runtime.use_sim_time)
+
+    def create_wall_timer(self, period_s: float, callback: Callable[[], None]) -> None:
+        """A timer on the wall clock: it fires even when /clock stalls (watchdogs, pacing)."""
+        self._runtime.add_timer(period_s, callback, wall=True)
+
+    def parameter(self, name: str, default: Any, description: str = "") -> Any:
+        self.declared[name] = (default, description)
+        return typed_value(self.name, name, default, self._given.get(name, default))
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    def now(self) -> float:
+        return self._runtime.now()
+
+    def new(self, type_name: str, **fields: Any) -> Any:
+        return messages.new_message(type_name, **fields)
+
+
+class DdsRuntime:
+    """One DDS participant per process; :meth:`spin` delivers its messages and timers in this thread."""
+
+    def __init__(self, parameters: dict[str, dict[str, Any]] | None = None, *, use_sim_time: bool = True,
+                 interface: str | None = None, domain: int | None = None) -> None:
+        self.parameters = parameters or {}
+        self.use_sim_time = use_sim_time
+        self.domain_id = domain_id() if domain is None else domain
+        interface = interface if interface is not None else (os.environ.get("TD3_DDS_INTERFACE") or None)
+        self.config = cyclone_config(interface)
+        _domain(self.domain_id, self.config)
+        self.participant = DomainParticipant(self.domain_id)
+        self._waitset = WaitSet(self.participant)
+        self._wake = GuardCondition(self.participant)
+        self._waitset.attach(self._wake)
+        self._topics: dict[str, Topic] = {}
+        self._subscriptions: list[_Subscription] = []
+        self._timers: list[_Timer] = []
+        self._sim_time_s = 0.0
+        self._clock_seen = False
+        self._stop = threading.Event()
+        self.undeliverable: dict[str, int] = {}  # samples a callback could not take, per topic
+        self.publishers: list[DdsPublisher] = []
+        if use_sim_time:
+            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
+                           lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
+                           QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
+
+    # --- entities ---------------------------------------------------------------------
+    def context(self, name: str) -> DdsContext:
+        return DdsContext(self, name)
+
+    def _topic(self, type_name: str, topic: str) -> Topic:
+        existing = self._topics.get(topic)
+        if existing is None:
+            existing = self._topics[topic] = Topic(self.participant, dds_topic_name(topic), idl_class(type_name))
+        elif existing.data_type is not idl_class(type_name):
+            raise TypeError(f"topic {topic} already carries {existing.data_type.__name__}, not {type_name}")
+        return existing
+
+    def publisher(self, type_name: str, topic: str, qos: QoS) -> DdsPublisher:
+        writer = DataWriter(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
+        publisher = DdsPublisher(self, writer, topic, type_name)
+        self.publishers.append(publisher)
+        return publisher
+
+    def subscribe(self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS) -> None:
+        reader = DataReader(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
+        condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
+        self._waitset.attach(condition)
+        self._subscriptions.append(_Subscription(reader, condition, type_name, topic, callback))
+
+    def add_timer(self, period_s: float, callback: Callable[[], None], wall: bool) -> None:
+        if period_s <= 0:
+            raise ValueError("timer period must be positive")
+        start = time.monotonic() if wall else self._sim_time_s
+        self._timers.append(_Timer(period_s, callback, start + period_s, wall))
+
+    # --- time ---------------------------------------------------------------------------
+    def now(self) -> float:
+        """Seconds: the last /clock (published or received) with use_sim_time, else the wall clock."""
+        return self._sim_time_s if self.use_sim_time else time.time()
+
+    def set_sim_time(self, seconds: float) -> None:
+        self._sim_time_s = seconds
+        self._clock_seen = True
+
+    # --- spinning -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """End :meth:`spin` (thread- and signal-safe)."""
+        self._stop.set()
+        self._wake.set_trigger(True)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def spin(self, until: Callable[[], bool] | None = None, timeout_s: float | None = None) -> None:
+        """Deliver messages and fire timers until :meth:`stop`, ``until()`` or ``timeout_s``."""
+        deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if until is not None and until():
+                return
+            self.spin_once(min(MAX_WAIT_S, max(0.0, deadline - time.monotonic()), self._next_wall_timer_in()))
+
+    def spin_once(self, timeout_s: float = MAX_WAIT_S) -> int:
+        """Wait up to ``timeout_s`` for data, deliver what arrived, fire due timers; returns messages delivered."""
+        self._waitset.wait(duration(seconds=max(0.0, timeout_s)))
+        delivered = 0
+        for sub in self._subscriptions:
+            for sample in sub.reader.take(N=TAKE_BATCH, condition=sub.condition):
+                if not isinstance(sample, idl_class(sub.type_name)):
+                    continue  # an instance state change (writer gone), not data
+                sub.callback(from_dds(sample, sub.type_name))
+                delivered += 1
+                self._fire_due_timers()
+        self._fire_due_timers()
+        return delivered
+
+    def _next_wall_timer_in(self) -> float:
+        wall = [t.next_s for t in self._timers if t.wall]
+        return max(0.0, min(wall) - time.monotonic()) if wall else MAX_WAIT_S
+
+    #: missed periods a timer catches up one by one; beyond that (a clock jump) it skips ahead
+    MAX_TIMER_CATCH_UP = 100
+
+    def _fire_due_timers(self) -> None:
+        wall_now = time.monotonic()
+        for timer in self._timers:
+            if not timer.wall and not self._clock_seen:
+                continue  # sim time has not started
+            now = wall_now if timer.wall else self._sim_time_s
+            missed = (now - timer.next_s) / timer.period_s
+            if missed > self.MAX_TIMER_CATCH_UP or (timer.wall and missed > 1):
+                # wall timers do not burst after a long callback; sim timers catch up a little
+                timer.next_s += math.floor(missed) * timer.period_s
+            while timer.next_s <= now + 1e-12:
+                timer.next_s += timer.period_s
+                timer.callback()
+
+    def close(self) -> None:
+        """Delete the participant (and with it every reader and writer): peers see this node leave."""
+        self._stop.set()
+        self.participant.__del__()  # dds_delete now rather than whenever the garbage collector gets to it
+
+
+# --------------------------------------------------------------------------- process entry point
+def run_node(name: str, factory: Callable[[DdsContext], Any], parameters: dict[str, dict[str, Any]], *,
+             until: Callable[[Any], bool] | None = None, started: Callable[[Any], None] | None = None,
+             use_sim_time: bool = True) -> Any:
+    """Build one node on its own DdsRuntime and spin it until SIGINT/SIGTERM or ``until(node)``;
+    then ``close()`` it (a trainer saves its checkpoint) and return it.  The DDS analogue of
+    :func:`td3_drive.runtime.ros.run_node`."""
+    runtime = DdsRuntime(parameters, use_sim_time=use_sim_time)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: runtime.stop())
+    node = factory(runtime.context(name))
+    try:
+        if started is not None:
+            started(node)
+        runtime.spin(until=None if until is None else (lambda: until(node)))
+    finally:
+        node.close()
+        runtime.close()
+    return node
