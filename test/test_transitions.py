@@ -164,3 +164,21 @@ def test_lost_and_stored_stamps_stay_bounded():
     assert sorted(chain._actions) == [2000.0 + i for i in range(92, 100)]
     chain.add_action(1.5, act(1.5))  # a near one still gets in, evicting the farthest
     assert sorted(chain._actions) == [1.5] + [2000.0 + i for i in range(92, 99)]
+
+
+def test_a_lost_observation_restarts_the_chain_instead_of_a_two_tick_step():
+    """Observation 3.0 never arrives: 2.0 -> 4.0 is no transition (its reward would span two ticks)."""
+    chain = TransitionAssembler(max_gap=1.5)
+    chain.start(obs(1.0))
+    chain.add_action(1.0, act(1.0))
+    assert steps_of(chain.add_observation(obs(2.0))) == [(1.0, 1.0, 2.0)]
+    chain.add_action(2.0, act(2.0))
+    out = chain.add_observation(obs(4.0))
+    assert steps_of(out) == [] and [(r.observation.stamp, r.reason) for r in out] == [(4.0, "lost_observation")]
+    chain.add_action(4.0, act(4.0))
+    assert steps_of(chain.add_observation(obs(5.0))) == [(4.0, 4.0, 5.0)]
+    # without a limit the same arrivals make the two-tick step
+    unlimited = TransitionAssembler()
+    unlimited.start(obs(2.0))
+    unlimited.add_action(2.0, act(2.0))
+    assert steps_of(unlimited.add_observation(obs(4.0))) == [(2.0, 2.0, 4.0)]

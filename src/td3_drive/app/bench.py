@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m td3_drive.bench {learner,policy,replay,pipeline,train}``.
+"""Benchmarks: ``python -m td3_drive.bench {learner,policy,replay,pipeline,train,dds}``.
 
 Each prints progress to stderr and one JSON object as the last line of stdout.
 """
@@ -218,9 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--encoder", choices=["separate", "shared"], default="shared")
     p.add_argument("--threads", type=int, default=0)
+    p = sub.add_parser("dds", help="between processes over Cyclone DDS: image -> control, weights to 1 and 4 "
+                                   "policies, reliable messages lost")
+    p.add_argument("--ticks", type=int, default=400, help="image -> control: simulator ticks at 20 Hz")
+    p.add_argument("--weight-messages", type=int, default=10, help="weight broadcasts per receiver count")
+    p.add_argument("--reliable-count", type=int, default=10_000,
+                   help="reliable messages sent at 20 Hz (10,000: 500 s; the rest runs meanwhile)")
     args = parser.parse_args(argv)
-    result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay,
-              "pipeline": bench_pipeline, "train": bench_train}[args.which](args)
+    if args.which == "dds":
+        from td3_drive.app.bench_dds import bench_dds
+
+        result = {**bench_dds(args), "machine": _machine()}
+    else:
+        result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay,
+                  "pipeline": bench_pipeline, "train": bench_train}[args.which](args)
     print(json.dumps(result))
     return 0
 

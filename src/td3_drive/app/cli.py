@@ -1,8 +1,9 @@
 """td3-drive: train, drive, play (and eval / compare) on the embedded default.
 
-    td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume] [--vehicles N]
-    td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid]
+    td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume] [--vehicles N] [--transport dds]
+    td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid] [--transport dds]
     td3-drive play BAG [--checkpoint PATH]
+    td3-drive node KIND [--config train] [--set ...] [--run-dir DIR] [--resume]
     td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
     td3-drive params [NODE ...]
@@ -37,7 +38,8 @@ def train_options(args: argparse.Namespace) -> Any:
 
     return TrainOptions(run_dir=Path(args.run_dir), config=args.config, steps=args.steps, seed=args.seed,
                         overrides=args.set, resume=args.resume, vehicles=args.vehicles, bag=not args.no_bag,
-                        bag_observations=args.bag_observations, deterministic=args.deterministic)
+                        bag_observations=args.bag_observations, deterministic=args.deterministic,
+                        transport=args.transport, restarts=args.restarts)
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +58,13 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
     from td3_drive.app import evaluation
     from td3_drive.app.video import check_video_path
 
+    if args.transport == "dds":
+        if args.video:
+            raise SystemExit("--video needs the embedded transport (it reads every camera frame in this process)")
+        from td3_drive.app import processes
+
+        return processes.drive(args.controller, args.checkpoint, protocol_from_args(args), args.max_ticks,
+                               args.config, args.set, args.restarts)
     if args.video:  # refused before anything drives
         try:
             check_video_path(args.video)
@@ -105,6 +114,14 @@ def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
     actor = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     params = config.compose(args.config, None, args.set, {"policy": {"explore": False}}, actor=actor)
     return {"command": "play", **embedded.play(args.bag, params)}
+
+
+def cmd_node(args: argparse.Namespace) -> dict[str, Any]:
+    """One node over Cyclone DDS in this process; Ctrl-C stops it (a trainer saves its checkpoint)."""
+    from td3_drive.app import processes
+
+    return processes.run_single_node(args.kind, args.name or args.kind, args.config, args.set, Path(args.run_dir),
+                                     args.resume)
 
 
 def cmd_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                        help="override a parameter, e.g. trainer.learner.tau=0.01 (repeatable)")
 
+    def transport(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--transport", choices=["embedded", "dds"], default="embedded",
+                       help="embedded: every node in this process, lockstep (default) | dds: one process per node "
+                            "over Cyclone DDS, loopback only unless TD3_DDS_INTERFACE is set (docs/ros2.md)")
+        p.add_argument("--restarts", type=int, default=3, help="dds: times a crashed node process is restarted")
+
     p = sub.add_parser("train", help="train on the embedded simulator")
     common(p, "train")
     p.add_argument("--steps", type=int, default=None, help="simulator ticks to run (default: trainer.total_steps)")
@@ -188,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="CPU, one thread, deterministic kernels, checkpoints (with replay and node state) at every "
                         "episode start: a run killed at any point and resumed ends bit-identical")
+    transport(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("drive", help="deploy: drive with a checkpoint (or the PID baseline), no learning")
@@ -197,7 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocol_arguments(p, episodes=3)
     p.add_argument("--max-ticks", type=int, default=100_000)
     p.add_argument("--video", help="write the camera view with action, speed and feature L2 to this .mp4 or .gif")
+    transport(p)
     p.set_defaults(func=cmd_drive)
+
+    p = sub.add_parser("node", help="run one node over Cyclone DDS in this process (e.g. the trainer on a "
+                                    "pip-only GPU machine; docs/ros2.md)")
+    p.add_argument("kind", choices=["simulator", "camera_preprocessor", "policy", "trainer", "evaluator",
+                                    "classical_controller"])
+    common(p, "train")
+    p.add_argument("--name", help="node name (default: the kind; v0/policy for a namespaced pipeline)")
+    p.add_argument("--run-dir", default="runs/latest", help="trainer: checkpoints and logs; every node: config.yaml")
+    p.add_argument("--resume", action="store_true", help="trainer: continue from the newest checkpoint in --run-dir")
+    p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("play", help="feed a rosbag2 (MCAP or sqlite3) through preprocessing + policy")
     common(p, "drive")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from td3_drive.app import embedded
-from td3_drive.app.config import compose
+from td3_drive.app.config import compose, merge
 from td3_drive.app.console import progress_bar, resolve_checkpoint
 from td3_drive.app.protocol import PID, Protocol
 from td3_drive.app.results import EvalResult, save_eval
@@ -23,13 +23,14 @@ from td3_drive.driving.metrics import summarize
 
 
 def eval_parameters(controller: str, checkpoint: str | Path | None, protocol: Protocol, config: str = "drive",
-                    overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+                    overrides: list[str] | None = None, extra: dict[str, dict[str, Any]] | None = None,
+                    ) -> dict[str, dict[str, Any]]:
     """Node parameters of an evaluation graph: the protocol's episodes, no exploration.
 
     The policy's ``layer_norm`` / ``frame_stack`` / ``trunk_dim`` are taken from the checkpoint, so the
     ablations' actors load without extra flags.
     """
-    extra = protocol.parameters()
+    extra = merge(protocol.parameters(), extra or {})
     actor = None
     if controller == "policy":
         if not checkpoint:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from td3_drive.app import config, embedded
+from td3_drive.app import config, embedded, processes
 from td3_drive.app.console import progress_bar
 from td3_drive.runtime.parameters import for_node
 
@@ -31,12 +31,15 @@ class TrainOptions:
     bag: bool = True  # record an MCAP bag of the /td3 topics and the controls
     bag_observations: bool = False  # ... with the observation images
     deterministic: bool = False  # CPU, one thread, deterministic kernels, exact resume points
+    transport: str = "embedded"  # embedded: one process, lockstep | dds: one process per node over Cyclone DDS
+    restarts: int = 3  # dds: times a crashed node process is started again
 
     def argv(self) -> list[str]:
         """The ``td3-drive train`` command line that runs exactly this (kept with the run)."""
         flags = ["train", "--run-dir", str(self.run_dir), "--config", self.config, "--vehicles", str(self.vehicles)]
         flags += ["--steps", str(self.steps)] if self.steps is not None else []
         flags += ["--seed", str(self.seed)] if self.seed is not None else []
+        flags += ["--transport", self.transport, "--restarts", str(self.restarts)] if self.transport != "embedded" else []
         for item in self.overrides:
             flags += ["--set", item]
         switches = {"--resume": self.resume, "--no-bag": not self.bag, "--bag-observations": self.bag_observations,
@@ -51,14 +54,22 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
     if options.vehicles < 1:
         raise SystemExit("--vehicles must be >= 1")
     extra: config.Parameters = {"trainer": {"run_dir": str(run_dir), "resume": options.resume}}
+    if options.transport not in ("embedded", "dds"):
+        raise SystemExit(f"--transport must be embedded or dds, got {options.transport!r}")
     if options.deterministic:
+        if options.transport == "dds":
+            raise SystemExit("--deterministic needs the embedded transport (separate processes are not lockstep)")
         config.make_deterministic()
         config.merge(extra, config.DETERMINISTIC)
+    if options.transport == "dds":
+        config.merge(extra, processes.DDS_TRAIN_PARAMETERS)
     params = config.compose(options.config, options.seed, options.overrides, extra, training=True)
     if options.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     command = argv or ["td3-drive", *options.argv()]
     config.snapshot(run_dir, config.vehicle_parameters(params, options.vehicles), command)
+    if options.transport == "dds":
+        return processes.train(options, params, options.restarts)
     exclude = tuple(t for t in embedded.BAG_EXCLUDE
                     if not (options.bag_observations and t.endswith("/observation/image")))
     graph = embedded.build_graph(params, bag_path=fresh_bag_path(run_dir) if options.bag else None,

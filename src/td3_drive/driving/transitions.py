@@ -14,6 +14,11 @@ observations wait behind it.  Either way the chain restarts at the next observat
 stamp's action.  ``world_ready(stamp)`` lets the caller also wait for what the
 reward needs at t+1 (the pose stamped t+1); it is bypassed once ``max_held`` is
 reached so a missing pose cannot stall training.
+
+An observation that never arrives (a camera frame lost on a best-effort topic, or
+overwritten in a reader's queue while the trainer was busy) would make the next one look
+like the successor of the one before: with ``max_gap`` (the tick period and a half) a step
+longer than that is a ``lost_observation`` restart instead, never a two-tick transition.
 """
 from __future__ import annotations
 
@@ -63,14 +68,16 @@ class TransitionAssembler:
         world_ready: ``world_ready(stamp)`` is true once what the step into ``stamp`` needs
             (pose, events) has arrived; defaults to always.
         max_actions: actions kept for future stamps (bounded against stamp garbage).
+        max_gap: longest step in seconds; a longer one lost an observation in between (None: no limit).
     """
 
     def __init__(self, max_held: int = 2, world_ready: Callable[[float], bool] | None = None,
-                 max_actions: int = 64) -> None:
+                 max_actions: int = 64, max_gap: float | None = None) -> None:
         if max_held < 1:
             raise ValueError(f"max_held must be >= 1, got {max_held}")
         self.max_held = int(max_held)
         self.max_actions = int(max_actions)
+        self.max_gap = max_gap
         self.world_ready = world_ready or (lambda stamp: True)
         self._current: Observation | None = None  # the observation whose action is awaited
         self._held: list[Observation] = []  # later observations, in stamp order
@@ -134,6 +141,8 @@ class TransitionAssembler:
             give_up = len(self._held) > self.max_held
             if current.stamp in self._lost:
                 out.append(self._restart("missing_action"))
+            elif self.max_gap is not None and nxt.stamp - current.stamp > self.max_gap:
+                out.append(self._restart("lost_observation"))
             elif current.stamp in self._actions:
                 if not (give_up or self.world_ready(nxt.stamp)):
                     break

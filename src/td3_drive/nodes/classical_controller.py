@@ -20,7 +20,6 @@ from td3_drive.driving.observation import InvalidMessage, VehiclePose
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
-from td3_drive.runtime.interface import stamp as stamp_of
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
@@ -40,11 +39,10 @@ class ClassicalControllerNode(Node):
         self.published = 0
 
         self._control_pub = ctx.create_publisher(T.CONTROL, topics.control, RELIABLE_QOS)
-        self._diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, topics.diagnostics, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, topics, self.drops, events=False, on_pose=lambda: self.join.poll())
         self.join = CameraPoseJoin(self.world, self._on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
-        ctx.create_timer(1.0, self.publish_diagnostics)
+        self.publish_diagnostics_every(1.0)
 
     @property
     def pose(self) -> VehiclePose | None:
@@ -88,9 +86,8 @@ class ClassicalControllerNode(Node):
         self._control_pub.publish(self.ctx.new(T.CONTROL, header=self.ctx.new(T.HEADER, stamp=stamp_msg), **fields))
         self.published += 1
 
-    def publish_diagnostics(self) -> None:
-        self._diagnostics_pub.publish(self.drops.status_message(stamp_of(self.ctx, self.ctx.now()),
-                                                                {"published": self.published}))
+    def status(self) -> dict[str, Any]:
+        return {"published": self.published}
 
 
 def main(args: list[str] | None = None) -> int:

@@ -90,12 +90,11 @@ class PolicyNode(Node):
         self.stat_pubs = {s: ctx.create_publisher(T.FLOAT32, self.topics.features("actor", s), RELIABLE_QOS)
                           for s in T.FEATURE_STATS}
         self.vector_pub = ctx.create_publisher(T.FLOAT32_ARRAY, self.topics.features("actor", "vector"), RELIABLE_QOS)
-        self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
         self.observations = ObservationPairer(ctx, self.topics, self.architecture.frame_stack,
                                               self.architecture.state_dim, self.act, self.drops)
         ctx.create_subscription(T.UINT8_ARRAY, self.topics.actor_weights, self.on_weights, LATCHED_QOS)
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
-        ctx.create_timer(1.0, self.publish_diagnostics)
+        self.publish_diagnostics_every(1.0)
         ctx.create_timer(c.watchdog_period, self.check_watchdog)
 
     @property
@@ -194,10 +193,9 @@ class PolicyNode(Node):
             pub.publish(self.ctx.new(T.FLOAT32, data=float(stats[name])))
         self.vector_pub.publish(self.ctx.new(T.FLOAT32_ARRAY, data=np.asarray(features, dtype=np.float32)))
 
-    def publish_diagnostics(self) -> None:
-        self.diagnostics_pub.publish(self.drops.status_message(
-            stamp(self.ctx, self.ctx.now()), {"actions": self.actions, "weights_version": self.weights_version,
-            "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips}))
+    def status(self) -> dict[str, Any]:
+        return {"actions": self.actions, "weights_version": self.weights_version,
+                "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips}
 
 
 def main(args: list[str] | None = None) -> int:

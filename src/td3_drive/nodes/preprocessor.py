@@ -26,7 +26,7 @@ from td3_drive.driving.observation import (
 )
 from td3_drive.driving.world import CameraPoseJoin
 from td3_drive.nodes.bridge import BridgeWorld
-from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
+from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
@@ -53,11 +53,10 @@ class CameraPreprocessorNode(Node):
 
         self.image_pub = ctx.create_publisher(T.IMAGE, self.topics.observation_image, RELIABLE_QOS)
         self.state_pub = ctx.create_publisher(T.JOINT_STATE, self.topics.observation_state, RELIABLE_QOS)
-        self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, self.topics.diagnostics, RELIABLE_QOS)
         self.world = BridgeWorld(ctx, self.topics, self.drops, events=False, on_pose=lambda: self.join.poll())
         self.join = CameraPoseJoin(self.world, self.on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
-        ctx.create_timer(1.0, self.publish_diagnostics)
+        self.publish_diagnostics_every(1.0)
 
     def on_image(self, msg: Any) -> None:
         stamp = seconds(msg.header.stamp)
@@ -100,9 +99,8 @@ class CameraPreprocessorNode(Node):
                                        position=state.astype(np.float64)))
         self.published += 1
 
-    def publish_diagnostics(self) -> None:
-        self.diagnostics_pub.publish(self.drops.status_message(
-            stamp(self.ctx, self.ctx.now()), {"published": self.published}))
+    def status(self) -> dict[str, Any]:
+        return {"published": self.published}
 
 
 def main(args: list[str] | None = None) -> int:

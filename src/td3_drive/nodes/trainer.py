@@ -80,7 +80,9 @@ class Vehicle:
         self.ctx, self.index, self.topics, self.session, self.drops = ctx, index, topics, session, drops
         self.label = topics.namespace or topics.role_name
         self.world = BridgeWorld(ctx, topics, self.drops, on_pose=self._on_pose)
-        self.chain = TransitionAssembler(max_held=max_held, world_ready=self.world.has_pose_for)
+        # a step is one tick (reward.dt); 1.5 ticks tolerates stamp rounding, not a lost observation
+        self.chain = TransitionAssembler(max_held=max_held, world_ready=self.world.has_pose_for,
+                                         max_gap=1.5 * reward_config.dt)
         self.scorer = EpisodeScorer(reward_config, self.world)
         self.reset_pub = ctx.create_publisher(T.HEADER, topics.reset_request, RELIABLE_QOS)
         self.exploration_pub = ctx.create_publisher(T.BOOL, topics.exploration, LATCHED_QOS)
@@ -178,7 +180,6 @@ class TrainerNode(Node):
         self.weights_pub = ctx.create_publisher(T.UINT8_ARRAY, tp.actor_weights, LATCHED_QOS)
         self.critic_pubs = {s: ctx.create_publisher(T.FLOAT32, tp.features("critic", s), RELIABLE_QOS)
                             for s in T.FEATURE_STATS}
-        self.diagnostics_pub = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
         self.session = TrainingSession(
             config, learner_config, len(vehicle_topics), resolve_device(wiring.device), ctx.logger,
             publish_weights=self.publish_weights,
@@ -186,7 +187,7 @@ class TrainerNode(Node):
             on_update=self.publish_critic_features, drop=self.drops.drop)
         self.vehicles = [Vehicle(ctx, i, topics, self.session, self.drops, reward_config, wiring.max_control_delay)
                          for i, topics in enumerate(vehicle_topics)]
-        ctx.create_timer(1.0, self.publish_diagnostics)
+        self.publish_diagnostics_every(1.0)
         if wiring.resume:
             self.session.resume()
         for vehicle, evaluating in zip(self.vehicles, self.session.evaluating):
@@ -207,9 +208,8 @@ class TrainerNode(Node):
             if key in metrics:
                 pub.publish(self.ctx.new(T.FLOAT32, data=float(metrics[key])))
 
-    def publish_diagnostics(self) -> None:
-        self.diagnostics_pub.publish(self.drops.status_message(stamp(self.ctx, self.ctx.now()),
-                                                               self.session.health()))
+    def status(self) -> dict[str, Any]:
+        return self.session.health()
 
     def close(self) -> None:
         """Stop learning and keep what was trained: a final checkpoint (Ctrl-C under ros2 launch too)."""

@@ -120,6 +120,7 @@ class TrainingSession:
         self.env_steps = 0
         self.episodes = 0  # finished training episodes
         self.episode_returns: list[tuple[int, float]] = []  # (env_steps at end, return)
+        self.resumed_from: dict[str, Any] | None = None  # the checkpoint resume() continued from, and its counters
         self.eval_returns: list[tuple[int, float]] = []
         self.evaluating = [False] * vehicles  # whether each vehicle drives an evaluation episode
         self._eval_pending = 0  # evaluation episodes due and not started yet
@@ -360,6 +361,9 @@ class TrainingSession:
         self.resumed_node_states = dict(state.get("nodes", {}))
         if state.get("episode_boundary"):
             self._boundary_episodes = self.episodes
+        self.resumed_from = {"checkpoint": str(latest), "env_steps": self.env_steps, "episodes": self.episodes,
+                             "updates": self.learner.num_updates,
+                             "replay_written": [b.written for b in self.replay.buffers]}
         self.log.info(f"resumed from {latest} at {self.env_steps} env steps")
         return True
 

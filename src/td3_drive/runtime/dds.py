@@ -151,6 +151,10 @@ class DdsPublisher:
         self.published = 0
         self.dropped = 0
 
+    def subscribers(self) -> int:
+        """Readers (in any process) this publisher is matched with now."""
+        return len(self._writer.get_matched_subscriptions())
+
     def publish(self, msg: Any) -> None:
         if msg.__msgtype__ != self.type_name:
             raise TypeError(f"{self.topic} carries {self.type_name}, got {msg.__msgtype__}")
@@ -229,10 +233,7 @@ class DdsRuntime:
         self._stop = threading.Event()
         self.undeliverable: dict[str, int] = {}  # samples a callback could not take, per topic
         self.publishers: list[DdsPublisher] = []
-        if use_sim_time:
-            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
-                           lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
-                           QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
+        self._following_clock = False
 
     # --- entities ---------------------------------------------------------------------
     def context(self, name: str) -> DdsContext:
@@ -264,6 +265,16 @@ class DdsRuntime:
         start = time.monotonic() if wall else self._sim_time_s
         self._timers.append(_Timer(period_s, callback, start + period_s, wall))
 
+    def wait_for_subscribers(self, topic: str, count: int, timeout_s: float) -> bool:
+        """Until the publishers of ``topic`` in this process reach ``count`` readers (False: timed out)."""
+        deadline = time.monotonic() + timeout_s
+        mine = [p for p in self.publishers if p.topic == topic]
+        while max((p.subscribers() for p in mine), default=0) < count:
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return False
+            time.sleep(0.05)
+        return True
+
     # --- time ---------------------------------------------------------------------------
     def now(self) -> float:
         """Seconds: the last /clock (published or received) with use_sim_time, else the wall clock."""
@@ -277,7 +288,7 @@ class DdsRuntime:
     def stop(self) -> None:
         """End :meth:`spin` (thread- and signal-safe)."""
         self._stop.set()
-        self._wake.set_trigger(True)
+        self._wake.set(True)
 
     @property
     def stopping(self) -> bool:
@@ -285,6 +296,13 @@ class DdsRuntime:
 
     def spin(self, until: Callable[[], bool] | None = None, timeout_s: float | None = None) -> None:
         """Deliver messages and fire timers until :meth:`stop`, ``until()`` or ``timeout_s``."""
+        if self.use_sim_time and not self._following_clock:
+            # only now, once the node is built: a simulator that waits for every node to listen to
+            # /clock (processes.py) then starts when they can all act, not when they began importing
+            self._following_clock = True
+            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
+                           lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
+                           QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
         deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             if until is not None and until():
@@ -334,18 +352,18 @@ class DdsRuntime:
 
 # --------------------------------------------------------------------------- process entry point
 def run_node(name: str, factory: Callable[[DdsContext], Any], parameters: dict[str, dict[str, Any]], *,
-             until: Callable[[Any], bool] | None = None, started: Callable[[Any], None] | None = None,
+             until: Callable[[Any], bool] | None = None, started: Callable[[Any, DdsRuntime], None] | None = None,
              use_sim_time: bool = True) -> Any:
-    """Build one node on its own DdsRuntime and spin it until SIGINT/SIGTERM or ``until(node)``;
-    then ``close()`` it (a trainer saves its checkpoint) and return it.  The DDS analogue of
-    :func:`td3_drive.runtime.ros.run_node`."""
+    """Build one node on its own DdsRuntime, call ``started(node, runtime)``, spin until SIGINT/SIGTERM
+    or ``until(node)``; then ``close()`` the node (a trainer saves its checkpoint) and return it.  The
+    DDS analogue of :func:`td3_drive.runtime.ros.run_node`."""
     runtime = DdsRuntime(parameters, use_sim_time=use_sim_time)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: runtime.stop())
     node = factory(runtime.context(name))
     try:
         if started is not None:
-            started(node)
+            started(node, runtime)
         runtime.spin(until=None if until is None else (lambda: until(node)))
     finally:
         node.close()

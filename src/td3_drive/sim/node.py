@@ -6,6 +6,13 @@ ticks exactly once per control command received, then publishes that tick.  A
 ``reset_request`` turns the next tick into the first tick of a new episode
 (seed = base seed + episode number, so every episode can be replayed alone).
 
+With separate processes (the dds runtime) the world paces itself on the wall clock:
+``pace: deadline`` ticks on each control or, when none came within ``control_deadline``,
+with the last control applied (a lost or late control never stalls the world);
+``pace: realtime`` ticks every ``dt`` with the latest control, like CARLA's asynchronous mode.
+Either way it measures each control's latency: wall time from publishing a tick to receiving
+the control stamped with that tick's camera stamp.
+
 Within one tick we publish /clock first (LocalRuntime takes its time from it, as
 use_sim_time nodes do), then status, route and episode start, then the vehicle
 topics in ``publish_order``: "bridge" (the default) sends the sensors (collision,
@@ -17,17 +24,22 @@ real DDS there is no order at all, and the stamps are what match messages.
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from typing import Any, Callable
 
 import numpy as np
 
 from td3_drive import topics as T
-from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp, yaw_quaternion
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, yaw_quaternion
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
 from td3_drive.sim.racetrack import RacetrackSim, SimConfig, SimFrame, sanitize_control
 
 PUBLISH_ORDERS = ("bridge", "camera_last")
+PACES = ("lockstep", "deadline", "realtime")
+#: control latencies kept for the statistics (the last minute at 20 Hz)
+LATENCY_WINDOW = 1200
 
 
 class SimulatorNode(Node):
@@ -38,6 +50,8 @@ class SimulatorNode(Node):
         self.config = self.declare_config(SimConfig, defaults=config)
         if self.config.publish_order not in PUBLISH_ORDERS:
             raise ValueError(f"publish_order must be one of {PUBLISH_ORDERS}, got {self.config.publish_order!r}")
+        if self.config.pace not in PACES:
+            raise ValueError(f"pace must be one of {PACES}, got {self.config.pace!r}")
         self.role_name = self.topics.role_name
         self.sim = RacetrackSim(self.config)
         # tick time in integer nanoseconds, so /clock advances by exactly dt per tick
@@ -56,8 +70,7 @@ class SimulatorNode(Node):
         self._pub_camera = ctx.create_publisher(T.IMAGE, tp.camera, RELIABLE_QOS)
         ctx.create_subscription(T.CONTROL, tp.control, self._on_control, RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, tp.reset_request, self._on_reset_request, RELIABLE_QOS)
-        self._pub_diagnostics = ctx.create_publisher(T.DIAGNOSTICS, tp.diagnostics, RELIABLE_QOS)
-        ctx.create_timer(1.0, self._publish_diagnostics)
+        self.publish_diagnostics_every(1.0)
         #: bad controls per reason: control_clamped (applied after clamping), control_non_finite (ignored)
 
         # counters (read by tests, diagnostics and the CLI)
@@ -76,6 +89,18 @@ class SimulatorNode(Node):
         self._hand_brake = False
         self._last_control_warning_s = -math.inf
         self._resume_point: dict[str, Any] = {}
+        # wall-clock pacing and control latency
+        self.control_latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.ticks_without_control = 0  # deadline/realtime ticks that no control had answered
+        self._tick_wall_s = time.monotonic()
+        self._tick_ns = 0
+        self._answered = False
+        if self.config.pace != "lockstep":
+            wall_timer = getattr(ctx, "create_wall_timer", None)
+            if wall_timer is None:
+                raise ValueError(f"pace {self.config.pace!r} needs a runtime with a wall clock (dds or ros)")
+            period = self.config.dt if self.config.pace == "realtime" else self.config.control_deadline / 5
+            wall_timer(period, self._on_wall_timer)
 
     @property
     def controls_clamped(self) -> int:
@@ -117,10 +142,8 @@ class SimulatorNode(Node):
             self.start()
             return
         self.controls_received += 1
-        if self._pending_reset is not None:
-            reason, self._pending_reset = self._pending_reset, None
-            self.resets_by_reason[reason] = self.resets_by_reason.get(reason, 0) + 1
-            self._begin_episode()
+        if self._pending_reset is not None and self.config.pace != "realtime":
+            self._step()  # the reset takes this tick; the control was for the old episode
             return
         brake = 1.0 if msg.hand_brake else msg.brake
         applied, verdict = sanitize_control(msg.throttle, msg.steer, brake, self._applied)
@@ -133,7 +156,26 @@ class SimulatorNode(Node):
                     f"{self.controls_clamped} clamped, {self.controls_rejected} rejected so far"
                 )
         self._applied, self._hand_brake = applied, bool(msg.hand_brake)
-        self._publish_tick(self.sim.step(*applied), episode_start=False)
+        if int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) == self._tick_ns:
+            self.control_latencies_s.append(time.monotonic() - self._tick_wall_s)
+            self._answered = True
+        if self.config.pace != "realtime":
+            self._step()
+
+    def _on_wall_timer(self) -> None:
+        """deadline: tick when the control is overdue; realtime: tick now."""
+        overdue = time.monotonic() - self._tick_wall_s >= self.config.control_deadline
+        if self.started and (self.config.pace == "realtime" or overdue):
+            self.ticks_without_control += not self._answered
+            self._step()
+
+    def _step(self) -> None:
+        if self._pending_reset is not None:
+            reason, self._pending_reset = self._pending_reset, None
+            self.resets_by_reason[reason] = self.resets_by_reason.get(reason, 0) + 1
+            self._begin_episode()
+            return
+        self._publish_tick(self.sim.step(*self._applied), episode_start=False)
 
     # --- state (exact resume) -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -150,9 +192,16 @@ class SimulatorNode(Node):
         self.episode, self.episodes, self.ticks = int(state["episode"]), int(state["episodes"]), int(state["ticks"])
         self.resets_by_reason = {str(k): int(v) for k, v in state["resets_by_reason"].items()}
 
-    def _publish_diagnostics(self) -> None:
-        self._pub_diagnostics.publish(self.drops.status_message(stamp(self.ctx, self.ctx.now()), {
-            "ticks": self.ticks, "episodes": self.episodes, "controls_received": self.controls_received}))
+    def status(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "episodes": self.episodes, "controls_received": self.controls_received,
+                "ticks_without_control": self.ticks_without_control, **self.latency_stats()}
+
+    def latency_stats(self) -> dict[str, float]:
+        """Control latency over the last ``LATENCY_WINDOW`` answered ticks, in ms (empty before any)."""
+        if not self.control_latencies_s:
+            return {}
+        p50, p99 = np.percentile(np.asarray(self.control_latencies_s) * 1e3, [50, 99])
+        return {"control_latency_p50_ms": round(float(p50), 3), "control_latency_p99_ms": round(float(p99), 3)}
 
     # --- publishing --------------------------------------------------------------------
     def _publish_tick(self, frame: SimFrame, episode_start: bool) -> None:
@@ -160,6 +209,7 @@ class SimulatorNode(Node):
         self.ticks += 1
         self.last_frame = frame
         t_ns = self.ticks * self._dt_ns
+        self._tick_ns, self._tick_wall_s, self._answered = t_ns, time.monotonic(), False
 
         def header(frame_id: str) -> Any:
             return ctx.new(T.HEADER, stamp=stamp_ns(ctx, t_ns), frame_id=frame_id)

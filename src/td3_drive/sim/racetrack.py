@@ -106,6 +106,12 @@ class SimConfig:
     # "bridge": camera, collision and lane invasion before odometry, speedometer and vehicle status,
     # as carla-ros-bridge sends them (sensors before pseudo-sensors); "camera_last": the reverse
     publish_order: str = setting("bridge", "bridge (camera before odometry, as carla-ros-bridge) | camera_last")
+    pace: str = setting("lockstep", "lockstep: tick on each control (CARLA synchronous mode, wait for control) | "
+                                    "deadline: also tick when no control came within control_deadline | "
+                                    "realtime: tick every dt of wall time with the latest control "
+                                    "(deadline and realtime need a wall clock: the dds or ros runtime)")
+    control_deadline: float = setting(0.25, "pace deadline: wall seconds to wait for a control before "
+                                            "ticking with the last one [s]")
 
     @property
     def substeps(self) -> int:

@@ -1,0 +1,196 @@
+"""``python -m td3_drive.bench dds``: the node stack's middleware between real processes.
+
+Three measurements, all on Cyclone DDS over loopback (``runtime.dds``), every figure taken
+with one clock (CLOCK_MONOTONIC is system-wide, so times from different processes compare):
+
+1. image -> control: the simulator, camera_preprocessor and policy in three processes, an
+   800x600 bgra8 camera at 20 Hz of wall time; latency from the simulator starting a tick to
+   it receiving the control stamped with that tick's camera stamp (the simulator's own
+   statistic, ``control_latency_*`` on /diagnostics);
+2. actor weights (the real encoded actor, ~7 MB, reliable + transient local as the trainer
+   sends them) from this process to 1 and to 4 receiving processes: write to last arrival;
+3. reliable messages lost: ``--reliable-count`` sequence-numbered messages at 20 Hz to a
+   receiving process while 1 and 2 run, counted per 10,000.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from td3_drive import topics as T
+from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS
+
+WEIGHTS_TOPIC = "/bench/actor_weights"
+RELIABLE_TOPIC = "/bench/reliable"
+
+
+def _receiver(kind: str, out: Path, expect: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "td3_drive.app.bench_dds", kind, str(out), str(expect)])
+
+
+def receive_main(argv: list[str]) -> int:
+    """A receiving process: arrival time of each message (its sequence number), as JSON, on exit."""
+    kind, out, expect = argv[0], Path(argv[1]), int(argv[2])
+    from td3_drive.runtime.dds import DdsRuntime
+
+    runtime = DdsRuntime({}, use_sim_time=False)
+    signal.signal(signal.SIGINT, lambda *_: runtime.stop())
+    arrivals: dict[int, float] = {}
+    ctx = runtime.context(f"bench_{kind}_{os.getpid()}")
+    if kind == "weights":
+        ctx.create_subscription(T.UINT8_ARRAY, WEIGHTS_TOPIC,
+                                lambda m: arrivals.setdefault(int(m.data[:4].view(np.uint32)[0]), time.monotonic()),
+                                LATCHED_QOS)
+    else:
+        ctx.create_subscription(T.HEADER, RELIABLE_TOPIC,
+                                lambda m: arrivals.setdefault(int(m.frame_id), time.monotonic()), RELIABLE_QOS)
+    runtime.spin(until=lambda: len(arrivals) >= expect)
+    out.write_text(json.dumps({str(k): v for k, v in arrivals.items()}))
+    runtime.close()
+    return 0
+
+
+def _stop(procs: list[subprocess.Popen], timeout_s: float = 20.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --------------------------------------------------------------------------- 1. image -> control
+def image_to_control(ticks: int, scratch: Path) -> dict[str, Any]:
+    from td3_drive.app import config
+    from td3_drive.app.processes import Supervisor, node_processes, supervise
+
+    params = config.compose("train", 0, [], {
+        "simulator": {"image_width": 800, "image_height": 600, "camera_scaling": 15.0, "pace": "realtime"},
+        "policy": {"explore": False, "lockstep": False}}, training=True)
+    config.snapshot(scratch, params)
+    children = node_processes(1, "policy", trainer=False, evaluator=False)
+    children[0].args = ["--ticks", str(ticks), "--wait-for", str(len(children) - 1)]
+    supervisor = Supervisor(children, scratch / "config.yaml", scratch / "processes", max_restarts=0)
+    completed = supervise(supervisor, lambda clean: "simulator" in clean)
+    sim = supervisor.reports()["simulator"].get("status", {})
+    return {"completed": completed, "ticks": sim.get("ticks"), "camera": "800x600 bgra8 (1.92 MB)",
+            "answered_ticks": sim.get("controls_received"), "ticks_without_control": sim.get("ticks_without_control"),
+            "p50_ms": sim.get("control_latency_p50_ms"), "p99_ms": sim.get("control_latency_p99_ms")}
+
+
+# --------------------------------------------------------------------------- 2. weights fan-out
+def actor_weights() -> bytes:
+    """The bytes the trainer publishes: the default actor, encoded as /td3/actor_weights carries it."""
+    from td3_drive.rl.learner import Learner, LearnerConfig
+    from td3_drive.rl.weights import encode_actor
+
+    learner = Learner(LearnerConfig(), "cpu")
+    return encode_actor(learner.actor, 1, learner.config.actor_architecture())
+
+
+def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, Any]:
+    from td3_drive.runtime.dds import DdsRuntime
+    from td3_drive.runtime.messages import new_message
+
+    payload = np.frombuffer(actor_weights(), dtype=np.uint8).copy()
+    runtime = DdsRuntime({}, use_sim_time=False)
+    publisher = runtime.context("bench_trainer").create_publisher(T.UINT8_ARRAY, WEIGHTS_TOPIC, LATCHED_QOS)
+    outs = [scratch / f"weights_{receivers}_{i}.json" for i in range(receivers)]
+    procs = [_receiver("weights", out, messages) for out in outs]
+    try:
+        if not runtime.wait_for_subscribers(WEIGHTS_TOPIC, receivers, timeout_s=60):
+            raise RuntimeError(f"only {publisher.subscribers()} of {receivers} weight receivers matched")
+        time.sleep(1.0)  # discovery settles (the receivers' readers and their acks)
+        sent: dict[int, float] = {}
+        for seq in range(messages):
+            payload[:4] = np.frombuffer(np.uint32(seq).tobytes(), dtype=np.uint8)  # receivers read, not decode
+            sent[seq] = time.monotonic()
+            publisher.publish(new_message(T.UINT8_ARRAY, data=payload))
+            time.sleep(0.5)  # the trainer sends weights every few seconds, not back to back
+        for proc in procs:
+            proc.wait(timeout=60)
+    finally:
+        _stop(procs)
+        runtime.close()
+    arrivals = [json.loads(out.read_text()) if out.exists() else {} for out in outs]
+    lost = sum(messages - len(a) for a in arrivals)
+    latest = [max(a[str(seq)] for a in arrivals) - sent[seq] for seq in range(messages)
+              if all(str(seq) in a for a in arrivals)]
+    ms = np.asarray(latest) * 1e3
+    return {"receivers": receivers, "bytes": int(payload.size), "messages": messages, "lost": lost,
+            "p50_ms": round(float(np.percentile(ms, 50)), 2) if latest else None,
+            "max_ms": round(float(ms.max()), 2) if latest else None}
+
+
+# --------------------------------------------------------------------------- 3. reliable stream
+class ReliableStream:
+    """``count`` sequence-numbered reliable messages at ``rate_hz`` to a receiving process, in a thread."""
+
+    def __init__(self, count: int, rate_hz: float, scratch: Path) -> None:
+        from td3_drive.runtime.dds import DdsRuntime
+
+        self.count, self.rate_hz, self.out = count, rate_hz, scratch / "reliable.json"
+        self.runtime = DdsRuntime({}, use_sim_time=False)
+        self.publisher = self.runtime.context("bench_stream").create_publisher(T.HEADER, RELIABLE_TOPIC, RELIABLE_QOS)
+        self.proc = _receiver("reliable", self.out, count)
+        self.thread = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> None:
+        if not self.runtime.wait_for_subscribers(RELIABLE_TOPIC, 1, timeout_s=60):
+            raise RuntimeError("the reliable-stream receiver did not match")
+        time.sleep(1.0)
+        self.thread.start()
+
+    def _send(self) -> None:
+        from td3_drive.runtime.messages import new_message
+
+        start = time.monotonic()
+        for seq in range(self.count):
+            time.sleep(max(0.0, start + seq / self.rate_hz - time.monotonic()))
+            self.publisher.publish(new_message(T.HEADER, frame_id=str(seq)))
+
+    def result(self) -> dict[str, Any]:
+        self.thread.join()
+        try:
+            self.proc.wait(timeout=30)  # it exits once it has them all
+        except subprocess.TimeoutExpired:
+            _stop([self.proc])
+        self.runtime.close()
+        received = len(json.loads(self.out.read_text())) if self.out.exists() else 0
+        lost = self.count - received
+        return {"sent": self.count, "rate_hz": self.rate_hz, "received": received, "lost": lost,
+                "lost_per_10000": round(lost / self.count * 10_000, 3), "write_failures": self.publisher.dropped}
+
+
+def bench_dds(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="td3_bench_dds_") as tmp:
+        scratch = Path(tmp)
+        stream = ReliableStream(args.reliable_count, 20.0, scratch)
+        stream.start()
+        print("image -> control ...", file=sys.stderr)
+        latency = image_to_control(args.ticks, scratch / "pipeline")
+        weights = []
+        for receivers in (1, 4):
+            print(f"weights to {receivers} processes ...", file=sys.stderr)
+            weights.append(weights_fan_out(receivers, args.weight_messages, scratch))
+        print(f"reliable stream: waiting for its {args.reliable_count} messages ...", file=sys.stderr)
+        reliable = stream.result()
+    return {"bench": "dds", "transport": "cyclonedds loopback", "image_to_control": latency,
+            "weights": weights, "reliable": reliable}
+
+
+if __name__ == "__main__":
+    sys.exit(receive_main(sys.argv[1:]))
