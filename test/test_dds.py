@@ -87,13 +87,13 @@ def _example(type_name: str, stack_messages: dict, variant: str) -> object:
 @pytest.mark.parametrize("type_name", STACK_TYPES)
 def test_what_cyclone_sends_is_what_rosbags_serializes(type_name, variant, stack_messages, monkeypatch):
     """The payload handed to Cyclone's C writer (``ddspy_write``) is rosbags' ``serialize_cdr``, byte
-    for byte, encapsulation header included, then the padding rmw_cyclonedds_cpp adds too; for
-    every type: a message as the nodes published
+    for byte, encapsulation header included, then the padding rmw_cyclonedds_cpp adds too, and it is
+    what Cyclone's own serializer makes of the DDS type we generate; for every type: a message as the nodes published
     it, and one with every field random; and a reader in another participant gets it back."""
     msg = _example(type_name, stack_messages, variant)
     sent: list[bytes] = []
-    write = cyclonedds.pub.ddspy_write
-    monkeypatch.setattr(cyclonedds.pub, "ddspy_write", lambda ref, data: (sent.append(bytes(data)), write(ref, data))[1])
+    write = cyclonedds.pub.ddspy_write  # Cyclone's C writer, as the runtime calls it
+    monkeypatch.setattr(dds, "ddspy_write", lambda ref, data: (sent.append(bytes(data)), write(ref, data))[1])
 
     writer_rt, reader_rt = dds.DdsRuntime({}, domain=DOMAIN), dds.DdsRuntime({}, domain=DOMAIN)
     try:
@@ -110,6 +110,10 @@ def test_what_cyclone_sends_is_what_rosbags_serializes(type_name, variant, stack
     # the payload is the CDR, zero-padded to a multiple of 4, exactly as rmw_cyclonedds_cpp (humble)
     # sizes it: serdata_rmw::resize in src/serdata.cpp pads with (0 - size) % 4 zero bytes
     assert sent == [cdr + bytes((0 - len(cdr)) % 4)]
+    # ... and what Cyclone's own writer makes of the generated DDS type: the type we declare on the wire
+    # (DataWriter.write: serialize, then pad to 4) describes exactly these bytes
+    own = dds_types.to_dds(msg, type_name).serialize(use_version_2=False)
+    assert own.ljust((len(own) + 3) & ~3, b"\0") == sent[0]
     assert cdr[:4] == b"\x00\x01\x00\x00"  # CDR_LE: XCDR1, as ROS 2 humble sends
     assert len(received) == 1
     assert messages.serialize(received[0], type_name) == cdr

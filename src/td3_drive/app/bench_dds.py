@@ -33,29 +33,37 @@ from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS
 
 WEIGHTS_TOPIC = "/bench/actor_weights"
 RELIABLE_TOPIC = "/bench/reliable"
+ACK_TOPIC = "/bench/ack"
 
 
 def _receiver(kind: str, out: Path, expect: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "td3_drive.app.bench_dds", kind, str(out), str(expect)])
+    return subprocess.Popen([sys.executable, "-m", "td3_drive.app.bench_dds", kind, str(out), str(expect),
+                             str(os.getpid())])
 
 
 def receive_main(argv: list[str]) -> int:
     """A receiving process: arrival time of each message (its sequence number), as JSON, on exit."""
-    kind, out, expect = argv[0], Path(argv[1]), int(argv[2])
+    kind, out, expect, parent = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
     from td3_drive.runtime.dds import DdsRuntime
+    from td3_drive.runtime.messages import new_message
 
     runtime = DdsRuntime({}, use_sim_time=False)
     signal.signal(signal.SIGINT, lambda *_: runtime.stop())
     arrivals: dict[int, float] = {}
     ctx = runtime.context(f"bench_{kind}_{os.getpid()}")
     if kind == "weights":
-        ctx.create_subscription(T.UINT8_ARRAY, WEIGHTS_TOPIC,
-                                lambda m: arrivals.setdefault(int(m.data[:4].view(np.uint32)[0]), time.monotonic()),
-                                LATCHED_QOS)
+        ack = ctx.create_publisher(T.HEADER, ACK_TOPIC, RELIABLE_QOS)
+
+        def on_weights(msg: Any) -> None:
+            seq = int(msg.data[:4].view(np.uint32)[0])
+            arrivals.setdefault(seq, time.monotonic())
+            ack.publish(new_message(T.HEADER, frame_id=f"{os.getpid()}:{seq}"))
+
+        ctx.create_subscription(T.UINT8_ARRAY, WEIGHTS_TOPIC, on_weights, LATCHED_QOS)
     else:
         ctx.create_subscription(T.HEADER, RELIABLE_TOPIC,
                                 lambda m: arrivals.setdefault(int(m.frame_id), time.monotonic()), RELIABLE_QOS)
-    runtime.spin(until=lambda: len(arrivals) >= expect)
+    runtime.spin(until=lambda: len(arrivals) >= expect or os.getppid() != parent)  # never outlive the bench
     out.write_text(json.dumps({str(k): v for k, v in arrivals.items()}))
     runtime.close()
     return 0
@@ -98,7 +106,7 @@ def actor_weights() -> bytes:
     from td3_drive.rl.weights import encode_actor
 
     learner = Learner(LearnerConfig(), "cpu")
-    return encode_actor(learner.actor, 1, learner.config.actor_architecture())
+    return encode_actor(learner.actor(), 1, learner.config.actor_architecture())
 
 
 def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, Any]:
@@ -107,7 +115,11 @@ def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, A
 
     payload = np.frombuffer(actor_weights(), dtype=np.uint8).copy()
     runtime = DdsRuntime({}, use_sim_time=False)
-    publisher = runtime.context("bench_trainer").create_publisher(T.UINT8_ARRAY, WEIGHTS_TOPIC, LATCHED_QOS)
+    ctx = runtime.context("bench_trainer")
+    publisher = ctx.create_publisher(T.UINT8_ARRAY, WEIGHTS_TOPIC, LATCHED_QOS)
+    acked: dict[int, int] = {}
+    ctx.create_subscription(T.HEADER, ACK_TOPIC, lambda m: acked.__setitem__(
+        int(m.frame_id.split(":")[1]), acked.get(int(m.frame_id.split(":")[1]), 0) + 1), RELIABLE_QOS)
     outs = [scratch / f"weights_{receivers}_{i}.json" for i in range(receivers)]
     procs = [_receiver("weights", out, messages) for out in outs]
     try:
@@ -119,7 +131,10 @@ def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, A
             payload[:4] = np.frombuffer(np.uint32(seq).tobytes(), dtype=np.uint8)  # receivers read, not decode
             sent[seq] = time.monotonic()
             publisher.publish(new_message(T.UINT8_ARRAY, data=payload))
-            time.sleep(0.5)  # the trainer sends weights every few seconds, not back to back
+            # the next broadcast once every receiver has this one: a latched topic keeps only the newest,
+            # so back-to-back broadcasts would replace one another in flight (as the policy wants them to)
+            runtime.spin(until=lambda seq=seq: acked.get(seq, 0) >= receivers, timeout_s=30)
+            time.sleep(0.2)
         for proc in procs:
             proc.wait(timeout=60)
     finally:
@@ -179,15 +194,18 @@ def bench_dds(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="td3_bench_dds_") as tmp:
         scratch = Path(tmp)
         stream = ReliableStream(args.reliable_count, 20.0, scratch)
-        stream.start()
-        print("image -> control ...", file=sys.stderr)
-        latency = image_to_control(args.ticks, scratch / "pipeline")
-        weights = []
-        for receivers in (1, 4):
-            print(f"weights to {receivers} processes ...", file=sys.stderr)
-            weights.append(weights_fan_out(receivers, args.weight_messages, scratch))
-        print(f"reliable stream: waiting for its {args.reliable_count} messages ...", file=sys.stderr)
-        reliable = stream.result()
+        try:
+            stream.start()
+            print("image -> control ...", file=sys.stderr)
+            latency = image_to_control(args.ticks, scratch / "pipeline")
+            weights = []
+            for receivers in (1, 4):
+                print(f"weights to {receivers} processes ...", file=sys.stderr)
+                weights.append(weights_fan_out(receivers, args.weight_messages, scratch))
+            print(f"reliable stream: waiting for its {args.reliable_count} messages ...", file=sys.stderr)
+            reliable = stream.result()
+        finally:
+            _stop([stream.proc])
     return {"bench": "dds", "transport": "cyclonedds loopback", "image_to_control": latency,
             "weights": weights, "reliable": reliable}
 

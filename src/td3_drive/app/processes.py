@@ -173,8 +173,16 @@ def supervise(supervisor: Supervisor, finished: Callable[[set[str]], bool], prog
 
 
 # --------------------------------------------------------------------------- commands
+def one_clock(params: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dict[str, Any]]:
+    """Vehicle 0's simulator is the run's clock: with every simulator on /clock, each node's time would
+    jump between worlds that drift apart (no lockstep between processes) and watchdogs fire on the jumps."""
+    for i in range(1, vehicles):
+        params[f"/v{i}/simulator"]["publish_clock"] = False
+    return params
+
+
 def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3) -> dict[str, Any]:
-    """``td3-drive train --transport dds``: ``params`` composed and kept in ``run_dir/config.yaml``."""
+    """``td3-drive train --transport dds``: ``params`` composed (per vehicle) and kept in ``run_dir/config.yaml``."""
     run_dir = Path(options.run_dir)
     children = node_processes(options.vehicles, "policy", trainer=True, evaluator=False)
     steps = options.steps if options.steps is not None else int(for_node(params, "trainer").get("total_steps", 0))

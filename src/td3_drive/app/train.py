@@ -67,9 +67,12 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
     if options.vehicles > 1 and for_node(params, "trainer").get("checkpoint_episodes"):
         raise SystemExit("--deterministic (exact resume points) needs one vehicle")
     command = argv or ["td3-drive", *options.argv()]
-    config.snapshot(run_dir, config.vehicle_parameters(params, options.vehicles), command)
+    run_params = config.vehicle_parameters(params, options.vehicles)
     if options.transport == "dds":
-        return processes.train(options, params, options.restarts)
+        run_params = processes.one_clock(run_params, options.vehicles)
+    config.snapshot(run_dir, run_params, command)
+    if options.transport == "dds":
+        return processes.train(options, run_params, options.restarts)
     exclude = tuple(t for t in embedded.BAG_EXCLUDE
                     if not (options.bag_observations and t.endswith("/observation/image")))
     graph = embedded.build_graph(params, bag_path=fresh_bag_path(run_dir) if options.bag else None,

@@ -214,7 +214,8 @@ class SimulatorNode(Node):
         def header(frame_id: str) -> Any:
             return ctx.new(T.HEADER, stamp=stamp_ns(ctx, t_ns), frame_id=frame_id)
 
-        self._pub_clock.publish(ctx.new(T.CLOCK, clock=stamp_ns(ctx, t_ns)))
+        if self.config.publish_clock:
+            self._pub_clock.publish(ctx.new(T.CLOCK, clock=stamp_ns(ctx, t_ns)))
         self._pub_status.publish(ctx.new(
             T.CARLA_STATUS, frame=self.ticks, fixed_delta_seconds=self.config.dt,
             synchronous_mode=True, synchronous_mode_running=True,

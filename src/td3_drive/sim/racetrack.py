@@ -110,6 +110,8 @@ class SimConfig:
                                     "deadline: also tick when no control came within control_deadline | "
                                     "realtime: tick every dt of wall time with the latest control "
                                     "(deadline and realtime need a wall clock: the dds or ros runtime)")
+    publish_clock: bool = setting(True, "publish /clock (false: another simulator of the run is its clock, as one "
+                                        "CARLA server's is for every vehicle it holds)")
     control_deadline: float = setting(0.25, "pace deadline: wall seconds to wait for a control before "
                                             "ticking with the last one [s]")
 
