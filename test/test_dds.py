@@ -127,6 +127,10 @@ def test_ros2_names():
     assert dds_types.dds_type_name("carla_msgs/CarlaEgoVehicleControl") == "carla_msgs::msg::dds_::CarlaEgoVehicleControl_"
     assert dds_types.idl_class(T.IMAGE).__idl_typename__ == "sensor_msgs::msg::dds_::Image_"
     assert dds_types.dds_topic_name("/v0/td3/features/actor/l2_norm") == "rt/v0/td3/features/actor/l2_norm"
+    assert dds_types.ros_type_name("carla_msgs::msg::dds_::CarlaEgoVehicleControl_") == T.CONTROL
+    for bad in ("sensor_msgs::msg::Image", "a::b::dds_::C"):
+        with pytest.raises(ValueError):
+            dds_types.ros_type_name(bad)
     for bad in ("relative/name", "/trailing/", "/a//b"):
         with pytest.raises(ValueError):
             dds_types.dds_topic_name(bad)

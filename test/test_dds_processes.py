@@ -22,7 +22,7 @@ pytest.importorskip("cyclonedds")
 from td3_drive.app.processes import DiagnosticsWatch  # noqa: E402
 
 SMALL = ["--set", "trainer.learning_starts=40", "--set", "policy.random_steps=40", "--set", "trainer.batch_size=16",
-         "--set", "trainer.weights_every=20", "--set", "trainer.log_interval=1000", "--no-bag"]
+         "--set", "trainer.weights_every=20", "--set", "trainer.log_interval=1000"]
 
 
 class Run:
@@ -97,12 +97,20 @@ def test_training_over_dds_runs_every_node_in_its_own_process(tmp_path, domain):
     assert summary["env_steps"] >= 200 and summary["updates"] > 0
     assert procs["policy"]["status"]["weights_version"] > 0  # it drove with weights the trainer sent
     assert Path(summary["checkpoint"]).is_dir()
+    # the supervisor recorded the bag over DDS, as the embedded run records it: rewards in sim time, controls
+    from td3_drive.runtime.bag import read_bag
+
+    rewards = [t_ns * 1e-9 for topic, _, _, t_ns in read_bag(tmp_path / "bag", ["/td3/reward"])]
+    assert len(rewards) >= 150 and summary["bag"]["messages"]["/td3/reward"] == len(rewards)
+    assert all(0 < t <= 301 * 0.05 + 1e-9 for t in rewards)  # sim time, not the wall clock
+    assert summary["bag"]["messages"].get("/carla/ego_vehicle/vehicle_control_cmd", 0) >= 250
+    assert "/td3/actor_weights" not in summary["bag"]["messages"]
     assert json.loads((Path(summary["checkpoint"]) / "state.json").read_text())["state"]["env_steps"] == \
         summary["env_steps"]
 
 
 def test_a_killed_policy_is_restarted_gets_the_latched_weights_and_drives_again(tmp_path, domain):
-    run = Run(["train", "--transport", "dds", "--steps", "500", "--run-dir", str(tmp_path), *SMALL], domain)
+    run = Run(["train", "--transport", "dds", "--steps", "500", "--run-dir", str(tmp_path), *SMALL, "--no-bag"], domain)
     watch = DiagnosticsWatch()
     try:
         wait_for(lambda: watch.values("policy").get("weights_version", -1) > 0, 150, "trained weights", watch)
@@ -125,7 +133,7 @@ def test_a_killed_policy_is_restarted_gets_the_latched_weights_and_drives_again(
 def test_a_killed_trainer_resumes_from_its_checkpoint(tmp_path, domain):
     """kill -9 mid-run: the supervisor restarts the trainer with --resume; it continues from the newest
     checkpoint with every counter and the whole replay buffer that checkpoint holds."""
-    args = ["train", "--transport", "dds", "--steps", "500", "--run-dir", str(tmp_path), *SMALL,
+    args = ["train", "--transport", "dds", "--steps", "500", "--run-dir", str(tmp_path), *SMALL, "--no-bag",
             "--set", "trainer.checkpoint_every=80", "--set", "trainer.checkpoint_replay=true"]
     run = Run(args, domain)
     checkpoints = tmp_path / "checkpoints"
@@ -150,7 +158,7 @@ def test_a_killed_trainer_resumes_from_its_checkpoint(tmp_path, domain):
 def test_learning_never_holds_up_a_control(tmp_path, domain):
     """The world ticks at 20 Hz of wall time (pace: realtime): while the trainer's learner thread runs, the policy answers >= 90 % of
     the camera frames (counted over the seconds in which the trainer's update count rose)."""
-    run = Run(["train", "--transport", "dds", "--steps", "400", "--run-dir", str(tmp_path), *SMALL,
+    run = Run(["train", "--transport", "dds", "--steps", "400", "--run-dir", str(tmp_path), *SMALL, "--no-bag",
                "--set", "trainer.batch_size=64", "--set", "trainer.weights_every=100"], domain)
     watch = DiagnosticsWatch()
     samples: list[tuple[int, int, int]] = []  # (sim ticks, ticks without control, trainer updates)

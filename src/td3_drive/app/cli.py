@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     result = args.func(args)
     print(json.dumps(result, default=float))
-    return 0
+    return 0 if result.get("completed", True) else 1  # a dds run whose nodes failed for good, or Ctrl-C
 
 
 if __name__ == "__main__":

@@ -87,9 +87,22 @@ class EmbeddedGraph:
             self.recorder.close()
 
 
+BAG_PREFIXES = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd")
+
+
+def bag_recorder(bag_path: Path, vehicles: int = 1, bag_prefixes: tuple[str, ...] = BAG_PREFIXES,
+                 bag_exclude: tuple[str, ...] = BAG_EXCLUDE) -> BagRecorder:
+    """The run's MCAP bag: the /td3 topics and the controls, of every vehicle, less ``bag_exclude``."""
+    prefixes, exclude = list(bag_prefixes), list(bag_exclude)
+    for i in range(vehicles if vehicles > 1 else 0):  # the same topics under each namespace
+        topics = Topics(f"hero{i}", f"v{i}")
+        prefixes += [topics.td3_prefix, topics.control]
+        exclude += [topics.td3_prefix + name[len("/td3/"):] for name in bag_exclude if name.startswith("/td3/")]
+    return BagRecorder(bag_path, prefixes=tuple(prefixes), exclude=tuple(exclude))
+
+
 def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy", trainer: bool = True,
-                evaluator: bool = False, bag_path: Path | None = None,
-                bag_prefixes: tuple[str, ...] = ("/td3/", "/carla/ego_vehicle/vehicle_control_cmd"),
+                evaluator: bool = False, bag_path: Path | None = None, bag_prefixes: tuple[str, ...] = BAG_PREFIXES,
                 bag_exclude: tuple[str, ...] = BAG_EXCLUDE, vehicles: int = 1) -> EmbeddedGraph:
     """Wire simulator -> camera_preprocessor -> policy|classical_controller (-> trainer | evaluator).
 
@@ -100,12 +113,7 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
     runtime = LocalRuntime(vehicle_parameters(parameters, vehicles))
     recorder = None
     if bag_path is not None:
-        prefixes, exclude = list(bag_prefixes), list(bag_exclude)
-        for i in range(vehicles if vehicles > 1 else 0):  # the same topics under each namespace
-            topics = Topics(f"hero{i}", f"v{i}")
-            prefixes += [topics.td3_prefix, topics.control]
-            exclude += [topics.td3_prefix + name[len("/td3/"):] for name in bag_exclude if name.startswith("/td3/")]
-        recorder = BagRecorder(bag_path, prefixes=tuple(prefixes), exclude=tuple(exclude))
+        recorder = bag_recorder(bag_path, vehicles, bag_prefixes, bag_exclude)
         runtime.add_tap(recorder)
     names = [""] if vehicles == 1 else [f"v{i}/" for i in range(vehicles)]
     nodes: dict[str, Node] = {}

@@ -128,20 +128,21 @@ class Supervisor:
         return next(c for c in self.children if c.name == name)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGINT to every child still running (controllers first, the trainer last), SIGKILL after ``timeout_s``."""
+        """Stop every child still running with SIGINT: the vehicle pipelines first, then the trainer (which
+        writes its final checkpoint); a group still running ``timeout_s`` later is killed."""
         self.stopping = True
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
-        order = sorted(running, key=lambda c: c.kind == "trainer")
-        for child in order:
-            child.process.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + timeout_s
-        for child in order:
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.log(f"[supervisor] {child.name} did not stop within {timeout_s:.0f} s: killed")
-                child.process.kill()
-                child.process.wait()
+        for group in ([c for c in running if c.kind != "trainer"], [c for c in running if c.kind == "trainer"]):
+            for child in group:
+                child.process.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + timeout_s
+            for child in group:
+                try:
+                    child.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.log(f"[supervisor] {child.name} did not stop within {timeout_s:.0f} s: killed")
+                    child.process.kill()
+                    child.process.wait()
         self.poll()
 
     def reports(self) -> dict[str, Any]:
@@ -181,19 +182,27 @@ def one_clock(params: dict[str, dict[str, Any]], vehicles: int) -> dict[str, dic
     return params
 
 
-def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3) -> dict[str, Any]:
-    """``td3-drive train --transport dds``: ``params`` composed (per vehicle) and kept in ``run_dir/config.yaml``."""
+def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3, bag_path: Path | None = None,
+          bag_exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``td3-drive train --transport dds``: ``params`` composed (per vehicle) and kept in ``run_dir/config.yaml``;
+    the supervisor records the bag (``bag_path``) from what the nodes publish over DDS."""
     run_dir = Path(options.run_dir)
     children = node_processes(options.vehicles, "policy", trainer=True, evaluator=False)
     steps = options.steps if options.steps is not None else int(for_node(params, "trainer").get("total_steps", 0))
+    listeners = len(children) - 1 + (bag_path is not None)  # /clock readers: the other nodes, the bag's
     for child in children:
         if child.kind == "simulator":  # the first tick starts the episode
-            child.args = ["--ticks", str(steps + 1), "--wait-for", str(len(children) - 1)]
+            child.args = ["--ticks", str(steps + 1), "--wait-for", str(listeners)]
     supervisor = Supervisor(children, run_dir / "config.yaml", run_dir / "processes", max_restarts=restarts)
+    recorder = None
+    if bag_path is not None:
+        from td3_drive.app.embedded import bag_recorder
+
+        recorder = bag_recorder(bag_path, options.vehicles, bag_exclude=bag_exclude)
     bar = progress_bar(steps, "train (dds)")
     start = time.perf_counter()
     sims = {c.name for c in children if c.kind == "simulator"}
-    watch = DiagnosticsWatch()
+    watch = DiagnosticsWatch(recorder)
 
     def progress() -> None:
         ticks = watch.values(next(iter(sorted(sims)))).get("ticks", 0)
@@ -207,6 +216,8 @@ def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3) ->
     finally:
         bar.close()
         watch.close()
+        if recorder is not None:
+            recorder.close()
     wall = time.perf_counter() - start
     reports = supervisor.reports()
     trainer = reports["trainer"]
@@ -217,6 +228,7 @@ def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3) ->
         "ticks": {name: reports[name].get("status", {}).get("ticks") for name in sorted(sims)},
         **{k: trainer.get("status", {}).get(k) for k in ("env_steps", "updates", "skipped_updates", "rollbacks")},
         "episodes": trainer.get("episodes"), "vehicles": options.vehicles,
+        "bag": {"path": str(bag_path), "messages": recorder.counts} if recorder is not None else None,
         "return_first_5": _mean(returns[:5]), "return_last_5": _mean(returns[-5:]),
         "processes": reports,
     }
@@ -271,16 +283,20 @@ def run_single_node(kind: str, name: str, config_name: str, overrides: list[str]
 
 
 class DiagnosticsWatch:
-    """The supervisor's own DDS participant: the latest /diagnostics values of every node."""
+    """The supervisor's own DDS participant: the latest /diagnostics values of every node, and with a
+    ``recorder`` (:class:`~td3_drive.runtime.bag.BagRecorder`) a bag of the topics it wants, in sim time."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: Any = None) -> None:
         from td3_drive import topics as T
         from td3_drive.runtime.dds import DdsRuntime
         from td3_drive.runtime.interface import RELIABLE_QOS
 
         self._latest: dict[str, dict[str, str]] = {}
-        self._runtime = DdsRuntime({}, use_sim_time=False)
+        self._runtime = DdsRuntime({}, use_sim_time=True)
         self._runtime.context("supervisor").create_subscription(T.DIAGNOSTICS, "/diagnostics", self._on, RELIABLE_QOS)
+        if recorder is not None:
+            self._runtime.follow_clock()
+            self._runtime.record(recorder.wants, recorder)
 
     def _on(self, msg: Any) -> None:
         for status in msg.status:

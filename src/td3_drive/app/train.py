@@ -71,12 +71,12 @@ def train(options: TrainOptions, argv: list[str] | None = None) -> dict[str, Any
     if options.transport == "dds":
         run_params = processes.one_clock(run_params, options.vehicles)
     config.snapshot(run_dir, run_params, command)
-    if options.transport == "dds":
-        return processes.train(options, run_params, options.restarts)
     exclude = tuple(t for t in embedded.BAG_EXCLUDE
                     if not (options.bag_observations and t.endswith("/observation/image")))
-    graph = embedded.build_graph(params, bag_path=fresh_bag_path(run_dir) if options.bag else None,
-                                 bag_exclude=exclude, vehicles=options.vehicles)
+    bag_path = fresh_bag_path(run_dir) if options.bag else None
+    if options.transport == "dds":
+        return processes.train(options, run_params, options.restarts, bag_path, exclude)
+    graph = embedded.build_graph(params, bag_path=bag_path, bag_exclude=exclude, vehicles=options.vehicles)
     trainer, policy = graph.nodes["trainer"], graph.of_kind("policy")[0]
     session = trainer.session
     steps = options.steps if options.steps is not None else session.config.total_steps

@@ -47,7 +47,7 @@ from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
 from td3_drive.runtime import messages
-from td3_drive.runtime.dds_types import dds_topic_name, from_dds, idl_class
+from td3_drive.runtime.dds_types import dds_topic_name, from_dds, idl_class, ros_type_name
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
 from td3_drive.runtime.parameters import for_node, typed_value
 
@@ -72,7 +72,11 @@ def cyclone_config(interface: str | None = None) -> str:
     multicast, discovery by unicast to 127.0.0.1 over the first ``MAX_PARTICIPANTS``
     participant ports, so nothing leaves the machine.  Otherwise that interface (a name such as
     ``eth0`` or an address), with Cyclone's default multicast discovery, as rmw_cyclonedds_cpp
-    uses it.  Either way: 64 KB datagrams and a writer cache that holds a 7 MB weight broadcast.
+    uses it.  Either way: 64 KB datagrams in 64 KB DDSI fragments (the default 1344 B fragments
+    cut an 800x600 camera frame into 1,430 and cost 2-3 ms of image -> control latency), a
+    socket receive buffer of up to 4 MB where ``net.core.rmem_max`` allows it (a frame's burst
+    fits; never required, so a stock kernel still starts), and a writer cache that holds a 7 MB
+    weight broadcast.
     """
     if interface is None:
         network = ('<Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
@@ -86,7 +90,7 @@ def cyclone_config(interface: str | None = None) -> str:
         discovery = ""
     return ('<CycloneDDS xmlns="https://cdds.io/config"><Domain Id="any">'
             f"<General>{network}<MaxMessageSize>65500B</MaxMessageSize><FragmentSize>65000B</FragmentSize></General>{discovery}"
-            "<Internal><SocketReceiveBufferSize min=\"4MB\"/><Watermarks><WhcHigh>16MB</WhcHigh></Watermarks></Internal>"
+            "<Internal><SocketReceiveBufferSize min=\"default\" max=\"4MB\"/><Watermarks><WhcHigh>16MB</WhcHigh></Watermarks></Internal>"
             "</Domain></CycloneDDS>")
 
 
@@ -242,9 +246,10 @@ class DdsRuntime:
         self._sim_time_s = 0.0
         self._clock_seen = False
         self._stop = threading.Event()
-        self.undeliverable: dict[str, int] = {}  # samples a callback could not take, per topic
         self.publishers: list[DdsPublisher] = []
         self._following_clock = False
+        self._recording: tuple | None = None
+        self._recorded: set[str] = set()
 
     # --- entities ---------------------------------------------------------------------
     def context(self, name: str) -> DdsContext:
@@ -295,25 +300,51 @@ class DdsRuntime:
         self._sim_time_s = seconds
         self._clock_seen = True
 
+    def follow_clock(self) -> None:
+        """Take the time from /clock from now on (once; :meth:`spin` calls it with use_sim_time)."""
+        if not self._following_clock:
+            self._following_clock = True
+            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
+                           lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
+                           QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
+
+    def record(self, wanted: Callable[[str], bool], tap: Callable[[str, str, Any, float], None],
+               qos: QoS = QoS(depth=100, reliable=True)) -> None:
+        """Subscribe to every topic that a writer anywhere in the domain publishes and ``wanted(topic)``
+        accepts, as discovery finds it (``ros2 bag record`` works the same way), and hand each message to
+        ``tap(topic, type_name, msg, now)``: a :class:`~td3_drive.runtime.bag.BagRecorder` fits."""
+        from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsPublication
+
+        self._recording = (BuiltinDataReader(self.participant, BuiltinTopicDcpsPublication), wanted, tap, qos)
+
+    def _discover(self) -> None:
+        reader, wanted, tap, qos = self._recording
+        for endpoint in reader.take(N=TAKE_BATCH):
+            name = getattr(endpoint, "topic_name", "") or ""
+            topic = name[2:] if name.startswith("rt/") else None
+            if topic is None or topic in self._recorded or not wanted(topic):
+                continue
+            try:
+                type_name = ros_type_name(endpoint.type_name)
+                messages.message_class(type_name)
+            except (KeyError, ValueError):
+                log.warning("not recording %s: unknown type %s", topic, endpoint.type_name)
+                continue
+            self._recorded.add(topic)
+            self.subscribe(type_name, topic, lambda msg, t=topic, n=type_name: tap(t, n, msg, self.now()), qos)
+
     # --- spinning -------------------------------------------------------------------------
     def stop(self) -> None:
         """End :meth:`spin` (thread- and signal-safe)."""
         self._stop.set()
         self._wake.set(True)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def spin(self, until: Callable[[], bool] | None = None, timeout_s: float | None = None) -> None:
         """Deliver messages and fire timers until :meth:`stop`, ``until()`` or ``timeout_s``."""
-        if self.use_sim_time and not self._following_clock:
+        if self.use_sim_time:
             # only now, once the node is built: a simulator that waits for every node to listen to
             # /clock (processes.py) then starts when they can all act, not when they began importing
-            self._following_clock = True
-            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
-                           lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
-                           QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
+            self.follow_clock()
         deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             if until is not None and until():
@@ -323,6 +354,8 @@ class DdsRuntime:
     def spin_once(self, timeout_s: float = MAX_WAIT_S) -> int:
         """Wait up to ``timeout_s`` for data, deliver what arrived, fire due timers; returns messages delivered."""
         self._waitset.wait(duration(seconds=max(0.0, timeout_s)))
+        if self._recording is not None:
+            self._discover()
         delivered = 0
         for sub in self._subscriptions:
             for sample in sub.reader.take(N=TAKE_BATCH, condition=sub.condition):

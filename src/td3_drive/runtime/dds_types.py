@@ -42,6 +42,14 @@ def dds_type_name(type_name: str) -> str:
     return f"{package}::{sub}::dds_::{name}_"
 
 
+def ros_type_name(dds_name: str) -> str:
+    """'sensor_msgs::msg::dds_::Image_' -> 'sensor_msgs/msg/Image' (the inverse of :func:`dds_type_name`)."""
+    parts = dds_name.split("::")
+    if len(parts) != 4 or parts[2] != "dds_" or not parts[3].endswith("_"):
+        raise ValueError(f"not a ROS 2 DDS type name: {dds_name!r}")
+    return f"{parts[0]}/{parts[1]}/{parts[3][:-1]}"
+
+
 def dds_topic_name(topic: str) -> str:
     """'/carla/ego_vehicle/rgb_front/image' -> 'rt/carla/ego_vehicle/rgb_front/image'.
 
