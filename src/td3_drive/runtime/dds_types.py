@@ -7,11 +7,12 @@ A ROS 2 node on rmw_cyclonedds_cpp (humble) names the DDS type of ``sensor_msgs/
 built once per type, at first use, from the rosbags typestore (ROS 2 humble plus our
 carla_msgs, :mod:`td3_drive.runtime.messages`); nothing is written by hand per type.
 
-Nodes see rosbags messages on every runtime, so :func:`to_dds` / :func:`from_dds` convert:
-``uint8[]`` travels as ``bytes`` (its CDR is a length, then the bytes: one copy instead of
-Cyclone's Python loop over a 2 MB camera frame), other number arrays as
-lists, nested messages recursively.  ``test_dds`` checks, for every type the stack
-publishes, that the bytes Cyclone sends equal rosbags' ``serialize_cdr``.
+Nodes see rosbags messages on every runtime.  Received samples are deserialized by Cyclone
+into these classes and converted by :func:`from_dds` (``uint8[]`` is read as ``bytes``, its CDR
+being a length then the bytes: one copy instead of Cyclone's Python loop over a 2 MB camera
+frame; other number arrays as numpy arrays; nested messages recursively).  Writers send
+rosbags' CDR (``dds.wire_payload``); ``test_dds`` checks, for every type the stack uses, that
+it is byte for byte what Cyclone's own serializer makes of :func:`to_dds` of the message.
 """
 from __future__ import annotations
 
@@ -103,67 +104,46 @@ def _idl_field(node: tuple) -> Any:
 
 # --------------------------------------------------------------------------- rosbags <-> DDS
 def to_dds(msg: Any, type_name: str | None = None) -> IdlStruct:
-    """A rosbags message (what nodes build with ``ctx.new``) -> its DDS sample."""
-    return _outbound(messages.normalize_type_name(type_name or msg.__msgtype__))(msg)
+    """A rosbags message (what nodes build with ``ctx.new``) -> its DDS sample: what Cyclone's own
+    ``DataWriter.write`` takes.  The runtime sends rosbags' CDR instead (``dds.wire_payload``, faster);
+    ``test_dds`` checks that both are the same bytes."""
+    return _converter(messages.normalize_type_name(type_name or msg.__msgtype__), inbound=False)(msg)
 
 
 def from_dds(sample: IdlStruct, type_name: str) -> Any:
     """A DDS sample -> the rosbags message nodes receive (numpy arrays, ``__msgtype__``)."""
-    return _inbound(messages.normalize_type_name(type_name))(sample)
+    return _converter(messages.normalize_type_name(type_name), inbound=True)(sample)
 
 
 @functools.lru_cache(maxsize=None)
-def _outbound(type_name: str) -> Convert:
-    cls = idl_class(type_name)
-    converters = [(field, _outbound_field(node)) for field, node in _fields(type_name)]
+def _converter(type_name: str, inbound: bool) -> Convert:
+    """Field by field, into the other side's class: rosbags -> DDS (``inbound=False``) or back."""
+    cls = messages.message_class(type_name) if inbound else idl_class(type_name)
+    converters = [(field, _field_converter(node, inbound)) for field, node in _fields(type_name)]
     return lambda msg: cls(**{field: convert(getattr(msg, field)) for field, convert in converters})
 
 
-@functools.lru_cache(maxsize=None)
-def _inbound(type_name: str) -> Convert:
-    cls = messages.message_class(type_name)
-    converters = [(field, _inbound_field(node)) for field, node in _fields(type_name)]
-    return lambda sample: cls(**{field: convert(getattr(sample, field)) for field, convert in converters})
-
-
-def _outbound_field(node: tuple) -> Convert:
+def _field_converter(node: tuple, inbound: bool) -> Convert:
     kind, detail = node
     if kind == Nodetype.BASE:
-        base = detail[0]
-        if base == "string":
-            return str
-        if base == "bool":
-            return bool
-        return float if base.startswith("float") else int  # numpy scalars -> Python numbers
+        if inbound:
+            return lambda value: value
+        base = detail[0]  # numpy scalars -> the Python types Cyclone's serializer checks for
+        return str if base == "string" else bool if base == "bool" else float if base.startswith("float") else int
     if kind == Nodetype.NAME:
-        return _outbound(detail)
+        return _converter(detail, inbound)
     element, _ = detail
     if element[0] == Nodetype.BASE:
         base = element[1][0]
+        if base == "string":
+            return list
         if base in _BYTES:
+            if inbound:
+                return lambda value: np.frombuffer(value, dtype=np.uint8)
             return lambda value: np.ascontiguousarray(value, dtype=np.uint8).tobytes()
-        if base == "string":
-            return list
         dtype = messages.numpy_dtype(base)
+        if inbound:
+            return lambda value: np.asarray(value, dtype=dtype)
         return lambda value: np.asarray(value, dtype=dtype).tolist()
-    convert = _outbound_field(element)
-    return lambda value: [convert(item) for item in value]
-
-
-def _inbound_field(node: tuple) -> Convert:
-    kind, detail = node
-    if kind == Nodetype.BASE:
-        return lambda value: value
-    if kind == Nodetype.NAME:
-        return _inbound(detail)
-    element, _ = detail
-    if element[0] == Nodetype.BASE:
-        base = element[1][0]
-        if base in _BYTES:
-            return lambda value: np.frombuffer(value, dtype=np.uint8)
-        if base == "string":
-            return list
-        dtype = messages.numpy_dtype(base)
-        return lambda value: np.asarray(value, dtype=dtype)
-    convert = _inbound_field(element)
+    convert = _field_converter(element, inbound)
     return lambda value: [convert(item) for item in value]
