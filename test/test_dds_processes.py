@@ -194,3 +194,15 @@ def test_drive_over_dds_with_the_pid_controller(domain):
     episode = summary["episodes"][0]
     assert episode["route_completion"] > 0.9 and episode["collisions"] == 0, episode
     assert summary["summary"]["n"] == 1
+
+
+def test_one_node_alone_until_ctrl_c(tmp_path, domain):
+    """``td3-drive node policy``: one node in the foreground (its peers elsewhere); Ctrl-C ends it cleanly
+    with its exit report as the summary."""
+    run = Run(["node", "policy", "--run-dir", str(tmp_path), "--set", "policy.explore=false"], domain, timeout_s=60)
+    wait_for(lambda: (tmp_path / "config.yaml").exists(), 30, "the node's parameter file")
+    time.sleep(1.0)  # whether it is still loading torch or already spinning, SIGINT ends it cleanly
+    run.proc.send_signal(signal.SIGINT)
+    summary = run.result()
+    assert summary["command"] == "node" and summary["kind"] == "policy" and summary["name"] == "policy"
+    assert summary["status"]["actions"] == 0 and summary["drops"] == {}  # nothing drove: no simulator here

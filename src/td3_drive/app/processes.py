@@ -342,6 +342,9 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, help="exit when this process (the supervisor) is gone")
     parser.add_argument("--wait-for", type=int, default=0, help="simulator: start once this many nodes listen")
     args = parser.parse_args(argv)
+    # a SIGINT while torch and the node load (seconds) ends the node as cleanly as one while it spins
+    interrupted: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
 
     import torch
 
@@ -362,8 +365,8 @@ def child_main(argv: list[str] | None = None) -> int:
         config.merge(params, {"trainer": {"resume": True}})
 
     def until(node: Any) -> bool:
-        if args.parent is not None and os.getppid() != args.parent:
-            return True  # the supervisor was killed: do not run on as an orphan
+        if interrupted or (args.parent is not None and os.getppid() != args.parent):
+            return True  # stopped before spinning, or the supervisor was killed: do not run on as an orphan
         if args.ticks is not None and getattr(node, "ticks", 0) >= args.ticks:
             return True
         return args.episodes is not None and len(getattr(node, "episodes", ())) >= args.episodes
