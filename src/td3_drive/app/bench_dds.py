@@ -37,8 +37,10 @@ ACK_TOPIC = "/bench/ack"
 
 
 def _receiver(kind: str, out: Path, expect: int) -> subprocess.Popen:
+    from td3_drive.app.processes import LARGE_MESSAGE_MALLOC  # receive as the policy processes do
+
     return subprocess.Popen([sys.executable, "-m", "td3_drive.app.bench_dds", kind, str(out), str(expect),
-                             str(os.getpid())])
+                             str(os.getpid())], env={**LARGE_MESSAGE_MALLOC, **os.environ})
 
 
 def receive_main(argv: list[str]) -> int:
