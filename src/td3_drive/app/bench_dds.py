@@ -8,7 +8,8 @@ with one clock (CLOCK_MONOTONIC is system-wide, so times from different processe
    it receiving the control stamped with that tick's camera stamp (the simulator's own
    statistic, ``control_latency_*`` on /diagnostics);
 2. actor weights (the real encoded actor, ~7 MB, reliable + transient local as the trainer
-   sends them) from this process to 1 and to 4 receiving processes: write to last arrival;
+   sends them) from this process to 1 and to 4 receiving processes: write to last arrival, the
+   next broadcast once every receiver acknowledged the last;
 3. reliable messages lost: ``--reliable-count`` sequence-numbered messages at 20 Hz to a
    receiving process while 1 and 2 run, counted per 10,000.
 """
@@ -119,9 +120,13 @@ def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, A
     runtime = DdsRuntime({}, use_sim_time=False)
     ctx = runtime.context("bench_trainer")
     publisher = ctx.create_publisher(T.UINT8_ARRAY, WEIGHTS_TOPIC, LATCHED_QOS)
-    acked: dict[int, int] = {}
-    ctx.create_subscription(T.HEADER, ACK_TOPIC, lambda m: acked.__setitem__(
-        int(m.frame_id.split(":")[1]), acked.get(int(m.frame_id.split(":")[1]), 0) + 1), RELIABLE_QOS)
+    acked: dict[int, int] = {}  # broadcast -> receivers that have it
+
+    def on_ack(msg: Any) -> None:
+        seq = int(msg.frame_id.split(":")[1])  # "<receiver pid>:<seq>"
+        acked[seq] = acked.get(seq, 0) + 1
+
+    ctx.create_subscription(T.HEADER, ACK_TOPIC, on_ack, RELIABLE_QOS)
     outs = [scratch / f"weights_{receivers}_{i}.json" for i in range(receivers)]
     procs = [_receiver("weights", out, messages) for out in outs]
     try:
