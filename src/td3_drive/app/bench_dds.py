@@ -98,7 +98,7 @@ def image_to_control(ticks: int, scratch: Path) -> dict[str, Any]:
     completed = supervise(supervisor, lambda clean: "simulator" in clean)
     sim = supervisor.reports()["simulator"].get("status", {})
     return {"completed": completed, "ticks": sim.get("ticks"), "camera": "800x600 bgra8 (1.92 MB)",
-            "answered_ticks": sim.get("controls_received"), "ticks_without_control": sim.get("ticks_without_control"),
+            "controls_received": sim.get("controls_received"), "ticks_without_control": sim.get("ticks_without_control"),
             "p50_ms": sim.get("control_latency_p50_ms"), "p99_ms": sim.get("control_latency_p99_ms")}
 
 
