@@ -93,8 +93,8 @@ def test_training_over_dds_runs_every_node_in_its_own_process(tmp_path, domain):
         assert report["exit_codes"] == [0] and report["restarts"] == 0, name
     assert summary["ticks"] == {"simulator": 301}
     sim = procs["simulator"]["status"]
-    assert sim["controls_received"] >= 270  # the world ran on the policy's controls, not on the deadline
-    assert summary["env_steps"] >= 200 and summary["updates"] > 0
+    assert sim["controls_received"] >= 240  # the world ran on the policy's controls (realtime: a late one misses its tick)
+    assert summary["env_steps"] >= 180 and summary["updates"] > 0
     assert procs["policy"]["status"]["weights_version"] > 0  # it drove with weights the trainer sent
     assert Path(summary["checkpoint"]).is_dir()
     # the supervisor recorded the bag over DDS, as the embedded run records it: rewards in sim time, controls
@@ -127,7 +127,8 @@ def test_a_killed_policy_is_restarted_gets_the_latched_weights_and_drives_again(
     assert "policy died (signal 9): restart 1/3" in run.stderr
     # the exit report is the restarted process's: it received the latched weights and acted on them
     assert policy["status"]["weights_version"] > 0 and policy["status"]["actions"] > 50
-    assert summary["processes"]["simulator"]["status"]["controls_received"] >= 400
+    # and the world drove on the controls of both processes (the first acted before it had trained weights)
+    assert summary["processes"]["simulator"]["status"]["controls_received"] >= policy["status"]["actions"] + 40
 
 
 def test_a_killed_trainer_resumes_from_its_checkpoint(tmp_path, domain):
