@@ -211,7 +211,7 @@ def train(options: Any, params: dict[str, dict[str, Any]], restarts: int = 3, ba
     watch = DiagnosticsWatch(recorder)
 
     def progress() -> None:
-        ticks = watch.values(next(iter(sorted(sims)))).get("ticks", 0)
+        ticks = watch.values(min(sims)).get("ticks", 0)  # vehicle 0: the one --steps counts
         trainer = watch.values("trainer")
         bar.n = min(steps, max(0, int(ticks) - 1))
         bar.set_postfix(env_steps=trainer.get("env_steps", 0), upd=trainer.get("updates", 0), refresh=False)

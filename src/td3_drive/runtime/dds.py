@@ -46,12 +46,17 @@ from cyclonedds.sub import DataReader, ddspy_take
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
+from td3_drive import topics as T
 from td3_drive.runtime import messages
-from td3_drive.runtime.dds_types import dds_topic_name, from_wire, idl_class, ros_type_name
+from td3_drive.runtime.context import ContextBase, Timer
+from td3_drive.runtime.dds_types import (
+    dds_topic_name,
+    from_wire,
+    idl_class,
+    ros_type_name,
+)
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
-from td3_drive.runtime.parameters import for_node, typed_value
 
-CLOCK_TOPIC = "/clock"
 #: longest a reliable write waits for room in a slow reader's window before it is counted as dropped
 MAX_BLOCKING_S = 2.0
 #: longest one wait for data, so signals and stop() are seen promptly
@@ -133,14 +138,6 @@ def dds_qos(qos: QoS) -> Qos:
 
 # --------------------------------------------------------------------------- the runtime
 @dataclass
-class _Timer:
-    period_s: float
-    callback: Callable[[], None]
-    next_s: float
-    wall: bool
-
-
-@dataclass
 class _Subscription:
     reader: DataReader
     condition: ReadCondition
@@ -162,7 +159,7 @@ class DdsPublisher:
     def publish(self, msg: Any) -> None:
         if msg.__msgtype__ != self.type_name:
             raise TypeError(f"{self.topic} carries {self.type_name}, got {msg.__msgtype__}")
-        if self.type_name == messages.normalize_type_name("rosgraph_msgs/msg/Clock"):
+        if self.type_name == T.CLOCK:
             self._runtime.set_sim_time(messages.seconds(msg.clock))
         code = ddspy_write(self._writer._ref, wire_payload(msg, self.type_name))
         if code < 0:  # a reliable reader too slow for MAX_BLOCKING_S: drop, count, go on
@@ -186,15 +183,12 @@ def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
     return bytes(cdr) + bytes(padding) if padding else cdr
 
 
-class DdsContext:
+class DdsContext(ContextBase):
     """NodeContext for one node of a :class:`DdsRuntime`."""
 
     def __init__(self, runtime: "DdsRuntime", name: str) -> None:
-        self.name = name
+        super().__init__(name, runtime.parameters)
         self._runtime = runtime
-        self._given = for_node(runtime.parameters, name)
-        self.declared: dict[str, tuple[Any, str]] = {}
-        self._logger = logging.getLogger(f"td3_drive.{name}")
 
     def create_publisher(self, type_name: str, topic: str, qos: QoS = RELIABLE_QOS) -> DdsPublisher:
         type_name = messages.normalize_type_name(type_name)
@@ -212,19 +206,8 @@ class DdsContext:
         """A timer on the wall clock: it fires even when /clock stalls (watchdogs, pacing)."""
         self._runtime.add_timer(period_s, callback, wall=True)
 
-    def parameter(self, name: str, default: Any, description: str = "") -> Any:
-        self.declared[name] = (default, description)
-        return typed_value(self.name, name, default, self._given.get(name, default))
-
-    @property
-    def logger(self) -> logging.Logger:
-        return self._logger
-
     def now(self) -> float:
         return self._runtime.now()
-
-    def new(self, type_name: str, **fields: Any) -> Any:
-        return messages.new_message(type_name, **fields)
 
 
 class DdsRuntime:
@@ -244,7 +227,7 @@ class DdsRuntime:
         self._waitset.attach(self._wake)
         self._topics: dict[str, Topic] = {}
         self._subscriptions: list[_Subscription] = []
-        self._timers: list[_Timer] = []
+        self._timers: list[Timer] = []
         self._sim_time_s = 0.0
         self._clock_seen = False
         self._stop = threading.Event()
@@ -278,10 +261,8 @@ class DdsRuntime:
         self._subscriptions.append(_Subscription(reader, condition, type_name, topic, callback))
 
     def add_timer(self, period_s: float, callback: Callable[[], None], wall: bool) -> None:
-        if period_s <= 0:
-            raise ValueError("timer period must be positive")
         start = time.monotonic() if wall else self._sim_time_s
-        self._timers.append(_Timer(period_s, callback, start + period_s, wall))
+        self._timers.append(Timer(period_s, callback, start + period_s, wall))
 
     def wait_for_subscribers(self, topic: str, count: int, timeout_s: float) -> bool:
         """Until the publishers of ``topic`` in this process reach ``count`` readers (False: timed out)."""
@@ -306,7 +287,7 @@ class DdsRuntime:
         """Take the time from /clock from now on (once; :meth:`spin` calls it with use_sim_time)."""
         if not self._following_clock:
             self._following_clock = True
-            self.subscribe(messages.normalize_type_name("rosgraph_msgs/msg/Clock"), CLOCK_TOPIC,
+            self.subscribe(T.CLOCK, T.Topics.clock,
                            lambda msg: self.set_sim_time(messages.seconds(msg.clock)),
                            QoS(depth=1, reliable=False))  # rclpy's TimeSource subscribes like this
 
@@ -377,22 +358,11 @@ class DdsRuntime:
         wall = [t.next_s for t in self._timers if t.wall]
         return max(0.0, min(wall) - time.monotonic()) if wall else MAX_WAIT_S
 
-    #: missed periods a timer catches up one by one; beyond that (a clock jump) it skips ahead
-    MAX_TIMER_CATCH_UP = 100
-
     def _fire_due_timers(self) -> None:
         wall_now = time.monotonic()
         for timer in self._timers:
-            if not timer.wall and not self._clock_seen:
-                continue  # sim time has not started
-            now = wall_now if timer.wall else self._sim_time_s
-            missed = (now - timer.next_s) / timer.period_s
-            if missed > self.MAX_TIMER_CATCH_UP or (timer.wall and missed > 1):
-                # wall timers do not burst after a long callback; sim timers catch up a little
-                timer.next_s += math.floor(missed) * timer.period_s
-            while timer.next_s <= now + 1e-12:
-                timer.next_s += timer.period_s
-                timer.callback()
+            if timer.wall or self._clock_seen:  # sim time starts with the first /clock
+                timer.fire_due(wall_now if timer.wall else self._sim_time_s)
 
     def close(self) -> None:
         """Delete the participant (and with it every reader and writer): peers see this node leave."""

@@ -8,24 +8,15 @@ depends on threads or wall time, so runs are reproducible bit for bit.
 """
 from __future__ import annotations
 
-import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from td3_drive.runtime import messages
+from td3_drive.runtime.context import ContextBase, Timer
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
-from td3_drive.runtime.parameters import for_node, typed_value
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 Tap = Callable[[str, str, Any, float], None]
-
-
-@dataclass
-class _Timer:
-    period_s: float
-    callback: Callable[[], None]
-    next_s: float
 
 
 class LocalPublisher:
@@ -38,15 +29,12 @@ class LocalPublisher:
         self._runtime._enqueue(self.topic, self.type_name, msg)
 
 
-class LocalContext:
+class LocalContext(ContextBase):
     """NodeContext for one node of a LocalRuntime."""
 
     def __init__(self, runtime: "LocalRuntime", name: str) -> None:
-        self.name = name
+        super().__init__(name, runtime.parameters)
         self._runtime = runtime
-        self._given = for_node(runtime.parameters, name)  # matched as rclpy matches a file
-        self.declared: dict[str, tuple[Any, str]] = {}
-        self._logger = logging.getLogger(f"td3_drive.{name}")
 
     def create_publisher(self, type_name: str, topic: str, qos: QoS = RELIABLE_QOS) -> LocalPublisher:
         type_name = messages.normalize_type_name(type_name)
@@ -64,27 +52,10 @@ class LocalContext:
             self._runtime._queue.append((topic, latched, [callback]))
 
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> None:
-        if period_s <= 0:
-            raise ValueError("timer period must be positive")
-        self._runtime._timers.append(_Timer(period_s, callback, self._runtime.time_s + period_s))
-
-    def parameter(self, name: str, default: Any, description: str = "") -> Any:
-        self.declared[name] = (default, description)
-        return typed_value(self.name, name, default, self._given.get(name, default))
-
-    def undeclared_parameters(self) -> list[str]:
-        """Parameters given in the config that this node never declared (config typos)."""
-        return sorted(set(self._given) - set(self.declared) - {"use_sim_time"})
-
-    @property
-    def logger(self) -> logging.Logger:
-        return self._logger
+        self._runtime._timers.append(Timer(period_s, callback, self._runtime.time_s + period_s))
 
     def now(self) -> float:
         return self._runtime.time_s
-
-    def new(self, type_name: str, **fields: Any) -> Any:
-        return messages.new_message(type_name, **fields)
 
 
 class LocalRuntime:
@@ -97,7 +68,7 @@ class LocalRuntime:
         self._subscribers: dict[str, list[Callable[[Any], None]]] = {}
         self._latched: dict[str, Any] = {}
         self._queue: deque[tuple[str, Any, list | None]] = deque()
-        self._timers: list[_Timer] = []
+        self._timers: list[Timer] = []
         self._taps: list[Tap] = []
         self.published_count: dict[str, int] = {}
 
@@ -152,18 +123,9 @@ class LocalRuntime:
             self._fire_due_timers()
         return delivered
 
-    #: missed periods a timer catches up one by one; beyond that (a clock jump, e.g. a bag stamped
-    #: in wall time) it skips ahead, so a jump of years does not mean billions of callbacks
-    MAX_TIMER_CATCH_UP = 100
-
     def _fire_due_timers(self) -> None:
         for timer in self._timers:
-            missed = (self.time_s - timer.next_s) / timer.period_s
-            if missed > self.MAX_TIMER_CATCH_UP:
-                timer.next_s += (int(missed) - self.MAX_TIMER_CATCH_UP) * timer.period_s
-            while timer.next_s <= self.time_s + 1e-12:
-                timer.next_s += timer.period_s
-                timer.callback()
+            timer.fire_due(self.time_s)
 
     def advance(self, dt_s: float) -> None:
         """Move the clock (when nothing publishes /clock), fire due timers, and spin."""
