@@ -201,3 +201,39 @@ def test_latched_weights_reach_a_late_subscriber_and_timers_follow_the_clock():
     finally:
         a.close()
         b.close()
+
+
+def test_every_stack_type_is_coded_before_its_first_message(monkeypatch):
+    """Building a publisher or a subscription generates the type's serializer and reader (rosbags does it
+    lazily, 3-10 ms, which would land on the first message): every type's default message goes through."""
+    monkeypatch.setattr(dds, "_PRIMED", set())  # as in a fresh node process
+    runtime = dds.DdsRuntime({}, domain=DOMAIN)
+    try:
+        ctx = runtime.context("primer")
+        for i, type_name in enumerate(STACK_TYPES):
+            if i % 2:
+                ctx.create_publisher(type_name, f"/prime/t{i}", RELIABLE_QOS)
+            else:
+                ctx.create_subscription(type_name, f"/prime/t{i}", lambda msg: None, RELIABLE_QOS)
+        assert dds._PRIMED == set(STACK_TYPES)
+    finally:
+        runtime.close()
+    for type_name in STACK_TYPES:  # what priming runs: the default message, written and read back
+        default = messages.new_message(type_name)
+        back = dds_types.from_wire(bytes(dds.wire_payload(default, type_name)), type_name)
+        assert messages.serialize(back) == messages.serialize(default), type_name
+
+
+def test_bench_dds_leaves_out_the_warm_up_and_reports_steal():
+    from td3_drive.app.bench_dds import cpu_times, latency_summary, steal_percent
+
+    latencies = [90.0, 40.0] + [float(v) for v in range(1, 101)]
+    summary = latency_summary(latencies, warmup=2)
+    assert summary["warmup_max_ms"] == 90.0 and summary["measured_ticks"] == 100 and summary["max_ms"] == 100.0
+    assert summary["p50_ms"] == pytest.approx(50.5) and summary["p99_ms"] == pytest.approx(np.percentile(range(1, 101), 99))
+    assert latency_summary([5.0], warmup=3)["p99_ms"] is None  # nothing after the warm-up: no figure, no crash
+    assert steal_percent((10, 1_000), (30, 1_200)) == 10.0
+    assert steal_percent(None, (30, 1_200)) is None and steal_percent((10, 1_000), (10, 1_000)) is None
+    now = cpu_times()
+    if now is not None:  # Linux
+        assert 0 <= now[0] <= now[1]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("cyclonedds")
@@ -94,6 +95,9 @@ def test_training_over_dds_runs_every_node_in_its_own_process(tmp_path, domain):
     assert summary["ticks"] == {"simulator": 301}
     sim = procs["simulator"]["status"]
     assert sim["controls_received"] >= 240  # the world ran on the policy's controls (realtime: a late one misses its tick)
+    latencies = procs["simulator"]["control_latencies_ms"]  # one per tick answered in time, as bench dds reads them
+    assert 0 < len(latencies) <= sim["controls_received"] and all(0 < ms < 1000 for ms in latencies)
+    assert sim["control_latency_p50_ms"] == pytest.approx(np.percentile(latencies, 50), abs=0.01)
     assert summary["env_steps"] >= 180 and summary["updates"] > 0
     assert procs["policy"]["status"]["weights_version"] > 0  # it drove with weights the trainer sent
     assert Path(summary["checkpoint"]).is_dir()

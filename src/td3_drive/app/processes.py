@@ -333,6 +333,8 @@ def exit_report(kind: str, node: Any) -> dict[str, Any]:
                       checkpoint=str(latest) if latest else None, resumed_from=session.resumed_from)
     elif kind == "evaluator":
         report.update(episodes=[m.to_dict() for m in node.episodes], returns=list(node.returns))
+    elif kind == "simulator":  # each answered tick's control latency, oldest first (for histograms, bench dds)
+        report["control_latencies_ms"] = [round(s * 1e3, 3) for s in node.control_latencies_s]
     return report
 
 
@@ -352,6 +354,7 @@ def child_main(argv: list[str] | None = None) -> int:
     interrupted: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
 
+    import cv2
     import torch
 
     from td3_drive.app import config
@@ -360,6 +363,9 @@ def child_main(argv: list[str] | None = None) -> int:
 
     if args.kind != "trainer":
         torch.set_num_threads(1)  # the cores belong to the trainer's learner
+        # OpenCV splits a resize across every core by default; in a one-frame-at-a-time pipeline that
+        # gains nothing and makes the call wait on a worker that a sibling process has preempted
+        cv2.setNumThreads(1)
     else:
         # the learner thread and the callbacks share the GIL: every DDS call releases it, and getting it
         # back waits out the learner's switch interval (5 ms by default) -- callbacks then crawl

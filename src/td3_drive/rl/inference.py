@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +61,13 @@ class ActorRunner:
         self._rebuild()
 
     def _rebuild(self) -> None:
-        if self.backend != "onnxruntime":
-            return
+        if self.backend == "onnxruntime":
+            self._session = self._onnx_session()
+        # a first run allocates and plans (ms, more on a GPU): do it now, not on the first control
+        self(np.zeros((self.architecture.frame_stack, T.FRAME_SIZE, T.FRAME_SIZE), np.uint8),
+             np.zeros(self.architecture.state_dim, np.float32))
+
+    def _onnx_session(self) -> Any:
         import onnxruntime as ort
 
         obs = torch.zeros(1, self.architecture.frame_stack, T.FRAME_SIZE, T.FRAME_SIZE, dtype=torch.uint8)
@@ -74,7 +80,7 @@ class ActorRunner:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, obs: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """obs uint8 (k, 84, 84), state float32 (state_dim,) -> action (action_dim,), features (512,)."""

@@ -183,6 +183,17 @@ def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
     return bytes(cdr) + bytes(padding) if padding else cdr
 
 
+def prime_codec(type_name: str) -> None:
+    """Generate a type's serializer and reader now, while the node is built: rosbags generates them on
+    first use, 3-10 ms per type, which would otherwise land on the first message of the control path."""
+    if type_name not in _PRIMED:
+        from_wire(bytes(wire_payload(messages.new_message(type_name), type_name)), type_name)
+        _PRIMED.add(type_name)
+
+
+_PRIMED: set[str] = set()
+
+
 class DdsContext(ContextBase):
     """NodeContext for one node of a :class:`DdsRuntime`."""
 
@@ -249,12 +260,14 @@ class DdsRuntime:
         return existing
 
     def publisher(self, type_name: str, topic: str, qos: QoS) -> DdsPublisher:
+        prime_codec(type_name)
         writer = DataWriter(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         publisher = DdsPublisher(self, writer, topic, type_name)
         self.publishers.append(publisher)
         return publisher
 
     def subscribe(self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS) -> None:
+        prime_codec(type_name)
         reader = DataReader(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
         self._waitset.attach(condition)
