@@ -237,3 +237,12 @@ def test_bench_dds_leaves_out_the_warm_up_and_reports_steal():
     now = cpu_times()
     if now is not None:  # Linux
         assert 0 <= now[0] <= now[1]
+
+
+def test_bench_dds_refuses_more_ticks_than_the_simulator_keeps(capsys):
+    from td3_drive.app import bench
+    from td3_drive.sim.node import LATENCY_WINDOW
+
+    with pytest.raises(SystemExit) as exit_info:  # an argument error, before any process starts
+        bench.main(["dds", "--ticks", str(LATENCY_WINDOW), "--warmup-ticks", "1"])
+    assert exit_info.value.code == 2 and "latency window" in capsys.readouterr().err

@@ -228,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="reliable messages sent at 20 Hz (10,000: 500 s; the rest runs meanwhile)")
     args = parser.parse_args(argv)
     if args.which == "dds":
-        from td3_drive.app.bench_dds import bench_dds
+        from td3_drive.app.bench_dds import bench_dds, check_ticks
 
+        try:
+            check_ticks(args.ticks, args.warmup_ticks)
+        except ValueError as err:
+            parser.error(str(err))  # before any process starts
         result = {**bench_dds(args), "machine": _machine()}
     else:
         result = {"learner": bench_learner, "policy": bench_policy, "replay": bench_replay,

@@ -112,6 +112,15 @@ def latency_summary(latencies_ms: list[float], warmup: int) -> dict[str, Any]:
             "measured_ticks": int(measured.size), "warmup_max_ms": max(warm, default=None)}
 
 
+def check_ticks(ticks: int, warmup: int) -> None:
+    """ValueError unless the simulator keeps the latency of every tick run (its window is bounded)."""
+    from td3_drive.sim.node import LATENCY_WINDOW
+
+    if ticks <= 0 or warmup < 0 or ticks + warmup > LATENCY_WINDOW:
+        raise ValueError(f"need 0 < ticks, 0 <= warm-up ticks and ticks + warm-up ticks <= {LATENCY_WINDOW} "
+                         f"(the simulator's latency window), got {ticks} + {warmup}")
+
+
 def image_to_control(ticks: int, warmup: int, scratch: Path) -> dict[str, Any]:
     """Run the pipeline for ``warmup + ticks`` ticks; latency over the ticks after the warm-up.
 
@@ -120,11 +129,8 @@ def image_to_control(ticks: int, warmup: int, scratch: Path) -> dict[str, Any]:
     its own; the CPU steal over the run is reported because on a VM it sets the tail."""
     from td3_drive.app import config
     from td3_drive.app.processes import Supervisor, node_processes, supervise
-    from td3_drive.sim.node import LATENCY_WINDOW
 
-    if ticks <= 0 or warmup < 0 or ticks + warmup > LATENCY_WINDOW:
-        raise ValueError(f"need 0 < ticks and ticks + warm-up ticks <= {LATENCY_WINDOW} (the simulator's latency "
-                         f"window), got {ticks} + {warmup}")
+    check_ticks(ticks, warmup)
     params = config.compose("train", 0, [], {
         "simulator": {"image_width": 800, "image_height": 600, "camera_scaling": 15.0, "pace": "realtime"},
         "policy": {"explore": False, "lockstep": False}}, training=True)
