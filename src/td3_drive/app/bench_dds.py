@@ -103,13 +103,12 @@ def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None)
 
 def latency_summary(latencies_ms: list[float], warmup: int) -> dict[str, Any]:
     """p50/p99/max over the answered ticks after the first ``warmup``; the warm-up's worst on its own."""
-    measured, warm = np.asarray(latencies_ms[warmup:]), latencies_ms[:warmup]
-    if measured.size == 0:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "measured_ticks": 0,
-                "warmup_max_ms": max(warm, default=None)}
-    p50, p99 = np.percentile(measured, [50, 99])
-    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2), "max_ms": round(float(measured.max()), 2),
-            "measured_ticks": int(measured.size), "warmup_max_ms": max(warm, default=None)}
+    measured = np.asarray(latencies_ms[warmup:])
+    p50 = p99 = worst = None  # nothing answered after the warm-up: no figures
+    if measured.size:
+        p50, p99, worst = (round(float(v), 2) for v in (*np.percentile(measured, [50, 99]), measured.max()))
+    return {"p50_ms": p50, "p99_ms": p99, "max_ms": worst, "measured_ticks": int(measured.size),
+            "warmup_max_ms": max(latencies_ms[:warmup], default=None)}
 
 
 def check_ticks(ticks: int, warmup: int) -> None:

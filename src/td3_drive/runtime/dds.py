@@ -183,15 +183,16 @@ def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
     return bytes(cdr) + bytes(padding) if padding else cdr
 
 
+#: the types whose rosbags serializer and reader this process has generated
+_PRIMED: set[str] = set()
+
+
 def prime_codec(type_name: str) -> None:
     """Generate a type's serializer and reader now, while the node is built: rosbags generates them on
     first use, 3-10 ms per type, which would otherwise land on the first message of the control path."""
     if type_name not in _PRIMED:
         from_wire(bytes(wire_payload(messages.new_message(type_name), type_name)), type_name)
         _PRIMED.add(type_name)
-
-
-_PRIMED: set[str] = set()
 
 
 class DdsContext(ContextBase):
@@ -254,20 +255,19 @@ class DdsRuntime:
     def _topic(self, type_name: str, topic: str) -> Topic:
         existing = self._topics.get(topic)
         if existing is None:
+            prime_codec(type_name)  # every writer and reader of the type comes through here first
             existing = self._topics[topic] = Topic(self.participant, dds_topic_name(topic), idl_class(type_name))
         elif existing.data_type is not idl_class(type_name):
             raise TypeError(f"topic {topic} already carries {existing.data_type.__name__}, not {type_name}")
         return existing
 
     def publisher(self, type_name: str, topic: str, qos: QoS) -> DdsPublisher:
-        prime_codec(type_name)
         writer = DataWriter(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         publisher = DdsPublisher(self, writer, topic, type_name)
         self.publishers.append(publisher)
         return publisher
 
     def subscribe(self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS) -> None:
-        prime_codec(type_name)
         reader = DataReader(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
         self._waitset.attach(condition)
