@@ -22,8 +22,10 @@ from td3_drive.nodes.policy import PolicyNode
 from td3_drive.nodes.preprocessor import CameraPreprocessorNode
 from td3_drive.rl.inference import ActorRunner
 from td3_drive.rl.learner import Learner, LearnerConfig
+from td3_drive.rl.models import build_actor
 from td3_drive.rl.replay import ReplayBuffer
 from td3_drive.rl.synthetic import random_batch
+from td3_drive.rl.weights import decode_actor, encode_actor
 from td3_drive.runtime.local import LocalRuntime
 from td3_drive.runtime.messages import new_message, stamp
 
@@ -81,8 +83,13 @@ def bench_policy(args: argparse.Namespace) -> dict[str, Any]:
     obs = rng.integers(0, 256, (4, T.FRAME_SIZE, T.FRAME_SIZE), dtype=np.uint8)
     state = rng.standard_normal(T.STATE_DIM).astype(np.float32)
     samples = _time_calls(lambda: runner(obs, state), args.iterations, 50)
+    # what the policy does with each /td3/actor_weights message, between two controls
+    weights = encode_actor(build_actor(runner.architecture), 1, runner.architecture)
+    swaps = np.asarray(_time_calls(lambda: runner.load_state_dict(decode_actor(weights, runner.architecture).state_dict),
+                                   args.swaps, 2)) * 1000
     return {"bench": "policy", "backend": runner.backend, "device": str(runner.device), "batch": 1,
-            **_percentiles(samples), "machine": _machine(args.device)}
+            **_percentiles(samples), "weights_swap_p50_ms": round(float(np.percentile(swaps, 50)), 2),
+            "weights_swap_max_ms": round(float(swaps.max()), 2), "machine": _machine(args.device)}
 
 
 def measure_replay(capacity: int = 10_000, batch_size: int = 256) -> dict[str, float]:
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["auto", "onnxruntime", "torch"], default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--swaps", type=int, default=20, help="weight hot-swaps timed (decode + load, as the node does)")
     p = sub.add_parser("replay", help="bytes per transition and sampling time")
     p.add_argument("--capacity", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=256)
