@@ -72,15 +72,10 @@ def receive_main(argv: list[str]) -> int:
     return 0
 
 
-def _stop(procs: list[subprocess.Popen], timeout_s: float = 20.0) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _stop(procs: list[subprocess.Popen]) -> None:
+    from td3_drive.app.processes import interrupt
+
+    interrupt(procs, timeout_s=20.0)
 
 
 # --------------------------------------------------------------------------- 1. image -> control

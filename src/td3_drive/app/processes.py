@@ -79,6 +79,23 @@ def node_processes(vehicles: int, controller: str, trainer: bool, evaluator: boo
     return children
 
 
+def interrupt(processes: list[subprocess.Popen], timeout_s: float,
+              on_kill: Callable[[subprocess.Popen], None] = lambda proc: None) -> None:
+    """SIGINT every process still running, give them ``timeout_s`` together to exit, then call
+    ``on_kill`` for each one left and kill and reap it: never a hang, never a zombie."""
+    running = [proc for proc in processes if proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            on_kill(proc)
+            proc.kill()
+            proc.wait()
+
+
 class Supervisor:
     """Start, watch, restart and stop node processes."""
 
@@ -137,18 +154,11 @@ class Supervisor:
         """Stop every child still running with SIGINT: the vehicle pipelines first, then the trainer (which
         writes its final checkpoint); a group still running ``timeout_s`` later is killed."""
         self.stopping = True
-        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
-        for group in ([c for c in running if c.kind != "trainer"], [c for c in running if c.kind == "trainer"]):
-            for child in group:
-                child.process.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + timeout_s
-            for child in group:
-                try:
-                    child.process.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.log(f"[supervisor] {child.name} did not stop within {timeout_s:.0f} s: killed")
-                    child.process.kill()
-                    child.process.wait()
+        started = [c for c in self.children if c.process is not None]
+        for group in ([c for c in started if c.kind != "trainer"], [c for c in started if c.kind == "trainer"]):
+            names = {c.process.pid: c.name for c in group}
+            interrupt([c.process for c in group], timeout_s, on_kill=lambda proc, names=names: self.log(
+                f"[supervisor] {names[proc.pid]} did not stop within {timeout_s:.0f} s: killed"))
         self.poll()
 
     def reports(self) -> dict[str, Any]:
