@@ -30,16 +30,18 @@ from typing import Any
 import numpy as np
 
 from td3_drive import topics as T
+from td3_drive.app.processes import LARGE_MESSAGE_MALLOC, Supervisor, interrupt, node_processes, supervise
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS
 
 WEIGHTS_TOPIC = "/bench/actor_weights"
 RELIABLE_TOPIC = "/bench/reliable"
 ACK_TOPIC = "/bench/ack"
+#: how long a receiving process gets to write its arrivals after SIGINT before it is killed
+RECEIVER_STOP_S = 20.0
 
 
 def _receiver(kind: str, out: Path, expect: int) -> subprocess.Popen:
-    from td3_drive.app.processes import LARGE_MESSAGE_MALLOC  # receive as the policy processes do
-
+    # with the node processes' allocator settings: receive as the policy does
     return subprocess.Popen([sys.executable, "-m", "td3_drive.app.bench_dds", kind, str(out), str(expect),
                              str(os.getpid())], env={**LARGE_MESSAGE_MALLOC, **os.environ})
 
@@ -70,12 +72,6 @@ def receive_main(argv: list[str]) -> int:
     out.write_text(json.dumps({str(k): v for k, v in arrivals.items()}))
     runtime.close()
     return 0
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    from td3_drive.app.processes import interrupt
-
-    interrupt(procs, timeout_s=20.0)
 
 
 # --------------------------------------------------------------------------- 1. image -> control
@@ -122,7 +118,6 @@ def image_to_control(ticks: int, warmup: int, scratch: Path) -> dict[str, Any]:
     left out as benchmark tools do (Apex.AI performance_test ``--ignore``) and reported on
     its own; the CPU steal over the run is reported because on a VM it sets the tail."""
     from td3_drive.app import config
-    from td3_drive.app.processes import Supervisor, node_processes, supervise
 
     check_ticks(ticks, warmup)
     params = config.compose("train", 0, [], {
@@ -186,7 +181,7 @@ def weights_fan_out(receivers: int, messages: int, scratch: Path) -> dict[str, A
         for proc in procs:
             proc.wait(timeout=60)
     finally:
-        _stop(procs)
+        interrupt(procs, RECEIVER_STOP_S)
         runtime.close()
     arrivals = [json.loads(out.read_text()) if out.exists() else {} for out in outs]
     lost = sum(messages - len(a) for a in arrivals)
@@ -230,7 +225,7 @@ class ReliableStream:
         try:
             self.proc.wait(timeout=30)  # it exits once it has them all
         except subprocess.TimeoutExpired:
-            _stop([self.proc])
+            interrupt([self.proc], RECEIVER_STOP_S)
         self.runtime.close()
         received = len(json.loads(self.out.read_text())) if self.out.exists() else 0
         lost = self.count - received
@@ -253,7 +248,7 @@ def bench_dds(args: argparse.Namespace) -> dict[str, Any]:
             print(f"reliable stream: waiting for its {args.reliable_count} messages ...", file=sys.stderr)
             reliable = stream.result()
         finally:
-            _stop([stream.proc])
+            interrupt([stream.proc], RECEIVER_STOP_S)
     return {"bench": "dds", "transport": "cyclonedds loopback", "image_to_control": latency,
             "weights": weights, "reliable": reliable}
 

@@ -79,21 +79,22 @@ def node_processes(vehicles: int, controller: str, trainer: bool, evaluator: boo
     return children
 
 
-def interrupt(processes: list[subprocess.Popen], timeout_s: float,
-              on_kill: Callable[[subprocess.Popen], None] = lambda proc: None) -> None:
-    """SIGINT every process still running, give them ``timeout_s`` together to exit, then call
-    ``on_kill`` for each one left and kill and reap it: never a hang, never a zombie."""
+def interrupt(processes: list[subprocess.Popen], timeout_s: float) -> list[subprocess.Popen]:
+    """SIGINT every process still running, give them ``timeout_s`` together to exit, then kill and
+    reap the rest (never a hang, never a zombie); returns the processes it had to kill."""
     running = [proc for proc in processes if proc.poll() is None]
     for proc in running:
         proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + timeout_s
+    killed = []
     for proc in running:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            on_kill(proc)
             proc.kill()
             proc.wait()
+            killed.append(proc)
+    return killed
 
 
 class Supervisor:
@@ -156,9 +157,10 @@ class Supervisor:
         self.stopping = True
         started = [c for c in self.children if c.process is not None]
         for group in ([c for c in started if c.kind != "trainer"], [c for c in started if c.kind == "trainer"]):
-            names = {c.process.pid: c.name for c in group}
-            interrupt([c.process for c in group], timeout_s, on_kill=lambda proc, names=names: self.log(
-                f"[supervisor] {names[proc.pid]} did not stop within {timeout_s:.0f} s: killed"))
+            killed = interrupt([c.process for c in group], timeout_s)
+            for child in group:
+                if child.process in killed:
+                    self.log(f"[supervisor] {child.name} did not stop within {timeout_s:.0f} s: killed")
         self.poll()
 
     def reports(self) -> dict[str, Any]:

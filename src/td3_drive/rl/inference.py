@@ -57,16 +57,17 @@ class ActorRunner:
         if backend == "auto":
             backend = "onnxruntime" if self.device.type == "cpu" and _has_onnxruntime() else "torch"
         self.backend = backend
+        self._onnx_model = export_onnx_graph(architecture) if backend == "onnxruntime" else None
         self._session = None
-        self._onnx_model: Any = None  # the exported graph (an onnx ModelProto), exported on the first build
         self._rebuild()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.actor.load_state_dict(state_dict, strict=True)
-        self._rebuild()
+        if self._onnx_model is not None:  # PyTorch runs the loaded tensors as they are
+            self._rebuild()
 
     def _rebuild(self) -> None:
-        if self.backend == "onnxruntime":
+        if self._onnx_model is not None:
             self._session = self._onnx_session()
         # a first run allocates and plans (ms, more on a GPU): do it now, not on the first control
         self(np.zeros((self.architecture.frame_stack, T.FRAME_SIZE, T.FRAME_SIZE), np.uint8),
@@ -77,8 +78,6 @@ class ActorRunner:
         import onnxruntime as ort
         from onnx import numpy_helper
 
-        if self._onnx_model is None:
-            self._onnx_model = export_onnx_graph(self.architecture)
         # written into the graph, not passed as SessionOptions.add_initializer: with its default graph
         # optimizations ONNX Runtime 1.32 then returned features off by as much as their own size
         weights = self.actor.state_dict()
