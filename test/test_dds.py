@@ -203,6 +203,30 @@ def test_latched_weights_reach_a_late_subscriber_and_timers_follow_the_clock():
         b.close()
 
 
+def test_a_sample_that_does_not_decode_is_skipped_counted_and_logged(caplog):
+    """Cyclone checks a sample's lengths, not its text: a peer's frame_id that is not UTF-8 reaches the
+    reader.  The runtime skips it, counts it per topic and logs it; the next sample is delivered, and
+    the node is not taken down (it used to be: UnicodeDecodeError out of spin)."""
+    writer_rt, reader_rt = dds.DdsRuntime({}, domain=DOMAIN), dds.DdsRuntime({}, domain=DOMAIN)
+    try:
+        received: list = []
+        reader_rt.context("reader").create_subscription(T.HEADER, "/test/undecodable", received.append,
+                                                        RELIABLE_QOS)
+        publisher = writer_rt.context("writer").create_publisher(T.HEADER, "/test/undecodable", RELIABLE_QOS)
+        assert writer_rt.wait_for_subscribers("/test/undecodable", 1, timeout_s=10)
+        text = b"\xff\xfeab\x00"  # a CDR string: length, bytes, NUL
+        payload = b"\x00\x01\x00\x00" + np.array([1, 2, len(text)], "<u4").tobytes() + text
+        assert cyclonedds.pub.ddspy_write(publisher._writer._ref, payload + bytes(-len(payload) % 4)) == 0
+        publisher.publish(messages.new_message(T.HEADER, frame_id="after"))
+        reader_rt.spin(until=lambda: bool(received), timeout_s=10)
+    finally:
+        writer_rt.close()
+        reader_rt.close()
+    assert [msg.frame_id for msg in received] == ["after"]
+    assert reader_rt.undecodable == {"/test/undecodable": 1}
+    assert "/test/undecodable: skipped a sample that does not decode (x1)" in caplog.text
+
+
 def test_every_stack_type_is_coded_before_its_first_message(monkeypatch):
     """Building a publisher or a subscription generates the type's serializer and reader (rosbags does it
     lazily, 3-10 ms, which would land on the first message): every type's default message goes through."""
@@ -220,7 +244,7 @@ def test_every_stack_type_is_coded_before_its_first_message(monkeypatch):
         runtime.close()
     for type_name in STACK_TYPES:  # what priming runs: the default message, written and read back
         default = messages.new_message(type_name)
-        back = dds_types.from_wire(bytes(dds.wire_payload(default, type_name)), type_name)
+        back = dds.from_wire(bytes(dds.wire_payload(default, type_name)), type_name)
         assert messages.serialize(back) == messages.serialize(default), type_name
 
 

@@ -45,16 +45,13 @@ from cyclonedds.pub import DataWriter, ddspy_write
 from cyclonedds.sub import DataReader, ddspy_take
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
+from rosbags.serde import SerdeError
 
 from td3_drive import topics as T
 from td3_drive.runtime import messages
 from td3_drive.runtime.context import ContextBase, Timer
-from td3_drive.runtime.dds_types import (
-    dds_topic_name,
-    from_wire,
-    idl_class,
-    ros_type_name,
-)
+from td3_drive.runtime.dds_types import dds_topic_name, idl_class, ros_type_name
+from td3_drive.runtime.diagnostics import worth_logging
 from td3_drive.runtime.interface import RELIABLE_QOS, QoS
 
 #: longest a reliable write waits for room in a slow reader's window before it is counted as dropped
@@ -183,6 +180,15 @@ def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
     return bytes(cdr) + bytes(padding) if padding else cdr
 
 
+def from_wire(payload: bytes, type_name: str) -> Any:
+    """A received sample (what :func:`wire_payload` sends, or a ROS 2 node) -> the rosbags message.
+
+    rosbags' ``deserialize_cdr`` over a view of the bytes Cyclone handed over: number arrays are read
+    in place, a camera frame is not copied; 4-6x faster than Cyclone's Python deserializer plus a
+    conversion into rosbags' classes.  Raises rosbags' ``SerdeError`` on bytes that do not decode."""
+    return messages.deserialize(memoryview(payload), type_name)
+
+
 #: the types whose rosbags serializer and reader this process has generated
 _PRIMED: set[str] = set()
 
@@ -244,6 +250,8 @@ class DdsRuntime:
         self._clock_seen = False
         self._stop = threading.Event()
         self.publishers: list[DdsPublisher] = []
+        #: samples per topic that Cyclone delivered but that do not decode as the type (skipped)
+        self.undecodable: dict[str, int] = {}
         self._following_clock = False
         self._recording: tuple | None = None
         self._recorded: set[str] = set()
@@ -354,18 +362,28 @@ class DdsRuntime:
             self._discover()
         delivered = 0
         for sub in self._subscriptions:
-            # DataReader.take with the condition, minus its copy of each payload (dds_types.from_wire)
+            # DataReader.take with the condition, minus its copy and decoding of each payload (from_wire)
             taken = ddspy_take(sub.reader._ref, sub.condition.mask, TAKE_BATCH)
             if isinstance(taken, int):
                 raise DDSException(taken, f"taking from {sub.topic}")
             for payload, info in taken:
                 if not info.valid_data:
                     continue  # an instance state change (writer gone), not data
-                sub.callback(from_wire(payload, sub.type_name))
+                try:
+                    msg = from_wire(payload, sub.type_name)
+                except SerdeError as exc:  # e.g. a peer's string that is not UTF-8: Cyclone checks lengths only
+                    self._undecodable(sub.topic, exc)
+                    continue
+                sub.callback(msg)
                 delivered += 1
                 self._fire_due_timers()
         self._fire_due_timers()
         return delivered
+
+    def _undecodable(self, topic: str, error: Exception) -> None:
+        count = self.undecodable[topic] = self.undecodable.get(topic, 0) + 1
+        if worth_logging(count):
+            log.warning("%s: skipped a sample that does not decode (x%d): %s", topic, count, error)
 
     def _next_wall_timer_in(self) -> float:
         wall = [t.next_s for t in self._timers if t.wall]

@@ -7,12 +7,11 @@ A ROS 2 node on rmw_cyclonedds_cpp (humble) names the DDS type of ``sensor_msgs/
 built once per type, at first use, from the rosbags typestore (ROS 2 humble plus our
 carla_msgs, :mod:`td3_drive.runtime.messages`); nothing is written by hand per type.
 
-Nodes see rosbags messages on every runtime.  Received samples are deserialized by Cyclone
-into these classes and converted by :func:`from_dds` (``uint8[]`` is read as ``bytes``, its CDR
-being a length then the bytes: one copy instead of Cyclone's Python loop over a 2 MB camera
-frame; other number arrays as numpy arrays; nested messages recursively).  Writers send
-rosbags' CDR (``dds.wire_payload``); ``test_dds`` checks, for every type the stack uses, that
-it is byte for byte what Cyclone's own serializer makes of :func:`to_dds` of the message.
+Nodes see rosbags messages on every runtime, and rosbags' CDR is what goes on the wire both
+ways: writers hand Cyclone ``serialize_cdr`` (``dds.wire_payload``), readers take the received
+bytes and ``deserialize_cdr`` them in place (``dds.from_wire``).  The classes here give Cyclone
+the type's name and description; ``test_dds`` checks, for every type the stack uses, that
+rosbags' CDR is byte for byte what Cyclone's own serializer makes of :func:`to_dds` of the message.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ import numpy as np
 from cyclonedds.idl import IdlStruct, make_idl_struct
 from cyclonedds.idl import types as idl
 from cyclonedds.idl._machinery import BytesMachine
-from cyclonedds.idl._support import Buffer
 from rosbags.typesys.base import Nodetype
 
 from td3_drive.runtime import messages
@@ -75,26 +73,14 @@ def idl_class(type_name: str) -> type[IdlStruct]:
     name = messages.normalize_type_name(type_name)
     fields = {field: _idl_field(node) for field, node in _fields(name)}
     cls = make_idl_struct(name.rsplit("/", 1)[-1] + "_", dds_type_name(name), fields)
-    # uint8[] is declared sequence<uint8> (what the type information says) but (de)serialized as
-    # bytes: the same CDR as Cyclone's per-element loop, without the loop (a 2 MB frame)
+    # uint8[] is declared sequence<uint8> (what the type information says) but serialized as bytes:
+    # the same CDR as Cyclone's per-element loop, without the loop (7 MB of actor weights)
     cls.__idl__.populate()
     byte_fields = [field for field, annotation in fields.items() if annotation is _BYTE_SEQUENCE]
     for machine in (cls.__idl__.v1_machine, cls.__idl__.v2_machine):
         for field in byte_fields:
-            machine.members_machines[field] = _ByteView()
+            machine.members_machines[field] = BytesMachine()
     return cls
-
-
-class _ByteView(BytesMachine):
-    """``uint8[]`` read as a view into the received sample's buffer: Cyclone's ``BytesMachine`` copies it
-    twice (slice, then ``bytes``), 1 ms of a camera frame's 4 ms from reader to callback."""
-
-    def deserialize(self, buffer: Any, *args: Any, **kwargs: Any) -> memoryview:
-        buffer.align(4)
-        size = buffer.read("I", 4)
-        start = buffer._pos
-        buffer._pos += size
-        return memoryview(buffer._bytes)[start:start + size]
 
 
 def _idl_field(node: tuple) -> Any:
@@ -115,62 +101,37 @@ def _idl_field(node: tuple) -> Any:
     return idl.sequence[inner, length] if length else idl.sequence[inner]
 
 
-# --------------------------------------------------------------------------- rosbags <-> DDS
+# --------------------------------------------------------------------------- rosbags -> DDS
 def to_dds(msg: Any, type_name: str | None = None) -> IdlStruct:
     """A rosbags message (what nodes build with ``ctx.new``) -> its DDS sample: what Cyclone's own
     ``DataWriter.write`` takes.  The runtime sends rosbags' CDR instead (``dds.wire_payload``, faster);
     ``test_dds`` checks that both are the same bytes."""
-    return _converter(messages.normalize_type_name(type_name or msg.__msgtype__), inbound=False)(msg)
-
-
-def from_wire(payload: bytes, type_name: str) -> Any:
-    """A received payload (a writer's serialized sample) -> the rosbags message, read in place: Cyclone's
-    ``DataReader.take`` copies the payload into a new buffer first (2 ms for a camera frame on fresh pages)."""
-    return from_dds(idl_class(type_name).deserialize(_InPlaceBuffer(payload)), type_name)
-
-
-class _InPlaceBuffer(Buffer):
-    """Cyclone's deserialization buffer over the received bytes themselves (it only reads them)."""
-
-    def __init__(self, payload: bytes) -> None:
-        super().__init__(None, align_offset=4)  # after the 4-byte encapsulation header
-        self._bytes, self._size = payload, len(payload)
-
-
-def from_dds(sample: IdlStruct, type_name: str) -> Any:
-    """A DDS sample -> the rosbags message nodes receive (numpy arrays, ``__msgtype__``)."""
-    return _converter(messages.normalize_type_name(type_name), inbound=True)(sample)
+    return _converter(messages.normalize_type_name(type_name or msg.__msgtype__))(msg)
 
 
 @functools.lru_cache(maxsize=None)
-def _converter(type_name: str, inbound: bool) -> Convert:
-    """Field by field, into the other side's class: rosbags -> DDS (``inbound=False``) or back."""
-    cls = messages.message_class(type_name) if inbound else idl_class(type_name)
-    converters = [(field, _field_converter(node, inbound)) for field, node in _fields(type_name)]
+def _converter(type_name: str) -> Convert:
+    """Field by field, into the DDS class."""
+    cls = idl_class(type_name)
+    converters = [(field, _field_converter(node)) for field, node in _fields(type_name)]
     return lambda msg: cls(**{field: convert(getattr(msg, field)) for field, convert in converters})
 
 
-def _field_converter(node: tuple, inbound: bool) -> Convert:
+def _field_converter(node: tuple) -> Convert:
     kind, detail = node
     if kind == Nodetype.BASE:
-        if inbound:
-            return lambda value: value
         base = detail[0]  # numpy scalars -> the Python types Cyclone's serializer checks for
         return str if base == "string" else bool if base == "bool" else float if base.startswith("float") else int
     if kind == Nodetype.NAME:
-        return _converter(detail, inbound)
+        return _converter(detail)
     element, _ = detail
     if element[0] == Nodetype.BASE:
         base = element[1][0]
         if base == "string":
             return list
         if base in _BYTES:
-            if inbound:
-                return lambda value: np.frombuffer(value, dtype=np.uint8)
             return lambda value: np.ascontiguousarray(value, dtype=np.uint8).tobytes()
         dtype = messages.numpy_dtype(base)
-        if inbound:
-            return lambda value: np.asarray(value, dtype=dtype)
         return lambda value: np.asarray(value, dtype=dtype).tolist()
-    convert = _field_converter(element, inbound)
+    convert = _field_converter(element)
     return lambda value: [convert(item) for item in value]

@@ -13,6 +13,11 @@ from td3_drive import topics as T
 from td3_drive.runtime.interface import NodeContext
 
 
+def worth_logging(count: int) -> bool:
+    """Log the 1st, 2nd, 4th, 8th ... occurrence: loud at first, quiet when it persists."""
+    return count & (count - 1) == 0
+
+
 class DropCounter:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -29,7 +34,7 @@ class DropCounter:
 
     def drop(self, reason: str, detail: str = "") -> None:
         count = self.count(reason)
-        if count & (count - 1) == 0:  # powers of two: loud at first, quiet when it persists
+        if worth_logging(count):
             self.ctx.logger.warning(f"{self.ctx.name}: dropped input ({reason}) x{count} {detail}".rstrip())
 
     @property
