@@ -15,7 +15,7 @@ from td3_drive.app import cli, protocol, report
 
 REPORT_FILES = ["report.md", "metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv",
                 "stats.json", "curves.json", *(f"{name}.png" for name in report.PLOTS)]
-AGENTS = [*protocol.AGENTS, protocol.PID]
+AGENTS = [*protocol.AGENTS, protocol.PID, protocol.PRIVILEGED]
 
 
 def _cli(argv: list[str]) -> dict:
@@ -66,6 +66,7 @@ def test_compare_writes_every_report_file(compared):
             assert (out / "runs" / agent / f"seed_{seed}" / "tensorboard").is_dir()
             assert (out / "eval" / agent / f"seed_{seed}" / "episodes.csv").is_file()
     assert (out / "eval" / "pid" / "episodes.json").is_file()
+    assert (out / "eval" / "privileged" / "episodes.json").is_file()
 
 
 def test_compare_embeds_one_evaluation_episode_per_agent(compared):
@@ -73,7 +74,7 @@ def test_compare_embeds_one_evaluation_episode_per_agent(compared):
 
     out, _ = compared
     md = (out / "report.md").read_text()
-    for agent in [*protocol.AGENTS, "pid"]:
+    for agent in AGENTS:
         gif = out / "video" / f"{agent}.gif"
         assert f"(video/{agent}.gif)" in md
         frames = read_frames(gif)
@@ -167,10 +168,13 @@ def test_eval_checkpoint_and_pid(compared, tmp_path):
 
 
 def test_presets_load():
-    for name in ("tiny", "cpu-small", "paper"):
+    for name in ("tiny", "cpu-small", "cpu-hazards", "paper"):
         preset = protocol.load_preset(name)
         assert preset.name == name and preset.agents == list(protocol.AGENTS)
     assert len(protocol.load_preset("cpu-small").seeds) >= 3
+    assert protocol.load_preset("cpu-small").protocol().hazard_share == 0.0  # the earlier, clean protocol
+    hazards = protocol.load_preset("cpu-hazards")
+    assert len(hazards.seeds) >= 5 and hazards.protocol() == protocol.Protocol()  # the default protocol
     paper = protocol.load_preset("paper")
     assert paper.steps == 1_000_000 and len(paper.seeds) >= 5 and paper.eval_episodes >= 20
 

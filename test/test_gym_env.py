@@ -28,9 +28,10 @@ def scripted_actions(n: int) -> np.ndarray:
     return np.stack([0.3 * np.sin(k / 9.0), np.where(k % 25 < 20, 0.8, -0.2)], axis=1).astype(np.float32)
 
 
-def through_nodes(actions: np.ndarray, max_steps: int) -> tuple[list[np.ndarray], list[np.ndarray], list[float], str]:
+def through_nodes(actions: np.ndarray, max_steps: int, sim: dict | None = None,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[float], str]:
     """Simulator -> preprocessor -> a scripted driver; the evaluator scores each step with the reward."""
-    runtime = LocalRuntime({"simulator": {**SIM, "seed": SEED},  # the node's first episode (0) runs seed + 0
+    runtime = LocalRuntime({"simulator": {**SIM, **(sim or {}), "seed": SEED},  # its first episode (0) runs seed + 0
                             "evaluator": {"reward.max_episode_steps": max_steps}})
     sim = SimulatorNode(runtime.context("simulator"))
     CameraPreprocessorNode(runtime.context("camera_preprocessor"))
@@ -70,10 +71,12 @@ def through_nodes(actions: np.ndarray, max_steps: int) -> tuple[list[np.ndarray]
     return images, states, rewards, reason
 
 
-def through_gym(actions: np.ndarray, max_steps: int):
-    env = gym.make(ENV_ID, sim_config=SimConfig(**SIM), reward_config=RewardConfig(max_episode_steps=max_steps))
+def through_gym(actions: np.ndarray, max_steps: int, sim: dict | None = None):
+    config = SimConfig(**{**SIM, **(sim or {})})
+    env = gym.make(ENV_ID, sim_config=config, reward_config=RewardConfig(max_episode_steps=max_steps))
     obs, info = env.reset(seed=SEED)
     assert info["seed"] == SEED and env.observation_space.contains(obs)
+    assert info["hazard"] == ("none" if config.hazard_share == 0.0 else config.hazards)
     images, states, rewards, reason = [obs["image"]], [obs["state"]], [], ""
     for action in actions:
         obs, reward, terminated, truncated, info = env.step(action)
@@ -93,12 +96,15 @@ def full_lock(n: int) -> np.ndarray:
     return np.tile(np.array([[1.0, 0.6]], np.float32), (n, 1))
 
 
-@pytest.mark.parametrize("script, max_steps, reason", [(scripted_actions, 40, "timeout"),
-                                                       (full_lock, 200, "off_route")])
-def test_seeded_episode_is_the_same_through_gymnasium_and_through_the_nodes(script, max_steps, reason):
+@pytest.mark.parametrize("script, max_steps, reason, sim", [
+    (scripted_actions, 40, "timeout", None),
+    (full_lock, 200, "off_route", None),
+    (scripted_actions, 40, "timeout", {"hazard_share": 1.0, "hazards": "brake_hold"}),  # the scenario option
+])
+def test_seeded_episode_is_the_same_through_gymnasium_and_through_the_nodes(script, max_steps, reason, sim):
     actions = script(STEPS + 100)
-    g_images, g_states, g_rewards, g_reason = through_gym(actions, max_steps)
-    n_images, n_states, n_rewards, n_reason = through_nodes(actions, max_steps)
+    g_images, g_states, g_rewards, g_reason = through_gym(actions, max_steps, sim)
+    n_images, n_states, n_rewards, n_reason = through_nodes(actions, max_steps, sim)
     n = len(g_rewards)
     assert n >= 10, "the episode must run long enough to compare"
     assert len(n_rewards) == n and g_reason == n_reason == reason

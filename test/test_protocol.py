@@ -55,10 +55,14 @@ def test_highway_env_start_stays_the_default_of_the_simulator():
 
 
 def test_time_limit_is_met_at_half_the_target_speed():
-    protocol = Protocol(route_length_m=200.0)
+    protocol = Protocol.named("clean", route_length_m=200.0)
     steps = protocol.time_limit_steps(target_speed=8.0, dt=0.05)
     assert steps == 1000  # 200 m at 4 m/s = 50 s = 1000 ticks of 50 ms
     assert steps * 0.05 * 0.5 * 8.0 >= 200.0
+    # the hazards protocol (the default) adds 20 s to stop and wait behind a hazard
+    assert Protocol(route_length_m=200.0).time_limit_steps(target_speed=8.0, dt=0.05) == 1400
+    assert protocol.parameters()["simulator"]["hazard_share"] == 0.0
+    assert Protocol().parameters()["simulator"]["hazard_share"] == 0.5
     params = protocol.parameters()
     assert params["simulator"]["random_start"] and params["simulator"]["route_length_m"] == 200.0
     assert params["evaluator"]["reward.max_episode_steps"] == protocol.time_limit_steps(
@@ -82,7 +86,7 @@ def test_pid_succeeds_on_a_short_protocol_without_traffic():
 
 
 def test_a_car_that_never_moves_times_out_at_the_limit_and_fails():
-    protocol = Protocol(route_length_m=20.0, episodes=1, traffic=False)  # limit: 20 m / 4 m/s = 100 ticks
+    protocol = Protocol.named("clean", route_length_m=20.0, episodes=1, traffic=False)  # 20 m / 4 m/s = 100 ticks
     result = evaluation.evaluate("stopped", "pid", protocol=protocol, progress=False,
                                  overrides=["classical_controller.target_speed=0.0"])
     (row,) = result.episodes

@@ -31,6 +31,9 @@ DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 FRAME_SIZE = 84
 STATE_DIM = 53
 
+#: names of the /td3/ground_truth/lead JointState's positions
+LEAD_NAMES = ("lead_gap", "lead_speed")
+
 FEATURE_STATS = ("l2_norm", "l2_norm_max", "mean", "std", "min", "max", "dead_fraction")
 
 
@@ -88,6 +91,12 @@ class Topics:
 
     carla_status: str = "/carla/status"
     clock: str = "/clock"
+
+    @property
+    def lead_ground_truth(self) -> str:
+        """JointState (lead_gap [m], lead_speed [m/s]) of the car ahead in the ego's path, from the embedded
+        simulator only: privileged data for the reference driver and the evaluator, never for the policy."""
+        return self._td3("ground_truth/lead")
 
     # --- published by us ---
     @property

@@ -1,10 +1,11 @@
 """td3-drive: train, drive, play (and eval / compare) on the embedded default.
 
     td3-drive train [--steps N] [--config train] [--run-dir DIR] [--seed S] [--resume] [--vehicles N] [--transport dds]
-    td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid] [--transport dds]
+    td3-drive drive --checkpoint PATH [--episodes N] [--controller policy|pid|privileged] [--transport dds]
     td3-drive play BAG [--checkpoint PATH]
     td3-drive node KIND [--config train] [--set ...] [--run-dir DIR] [--resume]
-    td3-drive eval (--checkpoint PATH | --controller pid) [--episodes N] [--eval-seed S] [--out DIR]
+    td3-drive eval (--checkpoint PATH [--image blank|shuffled] | --controller pid|privileged) [--protocol hazards|clean]
+                   [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
     td3-drive params [NODE ...]
     td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] -o FILE
@@ -27,7 +28,16 @@ import yaml
 
 from td3_drive.app import config
 from td3_drive.app.console import resolve_checkpoint
-from td3_drive.app.protocol import AGENTS, DEFAULT_EVAL_SEED, PID, Protocol, check_agents, load_preset
+from td3_drive.app.protocol import (
+    AGENTS,
+    CONTROLLERS,
+    DEFAULT_EVAL_SEED,
+    IMAGE_MODES,
+    PROTOCOLS,
+    Protocol,
+    check_agents,
+    load_preset,
+)
 from td3_drive.app.results import json_safe, save_eval
 from td3_drive.topics import Topics
 
@@ -49,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     options = train_options(args)
     summary = train(options, sys.argv)
     if args.eval_episodes > 0:
-        summary["eval"] = evaluation.evaluate_run(options.run_dir, args.eval_episodes)
+        summary["eval"] = evaluation.evaluate_run(options.run_dir, args.eval_episodes, args.protocol)
     return summary
 
 
@@ -72,6 +82,7 @@ def cmd_drive(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(str(exc)) from None
     result = evaluation.evaluate(args.controller, args.controller, args.checkpoint, protocol_from_args(args),
                                  args.max_ticks, args.config, args.set, video=args.video)
+    print(f"drive: {evaluation.split_line(result)}", file=sys.stderr)
     return {"command": "drive", **result.to_dict()}
 
 
@@ -79,14 +90,20 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     """`td3-drive eval`: fixed-seed episodes of a checkpoint or the PID controller -> JSON + CSV."""
     from td3_drive.app import evaluation
 
-    controller = "pid" if args.controller == PID else "policy"
-    agent = args.name or (PID if controller == PID else Path(str(args.checkpoint)).name)
+    controller = args.controller
+    agent = args.name or (controller if controller != "policy" else Path(str(args.checkpoint)).name)
+    if args.image != "camera" and controller != "policy":
+        raise SystemExit("--image changes what the policy sees: it needs --controller policy")
     result = evaluation.evaluate(agent, controller, args.checkpoint, protocol_from_args(args), args.max_ticks,
-                                 args.config, args.set)
+                                 args.config, args.set, image=args.image)
     files = save_eval(result, Path(args.out))
+    print(f"eval {agent}: {evaluation.split_line(result)}", file=sys.stderr)
     return {"command": "eval", "agent": agent, "controller": controller, "out": str(args.out), "files": files,
             "episodes": len(result.episodes), "seeds": [r["seed"] for r in result.episodes],
+            "hazards": [r["hazard"] for r in result.episodes], "image": args.image,
             "returns": [round(r["return"], 3) for r in result.episodes], "summary": json_safe(result.summary),
+            "by_hazard": {k: {"n": v["n"], "successes": v["successes"], "success_rate": v["success_rate"]}
+                          for k, v in result.meta["by_hazard"].items()},
             "ticks": result.ticks, "max_ticks_reached": result.max_ticks_reached, "wall_s": result.wall_s}
 
 
@@ -162,7 +179,13 @@ def cmd_domain_bridge(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ arguments
 def add_protocol_arguments(p: argparse.ArgumentParser, episodes: int = Protocol.episodes) -> None:
-    """--episodes, --eval-seed, --route-length, --no-traffic: the evaluation protocol (:class:`Protocol`)."""
+    """--protocol, --episodes, --eval-seed, --route-length, --no-traffic, --hazard-share: the evaluation
+    protocol (:class:`Protocol`)."""
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=Protocol.name,
+                   help="hazards: half the episodes have a car in the ego's lane that brakes, crawls or cuts in "
+                        "(default) | clean: lane following among traffic (docs/evaluate.md)")
+    p.add_argument("--hazard-share", type=float, default=None,
+                   help="share of hazard episodes (default: the protocol's, 0.5 for hazards)")
     p.add_argument("--episodes", type=int, default=episodes)
     p.add_argument("--eval-seed", type=int, default=DEFAULT_EVAL_SEED,
                    help=f"episode k (1..N) runs on simulator seed EVAL_SEED + k (default {DEFAULT_EVAL_SEED})")
@@ -174,7 +197,11 @@ def add_protocol_arguments(p: argparse.ArgumentParser, episodes: int = Protocol.
 def protocol_from_args(args: argparse.Namespace) -> Protocol:
     if args.episodes < 1 or args.route_length <= 0:
         raise SystemExit("--episodes must be >= 1 and --route-length > 0")
-    return Protocol(args.route_length, args.episodes, args.eval_seed, traffic=not args.no_traffic)
+    if args.hazard_share is not None and not 0.0 <= args.hazard_share <= 1.0:
+        raise SystemExit("--hazard-share must be in [0, 1]")
+    share = {} if args.hazard_share is None else {"hazard_share": args.hazard_share}
+    return Protocol.named(args.protocol, route_length_m=args.route_length, episodes=args.episodes,
+                          eval_seed=args.eval_seed, traffic=not args.no_traffic, **share)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="after training, evaluate the final policy on this many protocol episodes "
                         "(docs/evaluate.md; `make train` uses 20) and print success rate and route completion")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=Protocol.name,
+                   help="the protocol of --eval-episodes (default %(default)s)")
     p.add_argument("--deterministic", action="store_true",
                    help="CPU, one thread, deterministic kernels, checkpoints (with replay and node state) at every "
                         "episode start: a run killed at any point and resumed ends bit-identical")
@@ -217,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drive", help="deploy: drive with a checkpoint (or the PID baseline), no learning")
     common(p, "drive")
     p.add_argument("--checkpoint", help="run dir, checkpoint dir or actor.safetensors")
-    p.add_argument("--controller", choices=["policy", "pid"], default="policy")
+    p.add_argument("--controller", choices=list(CONTROLLERS), default="policy",
+                   help="policy | pid (blind PID + Pure Pursuit) | privileged (+ IDM on the true lead distance)")
     add_protocol_arguments(p, episodes=3)
     p.add_argument("--max-ticks", type=int, default=100_000)
     p.add_argument("--video", help="write the camera view with action, speed and feature L2 to this .mp4 or .gif")
@@ -263,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="N fixed-seed episodes of a checkpoint or the PID controller -> JSON + CSV")
     common(p, "drive")
     p.add_argument("--checkpoint", help="run dir, checkpoint dir or actor.safetensors")
-    p.add_argument("--controller", choices=["policy", PID], default="policy")
+    p.add_argument("--controller", choices=list(CONTROLLERS), default="policy",
+                   help="policy | pid (blind PID + Pure Pursuit) | privileged (+ IDM on the true lead distance)")
+    p.add_argument("--image", choices=list(IMAGE_MODES), default="camera",
+                   help="what the policy sees: camera | blank (zeros) | shuffled (another episode's frames); the "
+                        "drop on hazard episodes measures how much it uses the camera")
     add_protocol_arguments(p)
     p.add_argument("--max-ticks", type=int, default=100_000, help="stop after this many ticks in total")
     p.add_argument("--out", default="runs/eval", help="writes OUT/episodes.json and OUT/episodes.csv")
@@ -271,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="TD3+LN vs DDPG vs TD3 without LN vs PID over seeds -> report dir")
-    p.add_argument("--preset", default="cpu-small", help="name in config/presets/ (tiny, cpu-small, paper) or path")
+    p.add_argument("--preset", default="cpu-hazards",
+                   help="name in config/presets/ (tiny, cpu-hazards, cpu-small, paper) or path")
     p.add_argument("--out", default="runs/compare", help="report directory (report.md, PNGs, CSV, JSON)")
     p.add_argument("--runs", help="training runs root <RUNS>/<agent>/seed_<s>/ (default OUT/runs); finished "
                                   "runs there are reused, interrupted ones resumed, missing ones trained")

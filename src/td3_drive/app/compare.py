@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from td3_drive.app import report
 from td3_drive.app.evaluation import evaluate
-from td3_drive.app.protocol import AGENTS, PID, PID_LABEL, Preset
+from td3_drive.app.protocol import AGENTS, PID, PID_LABEL, PRIVILEGED, PRIVILEGED_LABEL, Preset
 from td3_drive.app.results import EvalResult, save_eval, write_json
 from td3_drive.app.train import TrainOptions, train
 from td3_drive.rl.checkpoint import Checkpointer
@@ -85,13 +85,14 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
             row["train_seed"] = seed
         save_eval(result, out / "eval" / agent / f"seed_{seed}")
         evals.setdefault(agent, []).append(result)
-    log(f"eval {PID}: {preset.eval_episodes} episodes")
-    pid = evaluate(PID, PID, None, preset.protocol(), preset.eval_max_ticks, preset.eval_config, preset.eval_set,
-                   video=video_for(PID, None), video_episodes=1)
-    save_eval(pid, out / "eval" / PID)
-    evals[PID] = [pid]
+    for reference in (PID, PRIVILEGED):  # the blind classical driver, and the one that knows the lead distance
+        log(f"eval {reference}: {preset.eval_episodes} episodes")
+        result = evaluate(reference, reference, None, preset.protocol(), preset.eval_max_ticks, preset.eval_config,
+                          preset.eval_set, video=video_for(reference, None), video_episodes=1)
+        save_eval(result, out / "eval" / reference)
+        evals[reference] = [result]
 
-    labels = {a: AGENTS[a][0] for a in preset.agents} | {PID: PID_LABEL}
+    labels = {a: AGENTS[a][0] for a in preset.agents} | {PID: PID_LABEL, PRIVILEGED: PRIVILEGED_LABEL}
     runs_by_agent = {a: [run_dir_for(runs, a, s) for s in preset.seeds] for a in preset.agents}
     files = report.write_report(out, preset, runs_by_agent, evals, labels,
                                 meta={"trained": trained, "reused": reused, "train_wall_s": round(train_wall, 1),

@@ -129,11 +129,11 @@ def build_graph(parameters: dict[str, dict[str, Any]], controller: str = "policy
     for prefix in names:
         if controller == "policy":
             nodes[f"{prefix}policy"] = PolicyNode(runtime.context(f"{prefix}policy"))
-        elif controller == "pid":
+        elif controller in ("pid", "privileged"):  # privileged: the parameters set classical_controller.privileged
             nodes[f"{prefix}classical_controller"] = ClassicalControllerNode(
                 runtime.context(f"{prefix}classical_controller"))
         else:
-            raise ValueError(f"controller must be 'policy' or 'pid', got {controller!r}")
+            raise ValueError(f"controller must be 'policy', 'pid' or 'privileged', got {controller!r}")
     runtime.spin()  # deliver latched messages (initial weights, exploration flag)
     if trainer:
         _wire_node_state(nodes)

@@ -27,6 +27,13 @@ AGENTS: dict[str, tuple[str, list[str]]] = {
 }
 PID = "pid"
 PID_LABEL = "PID + Pure Pursuit (classical)"
+#: Pure Pursuit + IDM gap keeping on the simulator's true lead distance: proves the hazards solvable
+PRIVILEGED = "privileged"
+PRIVILEGED_LABEL = "Pure Pursuit + IDM, privileged (reference)"
+#: what the controller node of each driver is
+CONTROLLERS = ("policy", PID, PRIVILEGED)
+#: eval --image: the camera as it is, all zeros, or another episode's frames (sim/ablation in the preprocessor)
+IMAGE_MODES = ("camera", "blank", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,16 @@ class Protocol:
 
     Every episode starts at a seeded random point of the lap, on either lane
     (simulator ``random_start``), and follows a route of ``route_length_m`` along
-    its starting lane.  Success = route completed without a collision and without
-    leaving the route corridor (``max_lateral_deviation``), within a time limit
-    that a car averaging ``min_speed_fraction`` of the reward's target speed
-    still meets.  Episode k (1..N) runs on simulator seed ``eval_seed + k``.
+    its starting lane.  A ``hazard_share`` of the episodes has a hazard in the ego's
+    lane (sim/hazards.py: a lead that brakes to a stop and holds, a slow lead, a
+    cut-in), which only the camera shows.  Success = route completed without a
+    collision and without leaving the route corridor (``max_lateral_deviation``),
+    within a time limit that a car averaging ``min_speed_fraction`` of the reward's
+    target speed still meets, plus ``wait_allowance_s`` to stop and wait behind a
+    hazard.  Episode k (1..N) runs on simulator seed ``eval_seed + k``.
+
+    The default is the hazards protocol; :meth:`named` ("clean") gives the earlier one,
+    lane following among traffic that almost never meets the ego.
     """
 
     route_length_m: float = 200.0
@@ -46,19 +59,45 @@ class Protocol:
     eval_seed: int = DEFAULT_EVAL_SEED
     traffic: bool = True  # False: no other vehicles (proves routes, starts and time limit, not the learner)
     min_speed_fraction: float = 0.5
+    hazard_share: float = 0.5
+    wait_allowance_s: float = 20.0
+    name: str = "hazards"
+
+    @classmethod
+    def named(cls, name: str, **fields: Any) -> "Protocol":
+        """``hazards`` (the default) or ``clean`` (no hazard, no wait allowance), with ``fields`` changed."""
+        if name not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {name!r}")
+        return cls(**{**PROTOCOLS[name], "name": name, **fields})
 
     def time_limit_steps(self, target_speed: float, dt: float) -> int:
-        return math.ceil(self.route_length_m / (self.min_speed_fraction * target_speed) / dt)
+        seconds = self.route_length_m / (self.min_speed_fraction * target_speed) + self.wait_allowance_s
+        return math.ceil(round(seconds / dt, 9))
+
+    def describe(self) -> str:
+        """'20 episodes of 200 m from random starts, with traffic, 50 % with a hazard'."""
+        hazards = f", {100 * self.hazard_share:.0f} % with a hazard" if self.hazard_share else ", no hazards"
+        return (f"{self.episodes} episodes of {self.route_length_m:.0f} m from random starts, "
+                f"{'with' if self.traffic else 'without'} traffic{hazards}")
 
     def parameters(self) -> dict[str, dict[str, Any]]:
         """Node parameters that set the protocol up (applied before any --set override)."""
+        # the simulator's first episode is its number 0, on its base seed: base eval_seed + 1 makes protocol
+        # episode k (1..N) run on eval_seed + k, as the rows say
         simulator: dict[str, Any] = {"random_start": True, "route_length_m": float(self.route_length_m),
-                                     "seed": int(self.eval_seed)}
-        if not self.traffic:
-            simulator["other_vehicles"] = 0
+                                     "seed": int(self.eval_seed) + 1, "hazard_share": float(self.hazard_share)}
+        if not self.traffic:  # no other vehicle at all: no hazard car either
+            simulator["other_vehicles"], simulator["hazard_share"] = 0, 0.0
         reward = RewardConfig()
         return {"simulator": simulator,
                 "evaluator": {"reward.max_episode_steps": self.time_limit_steps(reward.target_speed, reward.dt)}}
+
+
+#: the named protocols: the fields that differ from the dataclass defaults
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "hazards": {},
+    "clean": {"hazard_share": 0.0, "wait_allowance_s": 0.0},
+}
 
 
 @dataclass
@@ -75,13 +114,15 @@ class Preset:
     eval_episodes: int = Protocol.episodes
     eval_seed: int = DEFAULT_EVAL_SEED
     eval_route_length_m: float = Protocol.route_length_m
+    eval_protocol: str = Protocol.name
     eval_max_ticks: int = 100_000
     eval_config: str = "drive"
     eval_set: list[str] = field(default_factory=list)
     curve_points: int = 50
 
     def protocol(self) -> Protocol:
-        return Protocol(self.eval_route_length_m, self.eval_episodes, self.eval_seed)
+        return Protocol.named(self.eval_protocol, route_length_m=self.eval_route_length_m,
+                              episodes=self.eval_episodes, eval_seed=self.eval_seed)
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -101,7 +142,7 @@ def load_preset(name_or_path: str) -> Preset:
         "steps": train.get("steps"), "seeds": train.get("seeds"), "train_config": train.get("config"),
         "train_set": train.get("set"), "eval_episodes": ev.get("episodes"), "eval_seed": ev.get("seed"),
         "eval_max_ticks": ev.get("max_ticks"), "eval_config": ev.get("config"), "eval_set": ev.get("set"),
-        "eval_route_length_m": ev.get("route_length_m"),
+        "eval_route_length_m": ev.get("route_length_m"), "eval_protocol": ev.get("protocol"),
     }
     cast = {"steps": int, "curve_points": int, "eval_episodes": int, "eval_seed": int, "eval_max_ticks": int,
             "eval_route_length_m": float,

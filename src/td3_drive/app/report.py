@@ -25,7 +25,7 @@ import numpy as np
 from td3_drive.app.config import load_parameters
 from td3_drive.app.protocol import AGENTS, Preset
 from td3_drive.app.results import EvalResult, write_csv, write_json
-from td3_drive.driving.metrics import EpisodeMetrics, summarize
+from td3_drive.driving.metrics import EpisodeMetrics, summarize, summarize_by
 from td3_drive.runtime.parameters import for_node
 
 #: (TensorBoard tag, y label) per panel, by plot file
@@ -40,7 +40,8 @@ LOG_SCALE = {"features/actor/l2_norm": "log", "features/critic/l2_norm": "log", 
 RETURN_WINDOW = 5  # trailing mean over this many episodes before interpolation
 TESTED = ("return", "route_completion")
 PLOTS = ("learning_curves", "feature_l2", "losses", "q_values", "eval_distributions")
-COLORS = {"td3_ln": "tab:blue", "ddpg": "tab:orange", "td3_no_ln": "tab:red", "pid": "tab:gray"}
+COLORS = {"td3_ln": "tab:blue", "ddpg": "tab:orange", "td3_no_ln": "tab:red", "pid": "tab:gray",
+          "privileged": "tab:green"}
 
 
 # ------------------------------------------------------------------ reading runs
@@ -201,9 +202,21 @@ def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[E
                 "return_std": float(returns.std(ddof=1)) if len(returns) > 1 else math.nan,
                 "return_seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan,
                 "end_reasons": ";".join(f"{k}:{v}" for k, v in sorted(s["end_reasons"].items())),
+                **_split_by_hazard(episodes),
             })
         table.append(row)
     return table
+
+
+def _split_by_hazard(episodes: list[dict[str, Any]]) -> dict[str, float]:
+    """Success on clean and on hazard episodes, and the mean minimum time to collision on hazard episodes."""
+    labels = [r.get("hazard", "") for r in episodes]
+    by = summarize_by([EpisodeMetrics.from_dict(r) for r in episodes], labels)
+    hazard = by.get("hazard")
+    return {"success_clean": by["none"]["success_rate"] if "none" in by else math.nan,
+            "success_hazard": hazard["success_rate"] if hazard else math.nan,
+            "hazard_episodes": hazard["n"] if hazard else 0,
+            "min_ttc_hazard_s": hazard["metrics"]["min_ttc_s"]["mean"] if hazard else math.nan}
 
 
 def mann_whitney(rows: dict[str, list[dict[str, Any]]], metrics: tuple[str, ...] = TESTED) -> list[dict[str, Any]]:
@@ -273,6 +286,9 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
     for agent in preset.agents:
         lines.append(f"| `{agent}` | {labels[agent]} | {', '.join(f'`{s}`' for s in AGENTS[agent][1]) or '(defaults)'} |")
     lines.append(f"| `pid` | {labels['pid']} | not trained |")
+    if "privileged" in labels:
+        lines.append(f"| `privileged` | {labels['privileged']} | not trained: Pure Pursuit + IDM gap keeping on the "
+                     "simulator's true lead distance, the reference that shows the hazards can be solved |")
     lines += ["", "## Learning curves", "",
               "Mean across seeds, band = 95 % t-interval of the mean (no band with one seed); on log-scale "
               "panels both are computed on log10 values (geometric mean). Returns are a "
@@ -289,17 +305,18 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
               "Per agent, pooled over training seeds x evaluation episodes; collisions and lane invasions per km are "
               "pooled rates (events / total km); success = completed, no collision, never off route "
               "(definitions: docs/metrics.md in the repository).", "",
-              "| agent | runs | episodes | success rate [95% CI] | route completion | collisions/km | "
-              "lane inv./km | mean speed (m/s) | RMS lateral dev. (m) | RMS jerk (m/s³) | return (mean ± sd) | "
-              "return sd across seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| agent | runs | episodes | success rate [95% CI] | clean / hazard success | route completion | "
+              "collisions/km | lane inv./km | mean speed (m/s) | RMS lateral dev. (m) | RMS jerk (m/s³) | "
+              "return (mean ± sd) | return sd across seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         if not r["episodes"]:
-            lines.append(f"| {r['label']} | {r['runs']} | 0 | " + " | ".join(["n/a"] * 9) + " |")
+            lines.append(f"| {r['label']} | {r['runs']} | 0 | " + " | ".join(["n/a"] * 10) + " |")
             continue
         lines.append(
             f"| {r['label']} | {r['runs']} | {r['episodes']} | {_fmt(r['success_rate'], 2)} "
-            f"[{_fmt(r['success_ci95_lo'], 2)}, {_fmt(r['success_ci95_hi'], 2)}] | {_fmt(r['route_completion'])} | "
+            f"[{_fmt(r['success_ci95_lo'], 2)}, {_fmt(r['success_ci95_hi'], 2)}] | "
+            f"{_fmt(r['success_clean'], 2)} / {_fmt(r['success_hazard'], 2)} | {_fmt(r['route_completion'])} | "
             f"{_fmt(r['collisions_per_km'])} | {_fmt(r['lane_invasions_per_km'])} | {_fmt(r['mean_speed'])} | "
             f"{_fmt(r['rms_lateral_deviation'])} | {_fmt(r['rms_longitudinal_jerk'])} | "
             f"{_fmt(r['return'])} ± {_fmt(r['return_std'])} | {_fmt(r['return_seed_std'])} |")

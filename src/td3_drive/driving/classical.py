@@ -19,7 +19,7 @@ import numpy as np
 from td3_drive.driving.observation import VehiclePose, project_on_route
 from td3_drive.settings import setting
 
-__all__ = ["PID", "ClassicalConfig", "PurePursuitPID", "point_at_arc_length"]
+__all__ = ["PID", "ClassicalConfig", "PurePursuitPID", "point_at_arc_length", "idm_acceleration"]
 
 
 class PID:
@@ -83,6 +83,14 @@ class ClassicalConfig:
     lookahead_min: float = setting(3.0, "m")
     nominal_dt: float = setting(0.05, "s, CARLA fixed_delta_seconds: dt of an episode's first tick and "
                                       "whenever image stamps do not increase")
+    # the privileged driver: IDM gap keeping on the simulator's true lead distance (BehaviorAgent-style)
+    privileged: bool = setting(False, "keep a gap to the car ahead with IDM, from the embedded simulator's ground "
+                                      "truth (/td3/ground_truth/lead); false: the blind PID + Pure Pursuit")
+    time_headway: float = setting(1.5, "s; IDM desired time gap T to the car ahead")
+    min_gap: float = setting(3.0, "m; IDM jam distance s0, bumper to bumper")
+    max_accel: float = setting(3.0, "m/s^2; IDM maximum acceleration a, and the acceleration at full throttle")
+    comfort_decel: float = setting(3.0, "m/s^2; IDM comfortable deceleration b")
+    max_decel: float = setting(8.0, "m/s^2; deceleration at full brake (the pedal that asks for IDM's braking)")
 
     @property
     def max_steer(self) -> float:
@@ -109,6 +117,23 @@ def point_at_arc_length(route: np.ndarray, s: float) -> np.ndarray:
         last = np.flatnonzero(lengths > 0.0)[-1]
         return route[-1] + seg[last] / lengths[last] * (s - cum[-1])
     return np.array([np.interp(s, cum, route[:, 0]), np.interp(s, cum, route[:, 1])])
+
+
+def idm_acceleration(speed: float, desired_speed: float, gap: float, lead_speed: float, config: ClassicalConfig,
+                     ) -> float:
+    """Intelligent Driver Model (Treiber et al. 2000): a [1 - (v/v0)^4 - (s*/s)^2], s* = s0 + v T + v dv / 2 sqrt(ab).
+
+    ``gap`` is bumper to bumper (inf: no car ahead); a gap of zero or less asks for an unbounded brake.
+    """
+    c = config
+    free = 1.0 - (max(speed, 0.0) / desired_speed) ** 4
+    if not math.isfinite(gap):
+        return c.max_accel * free
+    if gap <= 0.0:
+        return -math.inf
+    dv = speed - lead_speed  # closing speed
+    s_star = c.min_gap + max(0.0, speed * c.time_headway + speed * dv / (2.0 * math.sqrt(c.max_accel * c.comfort_decel)))
+    return c.max_accel * (free - (s_star / gap) ** 2)
 
 
 class PurePursuitPID:
@@ -145,9 +170,18 @@ class PurePursuitPID:
             return 0.0
         return math.atan(2.0 * c.wheelbase * (left / dist) / dist)
 
-    def act(self, pose: VehiclePose, route: np.ndarray, dt: float) -> np.ndarray:
-        """Action (2,) float32 in [-1, 1]: [steer (CARLA sign: + = right), throttle_or_brake]."""
+    def act(self, pose: VehiclePose, route: np.ndarray, dt: float,
+            lead: tuple[float, float] | None = None) -> np.ndarray:
+        """Action (2,) float32 in [-1, 1]: [steer (CARLA sign: + = right), throttle_or_brake].
+
+        ``lead`` (gap [m], speed [m/s]) of the car ahead, for the privileged driver: the pedal is then
+        the lower of the speed PID's and the one that gives IDM's acceleration.
+        """
+        c = self.config
         delta = self.steering_angle(pose, np.asarray(route, dtype=np.float64))
-        steer = min(max(-delta / self.config.max_steer, -1.0), 1.0)
-        pedal = self.pid.update(self.config.target_speed, pose.speed, dt)
+        steer = min(max(-delta / c.max_steer, -1.0), 1.0)
+        pedal = self.pid.update(c.target_speed, pose.speed, dt)
+        if lead is not None:
+            accel = idm_acceleration(pose.speed, c.target_speed, lead[0], lead[1], c)
+            pedal = min(pedal, accel / c.max_accel if accel >= 0.0 else max(accel / c.max_decel, -1.0))
         return np.array([steer, pedal], dtype=np.float32)

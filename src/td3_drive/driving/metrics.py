@@ -9,7 +9,7 @@ observation, the reward and the metrics).  Definitions: docs/metrics.md.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,11 +17,14 @@ import numpy as np
 from td3_drive.driving.observation import InvalidMessage, VehiclePose, project_on_route, wrap_angle
 from td3_drive.driving.reward import RewardConfig
 
-__all__ = ["EpisodeMetrics", "EpisodeMetricsRecorder", "summarize", "MIN_DISTANCE_FOR_RATE_M",
+__all__ = ["EpisodeMetrics", "EpisodeMetricsRecorder", "summarize", "summarize_by", "MIN_DISTANCE_FOR_RATE_M",
            "route_length"]
 
 #: m; below this driven distance a per-km rate is undefined (NaN) rather than a huge number
 MIN_DISTANCE_FOR_RATE_M = 1.0
+
+#: metrics from the simulator's ground truth (NaN where it is not published, e.g. in CARLA)
+_GROUND_TRUTH = ("min_time_headway_s", "min_ttc_s")
 
 # defaults shared with the reward, so "off_route" and "completed" mean the same thing in both
 _REWARD = RewardConfig()
@@ -69,6 +72,10 @@ class EpisodeMetrics:
     steps: int
     #: why the episode ended, as given to finish() (collision, off_route, route_completed, timeout, ...)
     end_reason: str
+    #: s, min over ticks of gap / speed to the car ahead (ground truth, embedded simulator only); NaN if none
+    min_time_headway_s: float = math.nan
+    #: s, min over closing ticks of gap / closing speed (ground truth, embedded simulator only); NaN if never closing
+    min_ttc_s: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (Python scalars), e.g. for JSON or CSV."""
@@ -76,8 +83,11 @@ class EpisodeMetrics:
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "EpisodeMetrics":
-        """Back from :meth:`to_dict` (extra keys such as ``agent`` or ``return`` are ignored)."""
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        """Back from :meth:`to_dict` (extra keys such as ``agent`` or ``return`` are ignored; fields with a
+        default may be missing, as in rows written before they existed)."""
+        given = {name: row[name] for name, f in cls.__dataclass_fields__.items()
+                 if name in row or f.default is MISSING}
+        return cls(**{k: (math.nan if v is None and k in _GROUND_TRUTH else v) for k, v in given.items()})
 
 
 def route_length(route: np.ndarray) -> float:
@@ -119,9 +129,13 @@ class EpisodeMetricsRecorder:
         self._collisions = 0
         self._in_collision = False
         self._lane_invasions = 0
+        self._min_headway = math.inf
+        self._min_ttc = math.inf
 
-    def record(self, time_s: float, pose: VehiclePose, collision: bool, lane_invasions: int) -> None:
-        """One tick: the pose at ``time_s`` and the events received since the previous tick.
+    def record(self, time_s: float, pose: VehiclePose, collision: bool, lane_invasions: int,
+               lead: tuple[float, float] | None = None) -> None:
+        """One tick: the pose at ``time_s`` and the events received since the previous tick; ``lead``
+        (gap [m], speed [m/s]) of the car ahead where the simulator tells it (ground truth).
 
         Raises ValueError for a non-finite pose or a time that does not increase.
         """
@@ -150,6 +164,12 @@ class EpisodeMetricsRecorder:
             self._collisions += 1  # CARLA sends an event per physics contact: count onsets
         self._in_collision = bool(collision)
         self._lane_invasions += int(lane_invasions)
+        if lead is not None and math.isfinite(lead[0]):
+            gap, closing = max(lead[0], 0.0), pose.speed - lead[1]
+            if pose.speed > 0.1:
+                self._min_headway = min(self._min_headway, gap / pose.speed)
+            if closing > 0.1:
+                self._min_ttc = min(self._min_ttc, gap / closing)
 
     def finish(self, reason: str) -> EpisodeMetrics:
         """The episode's metrics; ``reason`` is stored as ``end_reason`` (success is computed, not taken from it)."""
@@ -188,6 +208,8 @@ class EpisodeMetricsRecorder:
             duration_s=duration,
             steps=len(t),
             end_reason=str(reason),
+            min_time_headway_s=self._min_headway if math.isfinite(self._min_headway) else math.nan,
+            min_ttc_s=self._min_ttc if math.isfinite(self._min_ttc) else math.nan,
         )
 
 
@@ -246,6 +268,22 @@ def _wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def summarize_by(episodes: Sequence[EpisodeMetrics], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`summarize` per label (e.g. each episode's hazard), and over every label but ``none`` as ``hazard``.
+
+    Empty when no label is given (rows of a run without hazard labels).
+    """
+    if len(episodes) != len(labels):
+        raise ValueError(f"{len(episodes)} episodes but {len(labels)} labels")
+    groups: dict[str, list[EpisodeMetrics]] = {}
+    for episode, label in zip(episodes, labels):
+        if label:
+            groups.setdefault(label, []).append(episode)
+            if label != "none":
+                groups.setdefault("hazard", []).append(episode)
+    return {label: summarize(group) for label, group in groups.items()}
 
 
 def summarize(episodes: Sequence[EpisodeMetrics]) -> dict[str, Any]:

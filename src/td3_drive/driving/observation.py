@@ -24,6 +24,7 @@ from td3_drive import topics as T
 
 __all__ = [
     "InvalidMessage", "ENCODINGS", "ImageConverter", "decode_image", "to_gray84", "image_to_gray84", "FrameStack",
+    "FrameAblation", "IMAGE_ABLATIONS",
     "N_WAYPOINTS", "STATE_DIM", "STATE_NAMES", "VehiclePose", "pose_from_odometry", "route_from_path",
     "RouteProjection", "project_on_route", "kinematic_state", "wrap_angle",
 ]
@@ -177,6 +178,37 @@ def to_gray84(image: np.ndarray, encoding: str, size: tuple[int, int] = (T.FRAME
 def image_to_gray84(msg: Any, size: tuple[int, int] = (T.FRAME_SIZE, T.FRAME_SIZE)) -> np.ndarray:
     """sensor_msgs/Image (rosbags or rclpy) -> grayscale uint8 of shape ``size``."""
     return to_gray84(decode_image(msg), msg.encoding, size)
+
+
+IMAGE_ABLATIONS = ("none", "blank", "shuffled")
+
+
+class FrameAblation:
+    """What the policy sees instead of the camera, to measure how much it uses it.
+
+    ``none``: the frame itself.  ``blank``: zeros.  ``shuffled``: the frame of the same tick of the
+    previous episode (its last frame once that episode is over; zeros in the first episode), so the
+    images look like driving but say nothing about this episode's road or cars.
+    """
+
+    def __init__(self, mode: str = "none") -> None:
+        if mode not in IMAGE_ABLATIONS:
+            raise ValueError(f"image_ablation must be one of {IMAGE_ABLATIONS}, got {mode!r}")
+        self.mode = mode
+        self._previous: list[np.ndarray] = []
+        self._current: list[np.ndarray] = []
+
+    def __call__(self, frame: np.ndarray, new_episode: bool) -> np.ndarray:
+        if self.mode == "none":
+            return frame
+        if self.mode == "blank":
+            return np.zeros_like(frame)
+        if new_episode and self._current:
+            self._previous, self._current = self._current, []
+        self._current.append(frame)
+        if not self._previous:
+            return np.zeros_like(frame)
+        return self._previous[min(len(self._current), len(self._previous)) - 1]
 
 
 class FrameStack:

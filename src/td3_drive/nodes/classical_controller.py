@@ -1,5 +1,9 @@
 """classical_controller: the PID + Pure Pursuit baseline as a drop-in for the policy node.
 
+With ``privileged: true`` it is the reference driver of the hazards protocol: IDM gap keeping on
+the embedded simulator's ground-truth lead (/td3/ground_truth/lead), which no camera-driven
+policy gets.
+
 Subscribes odometry, the route (latched) and the front camera; on each camera image,
 i.e. once per simulator tick exactly like the policy, publishes one
 CarlaEgoVehicleControl stamped with the image's stamp, steered from the pose of that
@@ -42,6 +46,10 @@ class ClassicalControllerNode(Node):
         self.world = BridgeWorld(ctx, topics, self.drops, events=False, on_pose=lambda: self.join.poll())
         self.join = CameraPoseJoin(self.world, self._on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
+        #: (stamp [s], gap [m], speed [m/s]) of the car ahead, from the simulator (privileged driver only)
+        self.lead: tuple[float, float, float] | None = None
+        if self.config.privileged:
+            ctx.create_subscription(T.JOINT_STATE, topics.lead_ground_truth, self._on_lead, RELIABLE_QOS)
         self.publish_diagnostics_every(1.0)
 
     @property
@@ -57,6 +65,20 @@ class ClassicalControllerNode(Node):
             self.drops.drop("no_route")
             return self._publish(msg.header.stamp, dict(BRAKE))
         self.join.on_image(seconds(msg.header.stamp), msg)  # the bridge sends its odometry next
+
+    def _on_lead(self, msg: Any) -> None:
+        if len(msg.position) != len(T.LEAD_NAMES):
+            return self.drops.drop("bad_ground_truth", f"{len(msg.position)} values")
+        self.lead = (seconds(msg.header.stamp), float(msg.position[0]), float(msg.position[1]))
+
+    def _lead_at(self, stamp: float) -> tuple[float, float] | None:
+        """The privileged driver's lead at this tick; without ground truth for it, a full stop is the safe guess."""
+        if not self.config.privileged:
+            return None
+        if self.lead is None or self.lead[0] != stamp:
+            self.drops.drop("no_ground_truth")
+            return (0.0, 0.0)
+        return self.lead[1], self.lead[2]
 
     def _on_tick(self, msg: Any, pose: VehiclePose) -> None:
         """A camera image with the pose of its own tick: one control."""
@@ -74,7 +96,8 @@ class ClassicalControllerNode(Node):
             dt = stamp - self._last_stamp
         self._last_stamp = stamp
         try:
-            fields, valid = action_to_control_fields(self.controller.act(pose, self.route, dt))
+            action = self.controller.act(pose, self.route, dt, self._lead_at(stamp))
+            fields, valid = action_to_control_fields(action)
             if not valid:
                 self.drops.drop("non_finite_action")
         except (InvalidMessage, ValueError) as exc:  # never crash the control loop

@@ -39,6 +39,13 @@ class EvaluatorNode(Node):
         # a tick is complete once its camera image and its odometry are both in (in either order)
         self.join = CameraPoseJoin(self.world, self.on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
+        # the embedded simulator's ground truth (headway, time to collision); CARLA has no such topic
+        self.lead: tuple[float, float, float] | None = None
+        ctx.create_subscription(T.JOINT_STATE, self.topics.lead_ground_truth, self.on_lead, RELIABLE_QOS)
+
+    def on_lead(self, msg: Any) -> None:
+        if len(msg.position) == len(T.LEAD_NAMES):
+            self.lead = (seconds(msg.header.stamp), float(msg.position[0]), float(msg.position[1]))
 
     def on_image(self, msg: Any) -> None:
         t = seconds(msg.header.stamp)
@@ -64,7 +71,8 @@ class EvaluatorNode(Node):
             return
         step = self.reward_fn.step(pose, route, events)
         self._return += step.total
-        self.recorder.record(t, pose, events.collision, events.lane_invasions)
+        lead = self.lead[1:] if self.lead is not None and self.lead[0] == t else None
+        self.recorder.record(t, pose, events.collision, events.lane_invasions, lead)
         if step.terminated or step.truncated:
             self.in_episode = False
             metrics = self.recorder.finish(step.reason)

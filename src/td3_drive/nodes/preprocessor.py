@@ -17,6 +17,7 @@ import numpy as np
 from td3_drive import topics as T
 from td3_drive.driving.observation import (
     STATE_NAMES,
+    FrameAblation,
     FrameStack,
     ImageConverter,
     InvalidMessage,
@@ -39,6 +40,8 @@ NODE_NAME = "camera_preprocessor"
 class PreprocessorConfig:
     frame_stack: int = setting(4, "frames per observation (td3-drive: the trainer's learner.frame_stack)")
     image_backend: str = setting("auto", "auto (cv_bridge if installed) | cv_bridge | rosbags")
+    image_ablation: str = setting("none", "what the policy sees instead of the camera, to measure its use: none | "
+                                          "blank (zeros) | shuffled (the previous episode's frames); eval --image")
 
 
 class CameraPreprocessorNode(Node):
@@ -47,6 +50,10 @@ class CameraPreprocessorNode(Node):
         self.config = self.declare_config(PreprocessorConfig)
         self.stack = FrameStack(self.config.frame_stack)
         self.converter = ImageConverter(self.config.image_backend)
+        self.ablation = FrameAblation(self.config.image_ablation)
+        if self.config.image_ablation != "none":
+            ctx.logger.warning(f"{ctx.name}: image_ablation {self.config.image_ablation}: the policy does not see "
+                               "the camera")
         ctx.logger.info(f"{ctx.name}: camera images converted with {self.converter.backend}")
         self.last_stamp = -np.inf
         self.published = 0
@@ -83,7 +90,9 @@ class CameraPreprocessorNode(Node):
         except InvalidMessage as exc:
             return self.drops.drop(exc.reason, str(exc))
         self.last_stamp = stamp
-        if world.starts_episode(stamp) or not self.stack.ready:
+        new_episode = world.starts_episode(stamp) or not self.stack.ready
+        frame = self.ablation(frame, new_episode)
+        if new_episode:
             self.stack.reset(frame)  # a new episode starts from its first frame repeated
         else:
             self.stack.push(frame)

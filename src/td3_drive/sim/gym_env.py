@@ -9,6 +9,8 @@ observations and rewards here and through the nodes.
 
 Observation: ``{"image": uint8 (4, 84, 84), "state": float32 (53,)}``.
 Action: ``[steer, throttle - brake]`` in [-1, 1]^2.
+Hazards (a car in the ego's lane that only the image shows, ``sim/hazards.py``) come with
+``SimConfig(hazard_share=..., hazards=...)``; ``info["hazard"]`` names the episode's.
 Episode ends as the reward says: collision, off-route, route completed (terminated),
 ``max_episode_steps`` (truncated).  ``reset(seed=s)`` runs simulator seed ``s``, exactly
 the episode the simulator node runs for seed ``s``; without a seed, episode k of the
@@ -74,7 +76,7 @@ class RacetrackDriveEnv(gym.Env):
         self._route = self.sim.route()
         projection = self.reward_fn.reset(_pose(frame), self._route)
         self.stack.reset(to_gray84(frame.image_bgra, "bgra8"))
-        return self._observation(frame, projection), {"seed": sim_seed}
+        return self._observation(frame, projection), {"seed": sim_seed, "hazard": frame.hazard}
 
     def step(self, action: np.ndarray):
         if self._frame is None:
@@ -84,7 +86,8 @@ class RacetrackDriveEnv(gym.Env):
         result = self.reward_fn.step(_pose(frame), self._route,
                                      StepEvents(collision=frame.collision, lane_invasions=int(bool(frame.lane_invasion))))
         self.stack.push(to_gray84(frame.image_bgra, "bgra8"))
-        info = {"reason": result.reason, "reward_components": result.components, "speed": frame.speed}
+        info = {"reason": result.reason, "reward_components": result.components, "speed": frame.speed,
+                "hazard": frame.hazard}
         return self._observation(frame, result.projection), result.total, result.terminated, result.truncated, info
 
     def render(self) -> np.ndarray | None:

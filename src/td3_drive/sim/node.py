@@ -68,6 +68,7 @@ class SimulatorNode(Node):
         self._pub_collision = ctx.create_publisher(T.COLLISION, tp.collision, RELIABLE_QOS)
         self._pub_invasion = ctx.create_publisher(T.LANE_INVASION, tp.lane_invasion, RELIABLE_QOS)
         self._pub_camera = ctx.create_publisher(T.IMAGE, tp.camera, RELIABLE_QOS)
+        self._pub_lead = ctx.create_publisher(T.JOINT_STATE, tp.lead_ground_truth, RELIABLE_QOS)
         ctx.create_subscription(T.CONTROL, tp.control, self._on_control, RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, tp.reset_request, self._on_reset_request, RELIABLE_QOS)
         self.publish_diagnostics_every(1.0)
@@ -89,6 +90,8 @@ class SimulatorNode(Node):
         self._hand_brake = False
         self._last_control_warning_s = -math.inf
         self._resume_point: dict[str, Any] = {}
+        #: the hazard of each episode's seed (sim/hazards.py), for evaluation rows
+        self.hazard_by_seed: dict[int, str] = {}
         # wall-clock pacing and control latency
         self.control_latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.ticks_without_control = 0  # deadline/realtime ticks that no control had answered
@@ -128,6 +131,7 @@ class SimulatorNode(Node):
         self.episodes += 1
         self._applied, self._hand_brake = (0.0, 0.0, 0.0), False
         frame = self.sim.reset(self.config.seed + self.episode)
+        self.hazard_by_seed[frame.seed] = frame.hazard
         self._publish_tick(frame, episode_start=True)
 
     # --- callbacks --------------------------------------------------------------------
@@ -224,6 +228,9 @@ class SimulatorNode(Node):
             self._pub_route.publish(self._route_message(header("map")))
             self._pub_episode.publish(header(str(self.episode)))
 
+        # ground truth before the camera: a privileged driver has it when the tick's image comes
+        self._pub_lead.publish(ctx.new(T.JOINT_STATE, header=header(self.role_name), name=list(T.LEAD_NAMES),
+                                       position=np.array([frame.lead_gap, frame.lead_speed])))
         if self.config.publish_order == "bridge":  # sensors first, then the pseudo-sensors
             self._publish_sensors(frame, header)
             self._publish_pseudo_sensors(frame, header)

@@ -45,6 +45,7 @@ from highway_env.road.lane import AbstractLane, LineType  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from td3_drive.settings import setting  # noqa: E402
+from td3_drive.sim.hazards import NONE, HazardPlan, HazardScript, parse_kinds, plan_hazard  # noqa: E402
 
 #: carla_msgs/CarlaLaneInvasionEvent constants
 LANE_MARKING_OTHER = 0
@@ -53,6 +54,10 @@ LANE_MARKING_SOLID = 2
 
 EGO_ACTOR_ID = 1
 OTHER_ACTOR_ID_BASE = 100
+#: ground truth "lead": the nearest car ahead along the route, up to this far ...
+LEAD_RANGE_M = 80.0
+#: ... whose centre is this close to the route: it overlaps the ego's width (two half widths, 0.5 m spare)
+LEAD_LATERAL_M = 2.5
 
 # Colours (RGB).  Road and off-road differ in luminance too, so the grayscale
 # observation still sees the road edge; vehicles follow highway-env's palette.
@@ -62,6 +67,8 @@ _MARKING_RGB = (255, 255, 255)
 _EGO_RGB = (50, 200, 0)
 _OTHER_RGB = (100, 200, 255)
 _CRASHED_RGB = (255, 100, 100)
+_BRAKE_LIGHT_RGB = (255, 30, 30)
+_BRAKE_LIGHT_DECEL = 1.0  # m/s^2: another car braking harder than this shows brake lights
 _STRIPE_LENGTH_M, _STRIPE_SPACING_M = 3.0, 5.0  # highway-env's dashes
 _VEHICLE_MASS_KG = 1500.0  # only to give collision impulses a CARLA-like unit (N s)
 
@@ -114,6 +121,11 @@ class SimConfig:
                                         "CARLA server's is for every vehicle it holds)")
     control_deadline: float = setting(0.25, "pace deadline: wall seconds to wait for a control before "
                                             "ticking with the last one [s]")
+    # hazards (sim/hazards.py): a scripted car in the ego's lane that only the camera shows
+    hazard_share: float = setting(0.0, "share of episodes with a hazard in the ego's lane (a pure function of the "
+                                       "episode seed: consecutive seeds give this share within one episode)")
+    hazards: str = setting("brake_hold,slow_lead,cut_in", "hazard kinds, comma-separated: brake_hold (lead brakes "
+                                                           "to a stop and holds), slow_lead, cut_in")
 
     @property
     def substeps(self) -> int:
@@ -145,6 +157,11 @@ class SimFrame:
     frame: int  # ticks since the episode started
     seed: int = 0
     other_vehicles: int = 0
+    hazard: str = NONE  # this episode's hazard kind (sim/hazards.py)
+    # ground truth, never in the observation: the nearest car ahead in the ego's path (within
+    # LEAD_RANGE_M along the route, overlapping the ego's lane), bumper to bumper
+    lead_gap: float = math.inf  # m; inf when there is none
+    lead_speed: float = 0.0  # m/s
 
 
 def sanitize_control(
@@ -346,6 +363,49 @@ class _Track:
         self.map_bgr = image
 
 
+class _RoutePath:
+    """Arc length along a polyline (the ego's route and beyond it), searched within a window."""
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = np.asarray(points, dtype=float)
+        self.segments = np.diff(self.points, axis=0)
+        self.lengths = np.maximum(np.linalg.norm(self.segments, axis=1), 1e-9)
+        self.arc = np.concatenate([[0.0], np.cumsum(self.lengths)])
+
+    def project(self, point: np.ndarray, s_min: float, s_max: float) -> tuple[float, float]:
+        """(arc length, distance) of the point of the path nearest to ``point`` with arc length in the window.
+
+        The window keeps a route that passes near itself (a lap) from snapping to its other pass.
+        """
+        n = len(self.segments)
+        i0 = min(max(int(np.searchsorted(self.arc, s_min, side="right")) - 1, 0), n - 1)
+        i1 = min(max(int(np.searchsorted(self.arc, s_max, side="left")), i0 + 1), n)
+        start, seg, length = self.points[i0:i1], self.segments[i0:i1], self.lengths[i0:i1]
+        t = np.clip(np.einsum("ij,ij->i", point - start, seg) / length ** 2, 0.0, 1.0)
+        distance = np.linalg.norm(point - (start + t[:, None] * seg), axis=1)
+        k = int(np.argmin(distance))
+        return float(self.arc[i0 + k] + t[k] * length[k]), float(distance[k])
+
+    def point_at(self, s: float) -> np.ndarray:
+        return np.array([np.interp(s, self.arc, self.points[:, 0]), np.interp(s, self.arc, self.points[:, 1])])
+
+
+class _HazardCar(IDMVehicle):
+    """An IDM car that keeps its lane until told otherwise, and whose acceleration the hazard script may force."""
+
+    forced_acceleration: float | None = None
+
+    def act(self, action: dict | None = None) -> None:
+        super().act()  # IDM behind whatever is ahead of it, lane keeping
+        if self.forced_acceleration is not None and not self.crashed:
+            self.action["acceleration"] = float(self.forced_acceleration)
+
+
+def _braking(vehicle) -> bool:
+    action = vehicle.action if isinstance(vehicle.action, dict) else {}
+    return float(action.get("acceleration", 0.0)) < -_BRAKE_LIGHT_DECEL and vehicle.speed > 0.1
+
+
 class RacetrackSim:
     """highway-env's racetrack behind a CARLA-like interface: reset(seed), step(throttle, steer, brake)."""
 
@@ -367,7 +427,12 @@ class RacetrackSim:
             "terminate_off_road": False,
             "duration": 1e12,
         }
+        self._hazard_kinds = parse_kinds(c.hazards)
+        if not 0.0 <= c.hazard_share <= 1.0:
+            raise ValueError(f"hazard_share must be in [0, 1], got {c.hazard_share}")
         self.env = gym.make(c.env_id, config=env_config).unwrapped
+        self._hazard = HazardPlan()
+        self._hazard_car: _HazardCar | None = None
         self._track: _Track | None = None
         self._route = np.zeros((0, 2))
         self._actor_ids: dict[int, int] = {}
@@ -399,16 +464,24 @@ class RacetrackSim:
         ego.color = _EGO_RGB
         if c.random_start:
             self._track.place_randomly(ego, np.random.default_rng([self._seed, 2]))
-        self._place_other_vehicles(np.random.default_rng([self._seed, 1]))
-        self._actor_ids = {id(ego): EGO_ACTOR_ID}
-        for k, v in enumerate(road.vehicles[1:] + road.objects):
-            self._actor_ids[id(v)] = OTHER_ACTOR_ID_BASE + k
         seg, _, rank, offroad = self._track.locate(ego.position)
         self._start_rank = min(max(rank, 0), self._track.num_lanes - 1)
         length = c.route_length_m if c.route_length_m > 0 else self._track.lap_lengths[self._start_rank]
         lane = self._track.segments[seg].lanes[self._start_rank]
         s_lane = lane.local_coordinates(ego.position)[0]
-        self._route = self._track.route(self._start_rank, seg, max(0.0, s_lane), length, c.route_spacing_m)
+        # the route, and LEAD_RANGE_M beyond it: a car just past the goal is still in the ego's way
+        path = self._track.route(self._start_rank, seg, max(0.0, s_lane), length + LEAD_RANGE_M, c.route_spacing_m)
+        self._route = path[: len(np.arange(0.0, length + 1e-9, c.route_spacing_m))]
+        self._path = _RoutePath(path)
+        self._ego_s = self._path.project(ego.position, 0.0, 2.0 * c.route_spacing_m)[0]
+        del road.vehicles[1:]
+        self._hazard = plan_hazard(self._seed, c.hazard_share, self._hazard_kinds)
+        self._script = HazardScript(self._hazard)
+        self._hazard_car = self._place_hazard(self._hazard)
+        self._place_other_vehicles(np.random.default_rng([self._seed, 1]))
+        self._actor_ids = {id(ego): EGO_ACTOR_ID}
+        for k, v in enumerate(road.vehicles[1:] + road.objects):
+            self._actor_ids[id(v)] = OTHER_ACTOR_ID_BASE + k
         self._contacts = set()
         self._frame = 0
         self._control = (0.0, 0.0, 0.0)
@@ -429,13 +502,18 @@ class RacetrackSim:
         accel = max(accel, -v / c.dt)  # brakes stop the car; no reverse gear here
         ego.crashed = False  # crashed would make highway-env brake the ego forever; we keep it drivable
         ego.act({"acceleration": accel, "steering": steer * c.max_steer_rad})
+        self._script_hazard()
         h = c.dt / c.substeps
         for _ in range(c.substeps):
             road.act()
+            for other in road.vehicles[1:]:  # IDM brakes past zero behind a stopped car: no reverse gear
+                if isinstance(other.action, dict) and "acceleration" in other.action:
+                    other.action["acceleration"] = max(other.action["acceleration"], -max(other.speed, 0.0) / h)
             road.step(h)
         if ego.speed < 0.0:  # float round-off of the stop-at-zero clamp above
             ego.speed = 0.0
         self._frame += 1
+        self._ego_s = self._path.project(ego.position, self._ego_s - 5.0, self._ego_s + 10.0)[0]
         contact = self._new_contact(h)
         seg, s, rank, offroad = self._track.locate(ego.position)
         invasion = self._crossings(self._rank, rank)
@@ -487,7 +565,12 @@ class RacetrackSim:
                 [vehicle.position + a * half_l * vf + b * half_w * vr for a, b in corners]
                 for corners in (((1, -1), (1, 1), (-1, 1), (-1, -1)), ((1, -1), (1, 1), (nose, 1), (nose, -1)))
             )
-            for poly, colour in ((body, rgb), (front, tuple(min(255, int(x / 0.68)) for x in rgb))):
+            parts = [(body, rgb), (front, tuple(min(255, int(x / 0.68)) for x in rgb))]
+            if vehicle is not ego and _braking(vehicle):
+                rear = -1.0 + 1.0 / half_l  # a 1 m strip at the back
+                parts.append(([vehicle.position + a * half_l * vf + b * half_w * vr
+                               for a, b in ((rear, -1), (rear, 1), (-1, 1), (-1, -1))], _BRAKE_LIGHT_RGB))
+            for poly, colour in parts:
                 d = np.array(poly) - ego.position
                 pts = np.stack([cx + k * (d @ r), cy - k * (d @ f)], axis=1)
                 cv2.fillConvexPoly(image, np.round(pts * scale).astype(np.int32), _bgr(colour), cv2.LINE_AA, shift)
@@ -509,10 +592,62 @@ class RacetrackSim:
             raise RuntimeError("call reset(seed) first")
         return self._track
 
+    def _place_hazard(self, plan: HazardPlan) -> "_HazardCar | None":
+        """The hazard car ``start_gap_m`` ahead of the ego along its route: in its lane, or beside it (cut_in)."""
+        if plan.kind == NONE:
+            return None
+        track, road, ego = self._require_track(), self.env.road, self.env.vehicle
+        s = self._ego_s + ego.LENGTH + plan.start_gap_m  # centre to centre: half a car each, plus the gap
+        point = self._path.point_at(s)
+        seg_index, _, _, _ = track.locate(point)
+        rank = self._start_rank
+        if plan.kind == "cut_in":  # the adjacent lane, to the right where there is one
+            rank = rank + 1 if rank + 1 < track.num_lanes else rank - 1
+        seg = track.segments[seg_index]
+        lane = seg.lanes[rank]
+        longitudinal = min(max(float(lane.local_coordinates(point)[0]), 0.0), lane.length)
+        car = _HazardCar.make_on_lane(road, (*seg.key, seg.ids[rank]), longitudinal=longitudinal, speed=plan.speed)
+        car.target_speed, car.enable_lane_change = plan.speed, False
+        road.vehicles.append(car)
+        self._hazard_s = self._path.project(car.position, s - 5.0, s + 5.0)[0]
+        return car
+
+    def _script_hazard(self) -> None:
+        """Tell the hazard car what to do this tick (brake, hold, change into the ego's lane)."""
+        car = self._hazard_car
+        if car is None:
+            return
+        ego = self.env.vehicle
+        self._hazard_s = self._path.project(car.position, self._hazard_s - 5.0, self._hazard_s + 10.0)[0]
+        gap = self._hazard_s - self._ego_s - (ego.LENGTH + car.LENGTH) / 2
+        car.forced_acceleration, change_lane = self._script.update(self.config.dt, gap, float(ego.speed),
+                                                                   float(car.speed))
+        if change_lane:
+            key = car.lane_index[:2]
+            seg = next(s for s in self._require_track().segments if s.key == key)
+            car.target_lane_index = (*key, seg.ids[self._start_rank])
+
+    def lead(self) -> tuple[float, float]:
+        """Ground truth: (gap [m], speed [m/s]) of the nearest car ahead in the ego's path; (inf, 0) if none.
+
+        A car is in the path when its centre is within LEAD_LATERAL_M of the route (the two cars
+        overlap sideways) and ahead of the ego by at most LEAD_RANGE_M; the gap is bumper to bumper.
+        """
+        ego = self.env.vehicle
+        best = (math.inf, 0.0)
+        for other in self.env.road.vehicles[1:]:
+            if np.linalg.norm(other.position - ego.position) > LEAD_RANGE_M + ego.LENGTH:
+                continue
+            s, lateral = self._path.project(other.position, self._ego_s - ego.LENGTH,
+                                            self._ego_s + LEAD_RANGE_M + ego.LENGTH)
+            gap = s - self._ego_s - (ego.LENGTH + other.LENGTH) / 2
+            if s > self._ego_s and lateral < LEAD_LATERAL_M and gap < best[0]:
+                best = (float(gap), float(other.speed))
+        return best
+
     def _place_other_vehicles(self, rng: np.random.Generator) -> None:
-        """Exactly `other_vehicles` IDM cars on random lanes, >= 25 m from the ego and 15 m apart."""
+        """Exactly `other_vehicles` IDM cars on random lanes, >= 25 m from the ego and 15 m from any car."""
         road = self.env.road
-        del road.vehicles[1:]
         graph = road.network.graph
         keys = [(a, b, i) for a, tos in graph.items() for b, lanes in tos.items() for i in range(len(lanes))]
         for _ in range(self.config.other_vehicles):
@@ -576,6 +711,7 @@ class RacetrackSim:
     def _make_frame(self, accel_map, yaw_rate, contact, invasion, rank, offroad) -> SimFrame:
         ego = self.env.vehicle
         collision, other_id, impulse = contact
+        lead_gap, lead_speed = self.lead()
         return SimFrame(
             image_bgra=self.render(),
             x=float(ego.position[0]),
@@ -598,4 +734,7 @@ class RacetrackSim:
             frame=self._frame,
             seed=self._seed,
             other_vehicles=len(self.env.road.vehicles) - 1,
+            hazard=self._hazard.kind,
+            lead_gap=lead_gap,
+            lead_speed=lead_speed,
         )
