@@ -227,3 +227,39 @@ def test_holm_correction_step_down_and_monotone():
     capped = [{"p": 0.4}, {"p": 0.6}]
     _holm(capped)
     assert [r["p_holm"] for r in capped] == [0.8, 0.8]
+
+
+def test_compare_ranks_agents_with_iqm_and_probability_of_improvement(compared):
+    out, _ = compared
+    ranks = json.loads((out / "ranking.json").read_text())
+    assert set(ranks["agents"]) == set(AGENTS)
+    assert ranks["agents"]["td3_ln"]["runs"] == 2 and ranks["agents"]["pid"]["runs"] == 1
+    for r in ranks["agents"].values():
+        lo, hi = r["iqm_ci95"]
+        assert lo <= r["iqm"] <= hi and 0.0 <= lo and hi <= 1.0
+    assert [(p["x"], p["y"]) for p in ranks["probability_of_improvement"]] == [("td3_ln", "ddpg"),
+                                                                               ("td3_ln", "td3_no_ln")]
+    assert "## Ranking: IQM and probability of improvement" in (out / "report.md").read_text()
+
+
+def test_rliable_estimators():
+    from scipy.stats import trim_mean
+
+    from td3_drive.app.ranking import iqm, probability_of_improvement, stratified_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(size=(7, 2))
+    assert iqm(scores) == pytest.approx(trim_mean(scores.ravel(), 0.25))
+    assert iqm(np.array([[0.0], [1.0], [1.0], [1.0], [100.0]])) == pytest.approx(1.0), "one outlier run is trimmed"
+    better = scores + 1.0
+    assert probability_of_improvement(better, scores) == 1.0 and probability_of_improvement(scores, better) == 0.0
+    assert probability_of_improvement(scores, scores) == pytest.approx(0.5)  # ties and symmetry
+    # per task, then averaged: X wins task 0 always, loses task 1 always
+    x, y = np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])
+    assert probability_of_improvement(x, y) == 0.5
+    point, lo, hi = stratified_bootstrap_ci(iqm, scores, reps=500)
+    assert lo < point < hi and hi - lo < 1.0
+    same = stratified_bootstrap_ci(iqm, np.full((5, 2), 0.7), reps=100)
+    assert same == pytest.approx((0.7, 0.7, 0.7)), "no spread, no interval"
+    assert stratified_bootstrap_ci(iqm, scores, reps=200, seed=3) == stratified_bootstrap_ci(iqm, scores, reps=200,
+                                                                                             seed=3)

@@ -24,6 +24,7 @@ import numpy as np
 
 from td3_drive.app.config import load_parameters
 from td3_drive.app.protocol import AGENTS, Preset
+from td3_drive.app.ranking import iqm, probability_of_improvement, stratified_bootstrap_ci
 from td3_drive.app.results import EvalResult, write_csv, write_json
 from td3_drive.driving.metrics import EpisodeMetrics, summarize, summarize_by
 from td3_drive.runtime.parameters import for_node
@@ -219,6 +220,42 @@ def _split_by_hazard(episodes: list[dict[str, Any]]) -> dict[str, float]:
             "min_ttc_hazard_s": hazard["metrics"]["min_ttc_s"]["mean"] if hazard else math.nan}
 
 
+#: the tasks of the ranking: each run's success rate on these episodes of the protocol
+RANKING_TASKS = ("none", "hazard")
+
+
+def run_scores(results: list[EvalResult]) -> np.ndarray:
+    """(runs x tasks) success rates, one row per training run: clean and hazard episodes (NaN-free: a task
+    a run has no episode of is left out for every run)."""
+    table = []
+    for result in results:
+        by = result.meta.get("by_hazard") or summarize_by(
+            [EpisodeMetrics.from_dict(r) for r in result.episodes], [r.get("hazard", "") for r in result.episodes])
+        table.append([by[t]["success_rate"] if t in by else math.nan for t in RANKING_TASKS])
+    scores = np.array(table, dtype=np.float64).reshape(len(table), len(RANKING_TASKS))
+    return scores[:, ~np.isnan(scores).any(axis=0)]
+
+
+def ranking(evals: dict[str, list[EvalResult]], learners: list[str], reps: int = 2000) -> dict[str, Any]:
+    """IQM of per-run success with its stratified-bootstrap 95 % CI per agent, and the probability of
+    improvement of the first learner over each other learner (rliable's estimators, app/ranking.py)."""
+    scores = {agent: run_scores(results) for agent, results in evals.items() if results}
+    agents = {}
+    for agent, m in scores.items():
+        point, lo, hi = stratified_bootstrap_ci(iqm, m, reps=reps) if m.size else (math.nan,) * 3
+        agents[agent] = {"iqm": point, "iqm_ci95": [lo, hi], "runs": int(m.shape[0]),
+                         "per_run": m.tolist(), "tasks": list(RANKING_TASKS[: m.shape[1]])}
+    improvement = []
+    if learners and learners[0] in scores:
+        first = learners[0]
+        for other in learners[1:]:
+            if other in scores and scores[other].shape[1] == scores[first].shape[1] and scores[first].size:
+                point, lo, hi = stratified_bootstrap_ci(probability_of_improvement, scores[first], scores[other],
+                                                        reps=reps)
+                improvement.append({"x": first, "y": other, "p": point, "ci95": [lo, hi]})
+    return {"agents": agents, "probability_of_improvement": improvement}
+
+
 def mann_whitney(rows: dict[str, list[dict[str, Any]]], metrics: tuple[str, ...] = TESTED) -> list[dict[str, Any]]:
     """Two-sided Mann-Whitney U for every pair of agents and metric; Holm-adjusted p per metric."""
     from scipy.stats import mannwhitneyu
@@ -266,8 +303,27 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _ranking_markdown(labels: dict[str, str], ranks: dict[str, Any]) -> list[str]:
+    lines = ["## Ranking: IQM and probability of improvement", "",
+             "A score is one run's success rate on the clean and on the hazard episodes; per agent the "
+             "interquartile mean (IQM) over runs x tasks, with a 95 % stratified-bootstrap CI (runs resampled "
+             "within each task, 2000 draws), as rliable (Agarwal et al. 2021) computes it. Per-run scores "
+             "(clean, hazard) beside it. With the classical drivers' single run the CI is a point.", "",
+             "| agent | runs | IQM of success [95 % CI] | per run (clean, hazard) |", "|---|---|---|---|"]
+    for agent, r in ranks["agents"].items():
+        per_run = "; ".join("(" + ", ".join(_fmt(v, 2) for v in run) + ")" for run in r["per_run"])
+        lines.append(f"| {labels.get(agent, agent)} | {r['runs']} | {_fmt(r['iqm'], 2)} "
+                     f"[{_fmt(r['iqm_ci95'][0], 2)}, {_fmt(r['iqm_ci95'][1], 2)}] | {per_run} |")
+    if ranks["probability_of_improvement"]:
+        lines += ["", "| P(X > Y) | X | Y | 95 % CI |", "|---|---|---|---|"]
+        for p in ranks["probability_of_improvement"]:
+            lines.append(f"| {_fmt(p['p'], 2)} | {labels.get(p['x'], p['x'])} | {labels.get(p['y'], p['y'])} | "
+                         f"[{_fmt(p['ci95'][0], 2)}, {_fmt(p['ci95'][1], 2)}] |")
+    return lines + [""]
+
+
 def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]], tests: list[dict[str, Any]],
-              meta: dict[str, Any], plots: dict[str, str]) -> str:
+              meta: dict[str, Any], plots: dict[str, str], ranks: dict[str, Any]) -> str:
     seeds = ", ".join(map(str, preset.seeds))
     lines = [
         f"# TD3 + LayerNorm vs DDPG vs TD3 without LayerNorm vs classical: `{preset.name}` preset", "",
@@ -326,6 +382,7 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
                   f"Evaluation episode 1 (simulator seed {preset.eval_seed + 1}) of each agent's first training seed: "
                   "camera view with action, speed and actor feature L2.", ""]
         lines += [f"**{labels.get(agent, agent)}**\n\n![{agent}]({path})\n" for agent, path in meta["videos"].items()]
+    lines += _ranking_markdown(labels, ranks)
     lines += ["## Mann-Whitney U tests", "",
               "Two-sided, per-episode values pooled over seeds; `P(a>b)` = U / (n_a n_b) (0.5: no difference); "
               "`p (Holm)` corrects for the pairs tested per metric. Episodes of one training run are not "
@@ -341,6 +398,7 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
               "- `episodes.csv`, `episodes.json`: every evaluation episode (agent, train_seed, seed, return, "
               "EpisodeMetrics fields)",
               "- `stats.csv`, `stats.json`: the Mann-Whitney U tests",
+              "- `ranking.json`: IQM with bootstrap CIs, per-run scores, probability of improvement",
               "- `curves.json`: the aggregated curves plotted above",
               "- `eval/<agent>/seed_<s>/episodes.{json,csv}`: per run, as written by `td3-drive eval`",
               "- the training runs: `<runs>/<agent>/seed_<s>/` (TensorBoard, checkpoints, config snapshot)", ""]
@@ -385,6 +443,8 @@ def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: 
 
     table = metrics_table(rows, evals, labels)
     tests = mann_whitney(rows)
+    ranks = ranking(evals, [a for a in preset.agents if a in evals])
+    write_json(ranks, out / "ranking.json")
     all_rows = [row for agent_rows in rows.values() for row in agent_rows]
     write_csv(table, out / "metrics.csv")
     write_json(table, out / "metrics.json")
@@ -394,8 +454,8 @@ def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: 
     write_json(tests, out / "stats.json")
     write_json({agent: {tag: {k: v.tolist() for k, v in agg.items()} for tag, agg in by_tag.items()}
                 for agent, by_tag in curves.items()}, out / "curves.json")
-    (out / "report.md").write_text(_markdown(preset, labels, table, tests, meta, plots))
+    (out / "report.md").write_text(_markdown(preset, labels, table, tests, meta, plots, ranks))
     for name in ("metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv", "stats.json",
-                 "curves.json", "report.md"):
+                 "curves.json", "ranking.json", "report.md"):
         files[name.replace(".", "_")] = str(out / name)
     return files
