@@ -48,7 +48,7 @@ def test_later_steps_of_the_composition_win():
     trainer, simulator = config.for_node(params, "trainer"), config.for_node(params, "simulator")
     assert trainer["seed"] == 3 and trainer["batch_size"] == 5  # --set over --seed over the command's values
     assert simulator["seed"] == 7000 and simulator["other_vehicles"] == 9  # the command's over embedded.yaml
-    assert trainer["total_steps"] == 7000  # train.yaml over the code default
+    assert trainer["total_steps"] == 10000  # train.yaml over the code default
     with pytest.raises(SystemExit, match="node.param=value"):
         config.compose("train", overrides=["trainer.batch_size"])
 

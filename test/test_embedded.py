@@ -59,6 +59,11 @@ def test_train_ends_by_evaluating_its_policy_on_the_protocol(train_run, capsys):
     written = json.loads((run / "eval" / "episodes.json").read_text())
     assert written["protocol"]["route_length_m"] == 200.0 and written["checkpoint"] == str(run)
     assert [row["seed"] for row in written["episodes"]] == [written["eval_seed"] + 1, written["eval_seed"] + 2]
+    # the hazards protocol: its first two seeds are a clean episode and a brake_hold, reported apart
+    assert written["protocol"]["name"] == "hazards"
+    assert [row["hazard"] for row in written["episodes"]] == ["none", "brake_hold"]
+    assert set(written["by_hazard"]) == {"none", "brake_hold", "hazard"}
+    assert evaluation["success_rate_clean"] in (0.0, 1.0) and evaluation["success_rate_hazard"] in (0.0, 1.0)
 
 
 def test_train_config_snapshot(train_run):
