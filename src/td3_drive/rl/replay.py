@@ -39,6 +39,10 @@ _META_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+class ReplayCorrupt(ValueError):
+    """Replay files on disk, or a saved replay state, that do not describe this buffer: refused whole."""
+
+
 @dataclass
 class Batch:
     """A sampled batch; torch tensors on the requested device."""
@@ -140,11 +144,11 @@ class ReplayBuffer:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
         if meta is not None:
             if meta.get("version") != _META_VERSION:  # another format: reading it would misread it
-                raise ValueError(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
+                raise ReplayCorrupt(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
                                  f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
             stored = {k: meta.get(k) for k in self._meta_layout()}
             if stored != self._meta_layout():
-                raise ValueError(
+                raise ReplayCorrupt(
                     f"replay buffer in {self.directory} has layout {stored}, asked for {self._meta_layout()}"
                 )
         self._arrays = {}
@@ -155,10 +159,10 @@ class ReplayBuffer:
                 self._arrays[name] = open_memmap(path, mode="w+", dtype=dtype, shape=full)
                 continue
             if not path.exists():
-                raise ValueError(f"replay buffer in {self.directory} is missing {path.name}")
+                raise ReplayCorrupt(f"replay buffer in {self.directory} is missing {path.name}")
             arr = open_memmap(path, mode="r+")
             if arr.shape != full or arr.dtype != dtype:
-                raise ValueError(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")
+                raise ReplayCorrupt(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")
             self._arrays[name] = arr
         if meta is not None:
             self._restore_scalars(meta)
@@ -445,15 +449,15 @@ class ReplayBuffer:
         """Restore from :meth:`state_dict` output (same layout required); sampling resumes exactly."""
         missing = sorted(set(self._meta_layout()) - set(d))
         if missing:
-            raise ValueError(f"replay state lacks {missing}: not a replay buffer's state")
+            raise ReplayCorrupt(f"replay state lacks {missing}: not a replay buffer's state")
         stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
         if stored != self._meta_layout():
-            raise ValueError(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
+            raise ReplayCorrupt(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
         used = min(int(d["total"]), self.capacity)
         for name, (dtype, shape) in self._specs.items():
             arr = np.asarray(d[name])
             if arr.shape != (used, *shape):
-                raise ValueError(f"replay state {name!r} has shape {arr.shape}, expected {(used, *shape)}")
+                raise ReplayCorrupt(f"replay state {name!r} has shape {arr.shape}, expected {(used, *shape)}")
             self._arrays[name][:used] = arr.astype(dtype, copy=False)
         self._restore_scalars(d)
         self._rebuild_valid()

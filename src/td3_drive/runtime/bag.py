@@ -23,6 +23,10 @@ BAG_VERSION = 8
 UNDECODABLE = "undecodable"
 
 
+class BagError(ValueError):
+    """A bag that cannot be read at all (metadata, storage file); a bad record is skipped and counted instead."""
+
+
 class BagRecorder:
     """Record published messages to an MCAP rosbag2 directory (which must not exist yet).
 

@@ -14,6 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+class ParameterFileError(ValueError):
+    """A parameter file that is not one: not YAML, or not ``node: {ros__parameters: {...}}``."""
+
+
+class ParameterTypeError(TypeError):
+    """A parameter value of another type than the parameter's (rclpy: InvalidParameterTypeException)."""
+
+
 #: the wildcard prefix our parameter files put before every node name
 ANY_NAMESPACE = "/**/"
 
@@ -56,4 +64,4 @@ def typed_value(node: str, name: str, default: Any, value: Any) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    raise TypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
+    raise ParameterTypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
