@@ -40,6 +40,14 @@ def cleanup() -> None:
         shutil.rmtree(_SCRATCH_DIRS.pop(), ignore_errors=True)
 
 
+#: JSON that the project's parsers take apart: numbers at the edges, nesting, the keys they look up
+JSON_TOKENS = [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-1", b"18446744073709551616", b"9" * 30, b"[[[[", b"{}",
+               b"[]", b"null", b"true", b'""', b'"dtype"', b'"shape"', b'"data_offsets"', b'"__metadata__"', b'"F64"',
+               b'"I64"', b'"U8"', b'"BOOL"', b'"version"', b'"format"', b'"architecture"', b'"total"', b'"oldest"',
+               b'"in_episode"', b'"rng_state"', b'"episodes"', b'"capacity"', b'"checksums"', b'"learner"',
+               b'"state"', b'"param_groups"', b'"env_steps"', b'"replay"', b'"step"']
+
+
 # ----------------------------------------------------------------------------- image
 #: index -> encoding; the last entries are what a peer might send instead
 IMAGE_ENCODINGS = ["bgra8", "rgba8", "bgr8", "rgb8", "mono8", "mono16", "yuv422", "32FC1", "bgra16", "", "8UC3"]
@@ -121,6 +129,7 @@ class WeightsTarget:
 
     name = "weights"
     max_len = 64 * 1024
+    dictionary = JSON_TOKENS
 
     def __init__(self) -> None:
         from td3_drive.rl.learner import LearnerConfig
@@ -174,6 +183,7 @@ class CheckpointTarget:
 
     name = "checkpoint"
     max_len = 64 * 1024
+    dictionary = JSON_TOKENS
 
     def __init__(self) -> None:
         import torch
@@ -252,6 +262,8 @@ class ReplayTarget:
 
     name = "replay"
     max_len = 16 * 1024
+    dictionary = JSON_TOKENS + [b"'descr'", b"'fortran_order'", b"'shape'", b"'<f4'", b"'|u1'", b"'<i8'", b"'|O'",
+                                b"True", b"(2147483647,", b"\x93NUMPY"]
     CAPACITY = 16
 
     def __init__(self) -> None:
@@ -311,6 +323,9 @@ class ParamsTarget:
 
     name = "params"
     max_len = 8 * 1024
+    dictionary = [b"ros__parameters:", b"/**/", b"&a", b"*a", b"!!binary", b"!!python/object", b".inf", b".nan",
+                  b"- ", b": ", b"{", b"[", b"~", b"true", b"1e400", b"0x7fffffff", b"trainer:", b"policy:",
+                  b"learner:", b"hidden:", b"vehicle_namespaces:", b"\t", b"? "]
 
     def __init__(self) -> None:
         from td3_drive.app.config import CONFIG_DIR, load_parameters

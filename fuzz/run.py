@@ -7,7 +7,7 @@
 Per target, under ``--out`` (default ``fuzz-out/``, gitignored): ``seeds/`` (written from the project's
 own serializers at start), ``corpus/`` (what the fuzzer found worth keeping; reused by the next run),
 ``crash-*`` / ``timeout-*`` / ``oom-*`` files (inputs that broke the contract) and ``log.txt``.
-A saved input replays with ``python -m fuzz.run --replay FILE TARGET``.  The exit status is non-zero
+A saved input replays with ``python -m fuzz.run --replay TARGET FILE...``.  The exit status is non-zero
 when any target found something.
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-#: instrumented for coverage: our code and the parsers it calls that are Python (safetensors, cv2 and
-#: Cyclone are native: their own projects fuzz them)
-INSTRUMENT = ["td3_drive", "rosbags", "yaml", "fuzz", "numpy.lib.format", "numpy.lib._format_impl"]
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # this checkout's package, whatever else is installed
+#: instrumented for coverage: our code and the parsers it calls that are written in Python (safetensors,
+#: cv2, Cyclone and numpy's core are native code that their own projects fuzz)
+INSTRUMENT = ["td3_drive", "rosbags", "yaml", "fuzz"]
 #: the address space a target may grow by (MB) beyond what it maps after setup: a 64 KB input that needs
 #: more is an allocation out of proportion
 ADDRESS_SPACE_MB = 2048
@@ -93,12 +94,22 @@ def fuzz_one(name: str, out: Path, libfuzzer_args: list[str]) -> None:
     def test_one_input(data: bytes) -> None:
         common.run_one(target, data)
 
-    argv = [sys.argv[0], str(corpus), str(seeds), f"-max_len={target.max_len}", f"-rss_limit_mb={RSS_LIMIT_MB}",
+    extra = []
+    tokens = getattr(target, "dictionary", ())
+    if tokens:  # libFuzzer inserts these whole: a JSON or YAML token is rarely built bit by bit
+        (out / "dictionary").write_text("".join(f'"{_escape(t)}"\n' for t in tokens))
+        extra.append(f"-dict={out / 'dictionary'}")
+    argv = [sys.argv[0], str(corpus), str(seeds), f"-max_len={target.max_len}", "-len_control=0", *extra, f"-rss_limit_mb={RSS_LIMIT_MB}",
             f"-timeout={TIMEOUT_S}", f"-artifact_prefix={out}/", "-print_final_stats=1", *libfuzzer_args]
     atheris.Setup(argv, test_one_input)
     cap = common.address_space_cap(ADDRESS_SPACE_MB)
     cap.__enter__()  # for the rest of the process: libFuzzer exits from Fuzz()
     atheris.Fuzz()
+
+
+def _escape(token: bytes) -> str:
+    """A libFuzzer dictionary entry: printable ASCII as is, everything else (and quote, backslash) as \\xNN."""
+    return "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\x{b:02x}" for b in token)
 
 
 def replay(name: str, files: list[Path]) -> int:
@@ -136,16 +147,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="fuzzing time per target (env FUZZ_SECONDS; default 10)")
     parser.add_argument("--out", type=Path, default=ROOT / "fuzz-out", help="corpus, crashes and logs")
     parser.add_argument("--list", action="store_true", help="print the target names")
-    parser.add_argument("--replay", type=Path, nargs="+", metavar="FILE", help="run saved inputs through the target")
+    parser.add_argument("--replay", action="store_true",
+                        help="TARGET FILE...: run saved inputs through the target under the contract")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process of one target
     args, libfuzzer_args = parser.parse_known_args(argv)
     if args.list:
         print("\n".join(target_names()))
         return 0
     if args.replay:
-        if len(args.targets) != 1:
-            raise SystemExit("--replay FILE... TARGET: name one target")
-        return replay(args.targets[0], args.replay)
+        if len(args.targets) < 2:
+            raise SystemExit("--replay TARGET FILE...")
+        return replay(args.targets[0], [Path(f) for f in args.targets[1:]])
     if args.one:
         fuzz_one(args.one, args.out / args.one, libfuzzer_args)
         return 0

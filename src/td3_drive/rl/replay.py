@@ -141,8 +141,13 @@ class ReplayBuffer:
         assert self.directory is not None
         self.directory.mkdir(parents=True, exist_ok=True)
         meta_path = self.directory / META_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested deeper than the stack
+            raise ReplayCorrupt(f"{meta_path} is not a replay buffer's metadata: {exc}") from None
         if meta is not None:
+            if not isinstance(meta, dict):
+                raise ReplayCorrupt(f"{meta_path} holds a {type(meta).__name__}, not a replay buffer's metadata")
             if meta.get("version") != _META_VERSION:  # another format: reading it would misread it
                 raise ReplayCorrupt(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
                                  f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
@@ -160,7 +165,10 @@ class ReplayBuffer:
                 continue
             if not path.exists():
                 raise ReplayCorrupt(f"replay buffer in {self.directory} is missing {path.name}")
-            arr = open_memmap(path, mode="r+")
+            try:
+                arr = open_memmap(path, mode="r+")
+            except (ValueError, OSError) as exc:  # numpy's word for a header that is not one, or a short file
+                raise ReplayCorrupt(f"{path}: not a replay array: {exc}") from None
             if arr.shape != full or arr.dtype != dtype:
                 raise ReplayCorrupt(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")
             self._arrays[name] = arr
@@ -432,12 +440,26 @@ class ReplayBuffer:
             "rng_state": json.dumps(self._rng.bit_generator.state),
         }
 
+    def _parse_scalars(self, d: dict[str, Any]) -> tuple[int, int, bool, int, dict[str, Any]]:
+        """(total, oldest, in_episode, episodes, rng state) of saved scalars; ReplayCorrupt if they do not
+        describe this buffer.  Nothing is changed, so a refused state leaves the buffer as it was."""
+        try:
+            total, oldest, episodes, in_episode = (d[k] for k in ("total", "oldest", "episodes", "in_episode"))
+            if not all(type(v) is int for v in (total, oldest, episodes)) or type(in_episode) is not bool:
+                raise TypeError(f"counters {total!r}, {oldest!r}, {episodes!r}, {in_episode!r}")
+            # the ring holds observations oldest..total-1: anything else is not this buffer's, and a
+            # total of 2**62 would have _recover allocate an index array of that length
+            if not 0 <= oldest <= total or total - oldest > self.capacity or episodes < 0:
+                raise ValueError(f"observations {oldest}..{total} do not fit a ring of {self.capacity}")
+            rng_state = json.loads(d["rng_state"])
+            type(self._rng.bit_generator)().state = rng_state  # a probe: the setter validates it
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise ReplayCorrupt(f"replay scalars do not describe this buffer: {type(exc).__name__}: {exc}") from None
+        return total, oldest, in_episode, episodes, rng_state
+
     def _restore_scalars(self, d: dict[str, Any]) -> None:
-        self._total = int(d["total"])
-        self._oldest = int(d["oldest"])
-        self._in_episode = bool(d["in_episode"])
-        self._episodes = int(d["episodes"])
-        self._rng.bit_generator.state = json.loads(d["rng_state"])
+        self._total, self._oldest, self._in_episode, self._episodes, rng_state = self._parse_scalars(d)
+        self._rng.bit_generator.state = rng_state
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays (views of the used slots: save them before the next add) and JSON-able scalars."""
@@ -450,15 +472,22 @@ class ReplayBuffer:
         missing = sorted(set(self._meta_layout()) - set(d))
         if missing:
             raise ReplayCorrupt(f"replay state lacks {missing}: not a replay buffer's state")
-        stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
+        try:
+            stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ReplayCorrupt(f"replay state layout is not one: {exc}") from None
         if stored != self._meta_layout():
             raise ReplayCorrupt(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
-        used = min(int(d["total"]), self.capacity)
+        scalars = self._parse_scalars(d)  # all checked before anything is written
+        used = min(scalars[0], self.capacity)
+        arrays = {}
         for name, (dtype, shape) in self._specs.items():
-            arr = np.asarray(d[name])
+            arr = np.asarray(d.get(name))
             if arr.shape != (used, *shape):
                 raise ReplayCorrupt(f"replay state {name!r} has shape {arr.shape}, expected {(used, *shape)}")
-            self._arrays[name][:used] = arr.astype(dtype, copy=False)
+            arrays[name] = arr
+        for name, arr in arrays.items():
+            self._arrays[name][:used] = arr.astype(self._specs[name][0], copy=False)
         self._restore_scalars(d)
         self._rebuild_valid()
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 
 from td3_drive.runtime import messages
 from td3_drive.runtime.local import LocalRuntime
@@ -96,12 +96,15 @@ class BagRecorder:
 def _raw_messages(path: str | Path, topics: Iterable[str] | None) -> Iterator[tuple[str, str, bytes, int]]:
     """(topic, type name, CDR bytes, timestamp ns) in time order, MCAP or sqlite3."""
     wanted = None if topics is None else set(topics)
-    with Reader(Path(path)) as reader:
-        conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
-        if not conns:  # an empty filter would mean "all" to rosbags
-            return
-        for conn, timestamp, data in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, data, timestamp
+    try:
+        with Reader(Path(path)) as reader:
+            conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+            if not conns:  # an empty filter would mean "all" to rosbags
+                return
+            for conn, timestamp, data in reader.messages(connections=conns):
+                yield conn.topic, conn.msgtype, data, timestamp
+    except ReaderError as exc:  # metadata or storage file unreadable: no record to skip, the bag is unusable
+        raise BagError(f"{path}: {exc}") from exc
 
 
 def read_bag(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, Any, int]]:

@@ -44,7 +44,10 @@ def yaml_key(key: str) -> str:
 def matches(key: str, fully_qualified_name: str) -> bool:
     """Whether the entry ``key`` (internal form) applies to the node ``fully_qualified_name``."""
     pattern = re.escape(yaml_key(key)).replace(r"/\*", r"(/\w+)").replace(r"\*", "*")
-    return re.fullmatch(pattern, fully_qualified_name) is not None
+    try:
+        return re.fullmatch(pattern, fully_qualified_name) is not None
+    except re.error as exc:  # a '*' with nothing to repeat ('a**'): no node name pattern, a broken file
+        raise ParameterFileError(f"node key {key!r} is not a node name pattern: {exc}") from None
 
 
 def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
