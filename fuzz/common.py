@@ -95,10 +95,11 @@ def mutate(data: bytes, rng: random.Random, max_len: int) -> bytes:
 
 @dataclass
 class Smoke:
-    """What :func:`smoke` ran: inputs executed and how they ended."""
+    """What :func:`smoke` ran: inputs executed, how they ended, and how each seed ended."""
 
     executed: int
     outcomes: dict[str, int]
+    seeds: list[str]
 
 
 def smoke(target: Target, seconds: float, seed: int = 0, extra: list[bytes] = ()) -> Smoke:
@@ -106,21 +107,22 @@ def smoke(target: Target, seconds: float, seed: int = 0, extra: list[bytes] = ()
     them for ``seconds``, under the contract.  Not coverage-guided: CI's cheap check that every target
     still runs and that no kept finding came back; ``python -m fuzz.run`` is the real fuzzing."""
     rng = random.Random(seed)
-    pool = [s[: target.max_len] for s in target.seeds()] + list(extra)
+    seeds = [s[: target.max_len] for s in target.seeds()]
+    pool = seeds + list(extra)
     outcomes: dict[str, int] = {}
 
-    def one(data: bytes) -> None:
+    def one(data: bytes) -> str:
         outcome = run_one(target, data)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcome
 
-    for data in pool:
-        one(data)
+    ended = [one(data) for data in pool][: len(seeds)]
     deadline = time.monotonic() + seconds
     executed = len(pool)
     while time.monotonic() < deadline:
         one(mutate(rng.choice(pool), rng, target.max_len))
         executed += 1
-    return Smoke(executed, outcomes)
+    return Smoke(executed, outcomes, ended)
 
 
 

@@ -23,10 +23,18 @@ from td3_drive import topics as T
 from fuzz.common import Consume, ContractViolation
 
 
-def _scratch(prefix: str) -> Path:
-    """A scratch directory in RAM where there is one (a file per input would wear a disk)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+#: where fuzz.run puts a target's scratch directories (it removes them: libFuzzer exits without atexit)
+SCRATCH_ENV = "TD3_FUZZ_SCRATCH"
+
+
+def scratch_base() -> str | None:
+    """RAM where there is some (a file per input would wear a disk), else the default temp dir."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def scratch(prefix: str) -> Path:
+    """A scratch directory for one target."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get(SCRATCH_ENV) or scratch_base()))
     _SCRATCH_DIRS.append(path)
     return path
 
@@ -144,7 +152,7 @@ class WeightsTarget:
         poisoned = bytearray(data)
         poisoned[0:4] = np.float32(np.nan).tobytes()
         self.tails = [bytes(data), bytes(poisoned), b""]
-        self.file = _scratch("td3_fuzz_weights_") / "actor.safetensors"
+        self.file = scratch("td3_fuzz_weights_") / "actor.safetensors"
 
     def seeds(self) -> list[bytes]:
         blob = real_actor_blob()
@@ -195,10 +203,10 @@ class CheckpointTarget:
 
         self.expected = (CheckpointError,)
         self.Checkpointer = Checkpointer
-        scratch = _scratch("td3_fuzz_checkpoint_")
+        workdir = scratch("td3_fuzz_checkpoint_")
         torch.manual_seed(0)
         self.session = TrainingSession(
-            SessionConfig(run_dir=str(scratch / "run"), replay_capacity=16, checkpoint_replay=True, batch_size=4),
+            SessionConfig(run_dir=str(workdir / "run"), replay_capacity=16, checkpoint_replay=True, batch_size=4),
             LearnerConfig(encoder_mode="shared"), device="cpu")
         replay = self.session.replay.buffers[0]
         rng = np.random.default_rng(0)
@@ -213,7 +221,7 @@ class CheckpointTarget:
         self.base = self.session.save_checkpoint()
         self.files = {name: (self.base / name).read_bytes() for name in CHECKPOINT_FILES}
         self.digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in self.files.items()}
-        self.work = scratch / "fuzzed"
+        self.work = workdir / "fuzzed"
 
     def _parsed(self, name: str) -> bytes:
         blob = self.files[name]
@@ -271,8 +279,8 @@ class ReplayTarget:
 
         self.expected = (ReplayCorrupt,)
         self.ReplayBuffer = ReplayBuffer
-        scratch = _scratch("td3_fuzz_replay_")
-        self.base, self.work = scratch / "base", scratch / "fuzzed"
+        workdir = scratch("td3_fuzz_replay_")
+        self.base, self.work = workdir / "base", workdir / "fuzzed"
         buffer = ReplayBuffer(self.CAPACITY, n_step=2, directory=self.base)
         rng = np.random.default_rng(0)
         for episode in range(3):
@@ -337,7 +345,7 @@ class ParamsTarget:
         self.config_dir = CONFIG_DIR
         self.declared = {kind: {name: default for name, (default, _) in declared_parameters(kind).items()}
                          for kind in NODE_KINDS}
-        self.file = _scratch("td3_fuzz_params_") / "params.yaml"
+        self.file = scratch("td3_fuzz_params_") / "params.yaml"
 
     def seeds(self) -> list[bytes]:
         files = sorted(self.config_dir.glob("*.yaml")) + sorted((self.config_dir / "presets").glob("*.yaml"))
@@ -373,8 +381,9 @@ def _check_typed(node: str, name: str, default: Any, value: Any) -> None:
 class BagTarget:
     """A rosbag2 directory -> ``td3-drive play`` (embedded.play: preprocessor + policy).
 
-    Made by BagRecorder (MCAP) from a short drive's messages.  Input: byte 0 picks metadata.yaml or the
-    MCAP file, the rest is its new content.  Contract: BagError, or a played bag whose undecodable
+    Made by BagRecorder (MCAP) and by rosbags' writer as sqlite3 (ros2 bag's Humble default) from a short
+    drive's messages.  Input: byte 0 picks a bag and its metadata.yaml or storage file, the rest is that
+    file's new content.  Contract: BagError, or a played bag whose undecodable
     records are counted."""
 
     name = "bag"
@@ -391,27 +400,40 @@ class BagTarget:
         self.play = play
         self.parameters = merge(load_parameters("embedded"),
                                 {"policy": {"device": "cpu", "backend": "torch", "explore": False}})
-        scratch = _scratch("td3_fuzz_bag_")
-        self.base, self.work = scratch / "base", scratch / "fuzzed"
+        workdir = scratch("td3_fuzz_bag_")
+        self.base, self.work = workdir / "base", workdir / "fuzzed"
         messages: list[tuple[str, Any]] = [(D.TP.route, D.route(1.0, 40.0)), (D.TP.episode_start, D.header(1.0, "0"))]
         for i in range(3):
             t = 1.0 + i * D.DT
             messages += [(D.TP.odometry, D.odometry(t, 10.0 + i)), (D.TP.camera, D.camera(t, h=12, w=16)),
                          (D.TP.control, D.control(t))]
-        with BagRecorder(self.base) as recorder:
+        with BagRecorder(self.base / "mcap") as recorder:  # what td3-drive records
             for i, (topic, msg) in enumerate(messages):
                 recorder(topic, msg.__msgtype__, msg, 1.0 + i * 1e-3)
-        self.names = sorted(p.name for p in self.base.iterdir())
-        self.files = {name: (self.base / name).read_bytes() for name in self.names}
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        from td3_drive.runtime import messages as M
+
+        # what ros2 bag records by default on Humble, and play reads too
+        with Writer(self.base / "sqlite3", version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+            connections: dict[str, Any] = {}
+            for i, (topic, msg) in enumerate(messages):
+                if topic not in connections:
+                    connections[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=M.typestore())
+                writer.write(connections[topic], int((1.0 + i * 1e-3) * 1e9), M.serialize(msg))
+        #: (bag, file) pairs an input can replace
+        self.files = {(bag.name, p.name): p.read_bytes() for bag in sorted(self.base.iterdir())
+                      for p in sorted(bag.iterdir())}
+        self.keys = list(self.files)
 
     def seeds(self) -> list[bytes]:
         return [bytes([i]) + blob for i, blob in enumerate(self.files.values())]
 
     def __call__(self, data: bytes) -> None:
         c = Consume(data)
-        name = self.names[c.u8() % len(self.names)]
+        bag, name = self.keys[c.u8() % len(self.keys)]
         shutil.rmtree(self.work, ignore_errors=True)
-        shutil.copytree(self.base, self.work)
+        shutil.copytree(self.base / bag, self.work)
         (self.work / name).write_bytes(c.rest())
         result = self.play(self.work, self.parameters)
         if not all(math.isfinite(v) for v in result["fed"].values()):

@@ -19,12 +19,15 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # this checkout's package, whatever else is installed
+
+from fuzz.file_targets import SCRATCH_ENV, scratch_base  # noqa: E402  (of td3_drive only topics, before instrumenting)
 #: instrumented for coverage: our code and the parsers it calls that are written in Python (safetensors,
 #: cv2, Cyclone and numpy's core are native code that their own projects fuzz)
 INSTRUMENT = ["td3_drive", "rosbags", "yaml", "fuzz"]
@@ -172,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         cmd = [sys.executable, "-m", "fuzz.run", "--one", name, "--out", str(args.out),
                f"-max_total_time={args.seconds}", *libfuzzer_args]
-        # setup (imports, building nodes or a learner) comes on top of the fuzzing time
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.seconds + 300,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                    [str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
+        with tempfile.TemporaryDirectory(prefix=f"td3_fuzz_{name}_", dir=scratch_base()) as scratch:
+            # setup (imports, building nodes or a learner) comes on top of the fuzzing time
+            result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.seconds + 300,
+                                    env={**os.environ, SCRATCH_ENV: scratch, "PYTHONPATH": os.pathsep.join(
+                                        [str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
         log = result.stdout + result.stderr
         (out / "log.txt").write_text(log)
         line = summarize(name, log, result.returncode, out) + f"  ({time.monotonic() - start:.0f} s)"

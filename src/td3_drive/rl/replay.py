@@ -25,6 +25,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from tokenize import TokenError
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ class ReplayBuffer:
                 raise ReplayCorrupt(f"replay buffer in {self.directory} is missing {path.name}")
             try:
                 arr = open_memmap(path, mode="r+")
-            except (ValueError, OSError) as exc:  # numpy's word for a header that is not one, or a short file
+            except (ValueError, OSError, TokenError, SyntaxError) as exc:  # what numpy's header parser raises
                 raise ReplayCorrupt(f"{path}: not a replay array: {exc}") from None
             if arr.shape != full or arr.dtype != dtype:
                 raise ReplayCorrupt(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")

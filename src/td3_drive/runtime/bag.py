@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from td3_drive.runtime import messages
 from td3_drive.runtime.local import LocalRuntime
@@ -103,8 +103,12 @@ def _raw_messages(path: str | Path, topics: Iterable[str] | None) -> Iterator[tu
                 return
             for conn, timestamp, data in reader.messages(connections=conns):
                 yield conn.topic, conn.msgtype, data, timestamp
-    except ReaderError as exc:  # metadata or storage file unreadable: no record to skip, the bag is unusable
-        raise BagError(f"{path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001  rosbags' readers raise ReaderError, but also whatever a corrupt
+        # index hits (UnicodeDecodeError, struct.error, KeyError, ...): the bag is unusable either way.  MemoryError
+        # too: the MCAP reader reads a length field's worth of bytes in one read(), which CPython allocates whole
+        # up front, so a corrupt length of 2**57 fails that allocation at once (nothing is held; a length it can
+        # allocate comes back as the bytes the file has)
+        raise BagError(f"{path}: unreadable bag: {type(exc).__name__}: {exc}") from exc
 
 
 def read_bag(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, Any, int]]:

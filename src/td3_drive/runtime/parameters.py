@@ -62,9 +62,20 @@ def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]
 
 def typed_value(node: str, name: str, default: Any, value: Any) -> Any:
     """``value`` given for the parameter ``name`` (typed by ``default``), as a node declares it: an
-    int for a float parameter is read as a float (YAML ``1`` for ``1.0``), any other mismatch is an error."""
-    if default is None or value is None or isinstance(value, type(default)):
+    int for a float parameter is read as a float (YAML ``1`` for ``1.0``), an array is typed by its
+    elements as rclpy types it (ints in a float array likewise), a bool is no int; any other mismatch
+    is a ParameterTypeError."""
+    if default is None or value is None:
         return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(default, float) and type(value) is int:
         return float(value)
-    raise ParameterTypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
+    if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+        raise ParameterTypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
+    if isinstance(default, list) and default:  # an empty default names no element type
+        element = type(default[0])
+        items = [float(v) if element is float and type(v) is int else v for v in value]
+        if not all(type(v) is element for v in items):
+            raise ParameterTypeError(f"{node}: parameter {name!r} must be an array of {element.__name__}, "
+                                     f"got {value!r}")
+        return items
+    return value
