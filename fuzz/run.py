@@ -27,6 +27,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]  # this checkout's package, whatever else is installed
 
+from fuzz.common import Target  # noqa: E402
 from fuzz.file_targets import SCRATCH_ENV, scratch_base  # noqa: E402  (of td3_drive only topics, before instrumenting)
 #: instrumented for coverage: our code and the parsers it calls that are written in Python (safetensors,
 #: cv2, Cyclone and numpy's core are native code that their own projects fuzz)
@@ -44,7 +45,7 @@ def target_names() -> list[str]:
     return ["image", "weights", "checkpoint", "replay", "params", "bag", *TYPES]
 
 
-def make_target(name: str):  # -> fuzz.common.Target
+def make_target(name: str) -> Target:
     from fuzz import dds_targets, file_targets
 
     if name in dds_targets.TYPES:
@@ -129,6 +130,11 @@ def replay(name: str, files: list[Path]) -> int:
     return 0
 
 
+def _text(output: bytes | str | None) -> str:
+    """What a timed-out subprocess had written (bytes even with text=True, or None)."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 STAT = re.compile(r"stat::(number_of_executed_units|peak_rss_mb):\s*(\d+)")
 COVERAGE = re.compile(r"#\d+\s+\w+\s+cov: (\d+) ft: (\d+)")
 
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(target_names())
     if unknown:
         raise SystemExit(f"unknown targets {sorted(unknown)}; targets: {', '.join(target_names())}")
-    lines, failed = [], 0
+    failed = 0
     for name in names:
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
@@ -177,15 +183,18 @@ def main(argv: list[str] | None = None) -> int:
                f"-max_total_time={args.seconds}", *libfuzzer_args]
         with tempfile.TemporaryDirectory(prefix=f"td3_fuzz_{name}_", dir=scratch_base()) as scratch:
             # setup (imports, building nodes or a learner) comes on top of the fuzzing time
-            result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.seconds + 300,
-                                    env={**os.environ, SCRATCH_ENV: scratch, "PYTHONPATH": os.pathsep.join(
-                                        [str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])})
-        log = result.stdout + result.stderr
+            env = {**os.environ, SCRATCH_ENV: scratch,
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+            try:
+                result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
+                                        timeout=args.seconds + 600)
+                log, code = result.stdout + result.stderr, result.returncode
+            except subprocess.TimeoutExpired as exc:  # libFuzzer stops itself; this is setup or a wedged exit
+                log, code = f"{_text(exc.stdout)}{_text(exc.stderr)}\nrunner: killed after {exc.timeout} s", -9
         (out / "log.txt").write_text(log)
-        line = summarize(name, log, result.returncode, out) + f"  ({time.monotonic() - start:.0f} s)"
+        line = summarize(name, log, code, out) + f"  ({time.monotonic() - start:.0f} s)"
         failed += "FOUND" in line
         print(line, flush=True)
-        lines.append(line)
     print(f"{len(names) - failed}/{len(names)} targets kept the contract; output in {args.out}")
     return 1 if failed else 0
 

@@ -25,8 +25,8 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from tokenize import TokenError
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ class ReplayBuffer:
         gamma: discount factor.
         directory: if given, arrays are ``.npy`` memmaps there (sparse, nothing allocated up
             front) plus ``replay.json`` written by :meth:`flush`; an existing buffer there is
-            resumed as of its last flush.
+            resumed as of its last flush (ReplayCorrupt if its files are not this buffer's).
         seed: seed of the sampling generator (its state is saved and restored).
 
     Usage: ``start_episode(frame, state)`` with the first observation, then one
@@ -151,7 +151,7 @@ class ReplayBuffer:
                 raise ReplayCorrupt(f"{meta_path} holds a {type(meta).__name__}, not a replay buffer's metadata")
             if meta.get("version") != _META_VERSION:  # another format: reading it would misread it
                 raise ReplayCorrupt(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
-                                 f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
+                                    f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
             stored = {k: meta.get(k) for k in self._meta_layout()}
             if stored != self._meta_layout():
                 raise ReplayCorrupt(
