@@ -159,8 +159,9 @@ class NodeGraph:
             rt.spin()
         self.nodes["simulator"].start()
         self.runtimes[0].spin()
-        #: (topic, type) of every subscription, in the order nodes made them
-        self.subscribed = sorted({(topic, rt._types[topic]) for rt in self.runtimes for topic in rt._subscribers})
+        #: (topic, type) of every subscription, and /clock: every runtime takes its time from it (use_sim_time)
+        self.subscribed = sorted({(topic, rt._types[topic]) for rt in self.runtimes for topic in rt._subscribers}
+                                 | {(TP.clock, T.CLOCK)})
         self.undecodable = 0
 
     def _check(self, topic: str, type_name: str, msg: Any, time_s: float) -> None:
@@ -220,7 +221,7 @@ class NodeGraph:
             fed = before + [(topic, msg)] + after
             self._fed = {id(m) for _, m in fed}
             for rt in self.runtimes:
-                if topic not in rt._subscribers:
+                if topic not in rt._subscribers and topic != TP.clock:
                     continue
                 for tp, m in fed:
                     rt.publish(tp, m)
