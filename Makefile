@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.td3_drive-installed
 STEPS ?=
 ARGS ?=
+FUZZ_SECONDS ?= 10
 
-.PHONY: train test bench mutation clean-venv
+.PHONY: train test bench fuzz mutation clean-venv
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ bench: $(STAMP)
 	$(PY) -m td3_drive.bench learner
 	$(PY) -m td3_drive.bench policy
 	$(PY) -m td3_drive.bench replay
+
+# coverage-guided fuzzing (atheris) of every target in fuzz/, FUZZ_SECONDS each (about 5 min in all with the
+# default 10); corpus, crashes and logs in fuzz-out/<target>/; e.g. make fuzz FUZZ_SECONDS=120 ARGS="weights bag"
+fuzz: $(STAMP)
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS) $(ARGS)
 
 # mutation testing of learner, replay, reward, transitions and control (~40 min on 2 cores; not in CI);
 # the summary (killed / survived / timeouts) is printed last and kept in mutants/mutmut-cicd-stats.json

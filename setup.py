@@ -56,6 +56,7 @@ setup(
             "colcon-ros>=0.4",
             "colcon-python-setup-py>=0.2.8",
             "cyclonedds==11.0.1",
+            "atheris>=3.0",  # make fuzz, and test_fuzz's run of one target through libFuzzer
         ],
     },
     entry_points={

@@ -201,3 +201,19 @@ def test_truncated_image_in_mcap_is_counted(tmp_path: Path):
         writer.write(conn, 3, data)
     counts = play_bag(bag, LocalRuntime())
     assert counts == {"undecodable": 1, TOPICS.camera: 2}
+
+
+def test_unreadable_bag_is_a_bag_error_and_play_says_so(tmp_path: Path):
+    """A bag rosbags cannot open (here its MCAP file emptied) is one BagError, whatever rosbags raised
+    inside; `td3-drive play` turns it into a message and exit status 1, not a traceback."""
+    from td3_drive.app import cli
+    from td3_drive.runtime.bag import BagError
+
+    bag = tmp_path / "bag"
+    with BagRecorder(bag) as recorder:
+        recorder(T.Topics().control, T.CONTROL, messages.new_message(T.CONTROL), 1.0)
+    (bag / "bag.mcap").write_bytes(b"")
+    with pytest.raises(BagError, match="unreadable bag"):
+        list(read_bag(bag))
+    with pytest.raises(SystemExit, match="td3-drive play: .*unreadable bag"):
+        cli.main(["play", str(bag), "--set", "policy.backend=torch", "--set", "policy.device=cpu"])

@@ -127,10 +127,14 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
     from td3_drive.app import embedded
+    from td3_drive.runtime.bag import BagError
 
     actor = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     params = config.compose(args.config, None, args.set, {"policy": {"explore": False}}, actor=actor)
-    return {"command": "play", **embedded.play(args.bag, params)}
+    try:
+        return {"command": "play", **embedded.play(args.bag, params)}
+    except BagError as exc:  # a file that is no bag: say so, no traceback
+        raise SystemExit(f"td3-drive play: {exc}") from None
 
 
 def cmd_node(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from td3_drive.runtime.parameters import for_node, internal_key, yaml_key
+from td3_drive.runtime.parameters import ParameterFileError, for_node, internal_key, yaml_key
 
 Parameters = dict[str, dict[str, Any]]
 
@@ -44,15 +44,23 @@ ARCHITECTURE_PARAMETERS = {"layer_norm": ("policy",), "frame_stack": ("policy", 
 VEHICLE_NODES = ("simulator", "camera_preprocessor", "policy", "classical_controller")
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested YAML dicts -> dotted ROS 2 parameter names ({'learner': {'tau': x}} -> {'learner.tau': x})."""
+#: parameters one file may set: YAML aliases can nest a mapping into itself level after level, and
+#: flattening such a file of a few hundred bytes would make billions of names
+MAX_PARAMETERS = 100_000
+
+
+def flatten(params: dict[str, Any], prefix: str = "", limit: int = MAX_PARAMETERS) -> dict[str, Any]:
+    """Nested YAML dicts -> dotted ROS 2 parameter names ({'learner': {'tau': x}} -> {'learner.tau': x}).
+    Raises ParameterFileError beyond ``limit`` names."""
     out: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
+            out.update(flatten(value, f"{name}.", limit - len(out)))
         else:
             out[name] = value
+        if len(out) > limit:
+            raise ParameterFileError(f"more than {MAX_PARAMETERS} parameters (YAML aliases nested in each other?)")
     return out
 
 
@@ -76,11 +84,23 @@ def find_config(name_or_path: str) -> Path:
 
 
 def load_parameters(config: str | Path, overrides: Parameters | None = None) -> Parameters:
-    """A ROS 2 parameter file -> {node key: {dotted_param: value}} with ``overrides`` applied."""
-    raw = yaml.safe_load(Path(find_config(str(config))).read_text()) or {}
+    """A ROS 2 parameter file -> {node key: {dotted_param: value}} with ``overrides`` applied.
+
+    Raises ParameterFileError for a file that is not YAML of the form ``node: {ros__parameters: {...}}``."""
+    path = Path(find_config(str(config)))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: yaml recurses
+        raise ParameterFileError(f"{path}: not a YAML parameter file: {type(exc).__name__}: {exc}") from None
     params: Parameters = {}
+    shape = "node: {ros__parameters: {name: value}}"
+    if not isinstance(raw, dict):
+        raise ParameterFileError(f"{path}: a parameter file maps node names as {shape}, not a {type(raw).__name__}")
     for node, body in raw.items():
-        params.setdefault(internal_key(node), {}).update(flatten((body or {}).get("ros__parameters", {})))
+        values = body.get("ros__parameters") if isinstance(body, dict) else None
+        if not isinstance(body or {}, dict) or not isinstance(values or {}, dict):
+            raise ParameterFileError(f"{path}: {node!r} is not {shape}")
+        params.setdefault(internal_key(node), {}).update(flatten(values or {}))
     merge(params, overrides or {})
     return params
 

@@ -397,7 +397,8 @@ def kinematic_state(pose: VehiclePose, route: np.ndarray, n_waypoints: int = N_W
      then the next ``n_waypoints`` route points after the projection (route[index + 1], ...),
      in the vehicle frame (x forward, y left) / waypoint_scale, x and y interleaved],
     padded with the last route point near the end.  Pass ``projection`` to reuse one already
-    computed for this pose and route (the reward does the same projection).
+    computed for this pose and route (the reward does the same projection).  Raises InvalidMessage
+    (non_finite) rather than return a state that is not finite.
     """
     route = np.asarray(route, dtype=np.float64)
     proj = projection if projection is not None else project_on_route(pose, route)
@@ -410,4 +411,6 @@ def kinematic_state(pose: VehiclePose, route: np.ndarray, n_waypoints: int = N_W
     state[2] = proj.heading_error / math.pi
     state[3::2] = (c * rel[:, 0] + s * rel[:, 1]) / waypoint_scale  # world -> vehicle: rotate by -yaw
     state[4::2] = (-s * rel[:, 0] + c * rel[:, 1]) / waypoint_scale
+    if not np.isfinite(state).all():  # finite coordinates so far out (1e300 m) that the vehicle frame overflows
+        raise InvalidMessage("non_finite", "kinematic state overflows: route or pose coordinates out of range")
     return state

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_file
 from safetensors.numpy import save_file as save_numpy_file
 from safetensors.torch import load_file as load_torch_file
@@ -97,6 +98,13 @@ def learner_state(learner: Learner) -> tuple[dict[str, torch.Tensor], dict[str, 
     return model, optim, meta
 
 
+def _counter(meta: dict[str, Any], key: str) -> int:
+    value = meta[key]
+    if type(value) is not int or value < 0:  # a float or a string would surface updates later, far from here
+        raise CheckpointError(f"checkpoint counter {key} is {value!r}, not a count")
+    return value
+
+
 def restore_learner(learner: Learner, model: dict[str, torch.Tensor], optim: dict[str, torch.Tensor],
                     meta: dict[str, Any]) -> None:
     if meta["learner_config"] != learner.config.to_dict():
@@ -118,10 +126,10 @@ def restore_learner(learner: Learner, model: dict[str, torch.Tensor], optim: dic
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     learner.generator.set_state(optim["rng.learner"])
     torch.set_rng_state(optim["rng.torch"])
-    learner.num_updates = meta["num_updates"]
-    learner.num_actor_updates = meta["num_actor_updates"]
+    learner.num_updates = _counter(meta, "num_updates")
+    learner.num_actor_updates = _counter(meta, "num_actor_updates")
     learner.health.skipped = dict(meta["health"]["skipped"])
-    learner.health.consecutive_bad = meta["health"]["consecutive_bad"]
+    learner.health.consecutive_bad = _counter(meta["health"], "consecutive_bad")
 
 
 # ------------------------------------------------------------ on disk
@@ -190,8 +198,14 @@ class Checkpointer:
     def verify(self, path: Path) -> bool:
         try:
             payload = json.loads((path / "state.json").read_text())
-            return all(_sha256(path / name) == digest for name, digest in payload["checksums"].items())
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
+            return False
+        checksums = payload.get("checksums") if isinstance(payload, dict) else None
+        if not isinstance(checksums, dict) or not checksums:
+            return False
+        try:
+            return all(isinstance(name, str) and _sha256(path / name) == digest for name, digest in checksums.items())
+        except (OSError, ValueError):  # a listed file missing, or a name no path can have (NUL)
             return False
 
     def latest(self) -> Path | None:
@@ -213,14 +227,23 @@ class Checkpointer:
             raise CheckpointError(f"{path} is not a complete, verified checkpoint")
         payload = json.loads((path / "state.json").read_text())
         replay_arrays = None
-        if (path / "replay.safetensors").exists():
-            replay_arrays = load_numpy_file(str(path / "replay.safetensors"))
-        return Checkpoint(path, payload, load_torch_file(path / "model.safetensors"),
-                          load_torch_file(path / "optim.safetensors"), replay_arrays)
+        try:  # checksums say the files are the ones written, not that a writer wrote them right
+            if (path / "replay.safetensors").exists():
+                replay_arrays = load_numpy_file(str(path / "replay.safetensors"))
+            return Checkpoint(path, payload, load_torch_file(path / "model.safetensors"),
+                              load_torch_file(path / "optim.safetensors"), replay_arrays)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: unreadable tensors: {exc}") from exc
 
     def restore(self, path: str | Path, learner: Learner) -> Checkpoint:
+        """Load checkpoint ``path`` into ``learner``; CheckpointError if it is not one of this learner's."""
         checkpoint = self.load(path)
-        restore_learner(learner, checkpoint.model, checkpoint.optim, checkpoint.state["learner"])
+        try:
+            restore_learner(learner, checkpoint.model, checkpoint.optim, checkpoint.state["learner"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            # names, shapes, dtypes or JSON that do not fit this learner: torch and the optimizers say it
+            # in their own exception types, a caller needs one
+            raise CheckpointError(f"{path} does not restore this learner: {type(exc).__name__}: {exc}") from exc
         return checkpoint
 
     @staticmethod

@@ -26,6 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,10 @@ from td3_drive import topics as T
 META_FILE = "replay.json"
 _META_VERSION = 1
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+class ReplayCorrupt(ValueError):
+    """Replay files on disk, or a saved replay state, that do not describe this buffer: refused whole."""
 
 
 @dataclass
@@ -65,7 +70,7 @@ class ReplayBuffer:
         gamma: discount factor.
         directory: if given, arrays are ``.npy`` memmaps there (sparse, nothing allocated up
             front) plus ``replay.json`` written by :meth:`flush`; an existing buffer there is
-            resumed as of its last flush.
+            resumed as of its last flush (ReplayCorrupt if its files are not this buffer's).
         seed: seed of the sampling generator (its state is saved and restored).
 
     Usage: ``start_episode(frame, state)`` with the first observation, then one
@@ -137,14 +142,19 @@ class ReplayBuffer:
         assert self.directory is not None
         self.directory.mkdir(parents=True, exist_ok=True)
         meta_path = self.directory / META_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested deeper than the stack
+            raise ReplayCorrupt(f"{meta_path} is not a replay buffer's metadata: {exc}") from None
         if meta is not None:
+            if not isinstance(meta, dict):
+                raise ReplayCorrupt(f"{meta_path} holds a {type(meta).__name__}, not a replay buffer's metadata")
             if meta.get("version") != _META_VERSION:  # another format: reading it would misread it
-                raise ValueError(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
-                                 f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
+                raise ReplayCorrupt(f"replay buffer in {self.directory} has format version {meta.get('version')}, "
+                                    f"this td3_drive reads version {_META_VERSION}: use a new run_dir or delete it")
             stored = {k: meta.get(k) for k in self._meta_layout()}
             if stored != self._meta_layout():
-                raise ValueError(
+                raise ReplayCorrupt(
                     f"replay buffer in {self.directory} has layout {stored}, asked for {self._meta_layout()}"
                 )
         self._arrays = {}
@@ -155,10 +165,13 @@ class ReplayBuffer:
                 self._arrays[name] = open_memmap(path, mode="w+", dtype=dtype, shape=full)
                 continue
             if not path.exists():
-                raise ValueError(f"replay buffer in {self.directory} is missing {path.name}")
-            arr = open_memmap(path, mode="r+")
+                raise ReplayCorrupt(f"replay buffer in {self.directory} is missing {path.name}")
+            try:
+                arr = open_memmap(path, mode="r+")
+            except (ValueError, OSError, TokenError, SyntaxError) as exc:  # what numpy's header parser raises
+                raise ReplayCorrupt(f"{path}: not a replay array: {exc}") from None
             if arr.shape != full or arr.dtype != dtype:
-                raise ValueError(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")
+                raise ReplayCorrupt(f"{path}: has {arr.dtype}{arr.shape}, expected {dtype}{full}")
             self._arrays[name] = arr
         if meta is not None:
             self._restore_scalars(meta)
@@ -428,12 +441,26 @@ class ReplayBuffer:
             "rng_state": json.dumps(self._rng.bit_generator.state),
         }
 
+    def _parse_scalars(self, d: dict[str, Any]) -> tuple[int, int, bool, int, dict[str, Any]]:
+        """(total, oldest, in_episode, episodes, rng state) of saved scalars; ReplayCorrupt if they do not
+        describe this buffer.  Nothing is changed, so a refused state leaves the buffer as it was."""
+        try:
+            total, oldest, episodes, in_episode = (d[k] for k in ("total", "oldest", "episodes", "in_episode"))
+            if not all(type(v) is int for v in (total, oldest, episodes)) or type(in_episode) is not bool:
+                raise TypeError(f"counters {total!r}, {oldest!r}, {episodes!r}, {in_episode!r}")
+            # the ring holds observations oldest..total-1: anything else is not this buffer's, and a
+            # total of 2**62 would have _recover allocate an index array of that length
+            if not 0 <= oldest <= total or total - oldest > self.capacity or episodes < 0:
+                raise ValueError(f"observations {oldest}..{total} do not fit a ring of {self.capacity}")
+            rng_state = json.loads(d["rng_state"])
+            type(self._rng.bit_generator)().state = rng_state  # a probe: the setter validates it
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise ReplayCorrupt(f"replay scalars do not describe this buffer: {type(exc).__name__}: {exc}") from None
+        return total, oldest, in_episode, episodes, rng_state
+
     def _restore_scalars(self, d: dict[str, Any]) -> None:
-        self._total = int(d["total"])
-        self._oldest = int(d["oldest"])
-        self._in_episode = bool(d["in_episode"])
-        self._episodes = int(d["episodes"])
-        self._rng.bit_generator.state = json.loads(d["rng_state"])
+        self._total, self._oldest, self._in_episode, self._episodes, rng_state = self._parse_scalars(d)
+        self._rng.bit_generator.state = rng_state
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays (views of the used slots: save them before the next add) and JSON-able scalars."""
@@ -445,16 +472,23 @@ class ReplayBuffer:
         """Restore from :meth:`state_dict` output (same layout required); sampling resumes exactly."""
         missing = sorted(set(self._meta_layout()) - set(d))
         if missing:
-            raise ValueError(f"replay state lacks {missing}: not a replay buffer's state")
-        stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
+            raise ReplayCorrupt(f"replay state lacks {missing}: not a replay buffer's state")
+        try:
+            stored = {k: list(d[k]) if k == "frame_shape" else int(d[k]) for k in self._meta_layout()}
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ReplayCorrupt(f"replay state layout is not one: {exc}") from None
         if stored != self._meta_layout():
-            raise ValueError(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
-        used = min(int(d["total"]), self.capacity)
+            raise ReplayCorrupt(f"replay state has layout {stored}, this buffer is {self._meta_layout()}")
+        scalars = self._parse_scalars(d)  # all checked before anything is written
+        used = min(scalars[0], self.capacity)
+        arrays = {}
         for name, (dtype, shape) in self._specs.items():
-            arr = np.asarray(d[name])
+            arr = np.asarray(d.get(name))
             if arr.shape != (used, *shape):
-                raise ValueError(f"replay state {name!r} has shape {arr.shape}, expected {(used, *shape)}")
-            self._arrays[name][:used] = arr.astype(dtype, copy=False)
+                raise ReplayCorrupt(f"replay state {name!r} has shape {arr.shape}, expected {(used, *shape)}")
+            arrays[name] = arr
+        for name, arr in arrays.items():
+            self._arrays[name][:used] = arr.astype(self._specs[name][0], copy=False)
         self._restore_scalars(d)
         self._rebuild_valid()
 

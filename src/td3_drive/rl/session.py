@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from td3_drive.rl.checkpoint import Checkpointer
+from td3_drive.rl.checkpoint import Checkpoint, CheckpointError, Checkpointer
 from td3_drive.rl.learner import Learner, LearnerConfig
-from td3_drive.rl.replay import VehicleReplay, batch_to
+from td3_drive.rl.replay import ReplayCorrupt, VehicleReplay, batch_to
 from td3_drive.rl.scalars import ScalarLogger
 from td3_drive.rl.weights import encode_actor
 from td3_drive.settings import setting
@@ -330,6 +330,16 @@ class TrainingSession:
             self.log.info(f"no checkpoint in {self.checkpointer.directory}: starting fresh")
             return False
         checkpoint = self.checkpointer.restore(latest, self.learner)
+        try:
+            self._restore_training_state(latest, checkpoint)
+        except (ReplayCorrupt, KeyError, TypeError, ValueError, AttributeError) as exc:
+            # counters or replay that do not fit this run: one error type for whoever resumes
+            raise CheckpointError(f"{latest}: training state does not resume: {type(exc).__name__}: {exc}") from exc
+        self.log.info(f"resumed from {latest} at {self.env_steps} env steps")
+        return True
+
+    def _restore_training_state(self, latest: Path, checkpoint: Checkpoint) -> None:
+        """The replay and the counters of a checkpoint whose learner is already restored."""
         replay_state = Checkpointer.replay_state(checkpoint)
         state = checkpoint.state["state"]
         if replay_state is not None:
@@ -364,8 +374,6 @@ class TrainingSession:
         self.resumed_from = {"checkpoint": str(latest), "env_steps": self.env_steps, "episodes": self.episodes,
                              "updates": self.learner.num_updates,
                              "replay_written": [b.written for b in self.replay.buffers]}
-        self.log.info(f"resumed from {latest} at {self.env_steps} env steps")
-        return True
 
     def health(self) -> dict[str, int]:
         """Counters for /diagnostics."""

@@ -67,7 +67,7 @@ def _read_header(data: bytes) -> dict[str, Any]:
         raise WeightsRejected("bad_header", f"header length {header_len} for {len(data)} bytes")
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # nesting deeper than the stack
         raise WeightsRejected("bad_header", str(exc)) from None
     if not isinstance(header, dict):
         raise WeightsRejected("bad_header", "header is not an object")
@@ -82,7 +82,7 @@ def _read_metadata(metadata: dict[str, Any]) -> tuple[int, ActorArchitecture]:
         raise WeightsRejected("wrong_format", f"format {metadata.get('format')!r}")
     try:
         return int(metadata["version"]), ActorArchitecture.from_dict(json.loads(metadata["architecture"]))
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as exc:  # a version of 1e999: int(inf)
         raise WeightsRejected("bad_metadata", str(exc)) from None
 
 

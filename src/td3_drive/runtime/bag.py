@@ -23,6 +23,10 @@ BAG_VERSION = 8
 UNDECODABLE = "undecodable"
 
 
+class BagError(ValueError):
+    """A bag that cannot be read at all (metadata, storage file); a bad record is skipped and counted instead."""
+
+
 class BagRecorder:
     """Record published messages to an MCAP rosbag2 directory (which must not exist yet).
 
@@ -92,12 +96,19 @@ class BagRecorder:
 def _raw_messages(path: str | Path, topics: Iterable[str] | None) -> Iterator[tuple[str, str, bytes, int]]:
     """(topic, type name, CDR bytes, timestamp ns) in time order, MCAP or sqlite3."""
     wanted = None if topics is None else set(topics)
-    with Reader(Path(path)) as reader:
-        conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
-        if not conns:  # an empty filter would mean "all" to rosbags
-            return
-        for conn, timestamp, data in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, data, timestamp
+    try:
+        with Reader(Path(path)) as reader:
+            conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
+            if not conns:  # an empty filter would mean "all" to rosbags
+                return
+            for conn, timestamp, data in reader.messages(connections=conns):
+                yield conn.topic, conn.msgtype, data, timestamp
+    except Exception as exc:  # noqa: BLE001  rosbags' readers raise ReaderError, but also whatever a corrupt
+        # index hits (UnicodeDecodeError, struct.error, KeyError, ...): the bag is unusable either way.  MemoryError
+        # too: the MCAP reader reads a length field's worth of bytes in one read(), which CPython allocates whole
+        # up front, so a corrupt length of 2**57 fails that allocation at once (nothing is held; a length it can
+        # allocate comes back as the bytes the file has)
+        raise BagError(f"{path}: unreadable bag: {type(exc).__name__}: {exc}") from exc
 
 
 def read_bag(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, Any, int]]:

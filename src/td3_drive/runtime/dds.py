@@ -64,6 +64,8 @@ TAKE_BATCH = 64
 MAX_PARTICIPANTS = 40
 
 log = logging.getLogger(__name__)
+#: what a received sample that does not decode raises: it is skipped and counted, never delivered
+UNDECODABLE = (SerdeError,)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -371,7 +373,7 @@ class DdsRuntime:
                     continue  # an instance state change (writer gone), not data
                 try:
                     msg = from_wire(payload, sub.type_name)
-                except SerdeError as exc:  # e.g. a peer's string that is not UTF-8: Cyclone checks lengths only
+                except UNDECODABLE as exc:  # e.g. a peer's string that is not UTF-8: Cyclone checks lengths only
                     self._undecodable(sub.topic, exc)
                     continue
                 sub.callback(msg)

@@ -14,6 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+class ParameterFileError(ValueError):
+    """A parameter file that is not one: not YAML, or not ``node: {ros__parameters: {...}}``."""
+
+
+class ParameterTypeError(TypeError):
+    """A parameter value of another type than the parameter's (rclpy: InvalidParameterTypeException)."""
+
+
 #: the wildcard prefix our parameter files put before every node name
 ANY_NAMESPACE = "/**/"
 
@@ -36,7 +44,10 @@ def yaml_key(key: str) -> str:
 def matches(key: str, fully_qualified_name: str) -> bool:
     """Whether the entry ``key`` (internal form) applies to the node ``fully_qualified_name``."""
     pattern = re.escape(yaml_key(key)).replace(r"/\*", r"(/\w+)").replace(r"\*", "*")
-    return re.fullmatch(pattern, fully_qualified_name) is not None
+    try:
+        return re.fullmatch(pattern, fully_qualified_name) is not None
+    except re.error as exc:  # a '*' with nothing to repeat ('a**'): no node name pattern, a broken file
+        raise ParameterFileError(f"node key {key!r} is not a node name pattern: {exc}") from None
 
 
 def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
@@ -51,9 +62,20 @@ def for_node(parameters: dict[str, dict[str, Any]], name: str) -> dict[str, Any]
 
 def typed_value(node: str, name: str, default: Any, value: Any) -> Any:
     """``value`` given for the parameter ``name`` (typed by ``default``), as a node declares it: an
-    int for a float parameter is read as a float (YAML ``1`` for ``1.0``), any other mismatch is an error."""
-    if default is None or value is None or isinstance(value, type(default)):
+    int for a float parameter is read as a float (YAML ``1`` for ``1.0``), an array is typed by its
+    elements as rclpy types it (ints in a float array likewise), a bool is no int; any other mismatch
+    is a ParameterTypeError."""
+    if default is None or value is None:
         return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(default, float) and type(value) is int:
         return float(value)
-    raise TypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
+    if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+        raise ParameterTypeError(f"{node}: parameter {name!r} must be {type(default).__name__}, got {value!r}")
+    if isinstance(default, list) and default:  # an empty default names no element type
+        element = type(default[0])
+        items = [float(v) if element is float and type(v) is int else v for v in value]
+        if not all(type(v) is element for v in items):
+            raise ParameterTypeError(f"{node}: parameter {name!r} must be an array of {element.__name__}, "
+                                     f"got {value!r}")
+        return items
+    return value
