@@ -206,3 +206,27 @@ def test_the_blind_pid_fails_hazards_and_the_privileged_driver_passes_them():
     assert blind.meta["by_hazard"]["hazard"]["collisions_per_km_pooled"] > 0
     stopped = [r for r in privileged.episodes if r["hazard"] == "brake_hold"]
     assert stopped and all(r["min_ttc_s"] > 1.0 for r in stopped), "gap keeping never comes close to contact"
+
+
+def test_ground_truth_lead_by_stamp_and_a_malformed_one_counted():
+    from td3_drive import topics as T
+    from td3_drive.nodes.bridge import GroundTruthLead
+    from td3_drive.runtime.diagnostics import DropCounter
+    from td3_drive.runtime.interface import RELIABLE_QOS
+    from td3_drive.runtime.local import LocalRuntime
+
+    runtime = LocalRuntime({})
+    ctx, topics = runtime.context("listener"), T.Topics()
+    drops = DropCounter(ctx)
+    lead = GroundTruthLead(ctx, topics, drops)
+    pub = ctx.create_publisher(T.JOINT_STATE, topics.lead_ground_truth, RELIABLE_QOS)
+
+    def send(sec: int, values: list[float]) -> None:
+        stamp = ctx.new("builtin_interfaces/msg/Time", sec=sec, nanosec=0)
+        pub.publish(ctx.new(T.JOINT_STATE, header=ctx.new(T.HEADER, stamp=stamp), position=np.array(values)))
+        runtime.spin()
+
+    send(1, [12.5, 4.0])
+    assert lead.at(1.0) == (12.5, 4.0) and lead.at(2.0) is None, "only the tick it was measured at"
+    send(2, [1.0, 2.0, 3.0])
+    assert drops.counts == {"bad_ground_truth": 1} and lead.at(1.0) == (12.5, 4.0)

@@ -2,7 +2,8 @@
 
 ``BridgeWorld``: a :class:`~td3_drive.driving.world.WorldState` fed by the bridge's
 odometry, route, event and episode-start topics.  ``ObservationPairer``: the two
-halves of the observation (image + state) matched by stamp.
+halves of the observation (image + state) matched by stamp.  ``GroundTruthLead``: the
+embedded simulator's car ahead, by stamp.
 """
 from __future__ import annotations
 
@@ -112,3 +113,23 @@ class ObservationPairer:
             return self.drops.drop("bad_observation", str(exc))
         self.last_stamp = t
         self.on_observation(image.header.stamp, obs, vector)
+
+
+class GroundTruthLead:
+    """The embedded simulator's car ahead (/td3/ground_truth/lead): ``at(stamp)`` -> (gap [m], speed [m/s]),
+    or None when no message of that tick came; malformed messages are dropped (``bad_ground_truth``)."""
+
+    def __init__(self, ctx: NodeContext, topics: T.Topics, drops: DropCounter) -> None:
+        self.drops = drops
+        self.latest: tuple[float, float, float] | None = None  # (stamp, gap, speed)
+        ctx.create_subscription(T.JOINT_STATE, topics.lead_ground_truth, self.on_lead, RELIABLE_QOS)
+
+    def on_lead(self, msg: Any) -> None:
+        if len(msg.position) != len(T.LEAD_NAMES):
+            return self.drops.drop("bad_ground_truth", f"{len(msg.position)} values, need {T.LEAD_NAMES}")
+        self.latest = (seconds(msg.header.stamp), float(msg.position[0]), float(msg.position[1]))
+
+    def at(self, stamp: float) -> tuple[float, float] | None:
+        if self.latest is None or self.latest[0] != stamp:
+            return None
+        return self.latest[1], self.latest[2]

@@ -22,7 +22,7 @@ from td3_drive.driving.classical import ClassicalConfig, PurePursuitPID
 from td3_drive.driving.control import BRAKE, action_to_control_fields
 from td3_drive.driving.observation import InvalidMessage, VehiclePose
 from td3_drive.driving.world import CameraPoseJoin
-from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.nodes.bridge import BridgeWorld, GroundTruthLead
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
@@ -46,10 +46,8 @@ class ClassicalControllerNode(Node):
         self.world = BridgeWorld(ctx, topics, self.drops, events=False, on_pose=lambda: self.join.poll())
         self.join = CameraPoseJoin(self.world, self._on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, topics.camera, self._on_image, SENSOR_QOS)
-        #: (stamp [s], gap [m], speed [m/s]) of the car ahead, from the simulator (privileged driver only)
-        self.lead: tuple[float, float, float] | None = None
-        if self.config.privileged:
-            ctx.create_subscription(T.JOINT_STATE, topics.lead_ground_truth, self._on_lead, RELIABLE_QOS)
+        #: the car ahead, from the simulator (privileged driver only)
+        self.lead = GroundTruthLead(ctx, topics, self.drops) if self.config.privileged else None
         self.publish_diagnostics_every(1.0)
 
     @property
@@ -66,19 +64,15 @@ class ClassicalControllerNode(Node):
             return self._publish(msg.header.stamp, dict(BRAKE))
         self.join.on_image(seconds(msg.header.stamp), msg)  # the bridge sends its odometry next
 
-    def _on_lead(self, msg: Any) -> None:
-        if len(msg.position) != len(T.LEAD_NAMES):
-            return self.drops.drop("bad_ground_truth", f"{len(msg.position)} values")
-        self.lead = (seconds(msg.header.stamp), float(msg.position[0]), float(msg.position[1]))
-
     def _lead_at(self, stamp: float) -> tuple[float, float] | None:
         """The privileged driver's lead at this tick; without ground truth for it, a full stop is the safe guess."""
-        if not self.config.privileged:
+        if self.lead is None:
             return None
-        if self.lead is None or self.lead[0] != stamp:
+        lead = self.lead.at(stamp)
+        if lead is None:
             self.drops.drop("no_ground_truth")
             return (0.0, 0.0)
-        return self.lead[1], self.lead[2]
+        return lead
 
     def _on_tick(self, msg: Any, pose: VehiclePose) -> None:
         """A camera image with the pose of its own tick: one control."""

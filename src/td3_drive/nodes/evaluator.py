@@ -13,7 +13,7 @@ from td3_drive.driving.metrics import EpisodeMetrics, EpisodeMetricsRecorder
 from td3_drive.driving.observation import VehiclePose
 from td3_drive.driving.reward import RewardConfig, RewardFunction
 from td3_drive.driving.world import CameraPoseJoin
-from td3_drive.nodes.bridge import BridgeWorld
+from td3_drive.nodes.bridge import BridgeWorld, GroundTruthLead
 from td3_drive.runtime.interface import RELIABLE_QOS, SENSOR_QOS, NodeContext, stamp
 from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
@@ -40,12 +40,7 @@ class EvaluatorNode(Node):
         self.join = CameraPoseJoin(self.world, self.on_tick, self.drops.drop)
         ctx.create_subscription(T.IMAGE, self.topics.camera, self.on_image, SENSOR_QOS)
         # the embedded simulator's ground truth (headway, time to collision); CARLA has no such topic
-        self.lead: tuple[float, float, float] | None = None
-        ctx.create_subscription(T.JOINT_STATE, self.topics.lead_ground_truth, self.on_lead, RELIABLE_QOS)
-
-    def on_lead(self, msg: Any) -> None:
-        if len(msg.position) == len(T.LEAD_NAMES):
-            self.lead = (seconds(msg.header.stamp), float(msg.position[0]), float(msg.position[1]))
+        self.lead = GroundTruthLead(ctx, self.topics, self.drops)
 
     def on_image(self, msg: Any) -> None:
         t = seconds(msg.header.stamp)
@@ -71,8 +66,7 @@ class EvaluatorNode(Node):
             return
         step = self.reward_fn.step(pose, route, events)
         self._return += step.total
-        lead = self.lead[1:] if self.lead is not None and self.lead[0] == t else None
-        self.recorder.record(t, pose, events.collision, events.lane_invasions, lead)
+        self.recorder.record(t, pose, events.collision, events.lane_invasions, self.lead.at(t))
         if step.terminated or step.truncated:
             self.in_episode = False
             metrics = self.recorder.finish(step.reason)
