@@ -128,6 +128,12 @@ class Topics:
         return self._td3("exploration")
 
     @property
+    def learner_ready(self) -> str:
+        """Header: the trainer has taken the observation stamped ``stamp`` and its learner is caught up
+        (back-pressure: the policy holds that tick's control until then, ``wait_for_learner``)."""
+        return self._td3("learner_ready")
+
+    @property
     def reward(self) -> str:
         return self._td3("reward")
 
