@@ -44,7 +44,7 @@ def stack_messages(tmp_path_factory) -> dict[str, object]:
 def test_the_embedded_graph_publishes_most_stack_types(stack_messages):
     # the rest: published by the CARLA bridge, on events 60 ticks did not see, or latched before the tap
     assert set(STACK_TYPES) - set(stack_messages) <= {T.JOINT_STATE, T.POSE_STAMPED, T.BOOL, T.COLLISION,
-                                                      T.LANE_INVASION}
+                                                      T.LANE_INVASION, T.WORLD_INFO}
     assert len(stack_messages[T.UINT8_ARRAY].data) > 1_000_000  # actor weights
 
 

@@ -23,6 +23,7 @@ VEHICLE_STATUS = "carla_msgs/msg/CarlaEgoVehicleStatus"
 COLLISION = "carla_msgs/msg/CarlaCollisionEvent"
 LANE_INVASION = "carla_msgs/msg/CarlaLaneInvasionEvent"
 CARLA_STATUS = "carla_msgs/msg/CarlaStatus"
+WORLD_INFO = "carla_msgs/msg/CarlaWorldInfo"
 CLOCK = "rosgraph_msgs/msg/Clock"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -87,6 +88,8 @@ class Topics:
         return self._carla("goal")
 
     carla_status: str = "/carla/status"
+    #: the bridge publishes it (latched) once the town is loaded: per-vehicle launch waits for it
+    world_info: str = "/carla/world_info"
     clock: str = "/clock"
 
     # --- published by us ---

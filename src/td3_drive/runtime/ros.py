@@ -488,12 +488,14 @@ def run_node(
     parallel_timers: bool = False,
     num_threads: int | None = None,
     started: Callable[[Any, RosContext], None] | None = None,
+    until: Callable[[Any], bool] | None = None,
 ) -> int:
     """rclpy.init, one Node + RosContext + td3_drive node, spin on a MultiThreadedExecutor, clean shutdown.
 
     The node name is the default; a launch file's ``name=`` (a ``__node:=``
     remap) takes precedence, and ``ctx.name`` reports the effective name.
-    ``started(node, ctx)`` runs once the node is built and added to the executor.
+    ``started(node, ctx)`` runs once the node is built and added to the executor; the node
+    stops by itself once ``until(node)`` is true (checked every spin, at least every 0.1 s).
 
     SIGINT / SIGTERM (Ctrl-C, ``ros2 launch`` stopping) end the spin loop, and every later
     one is ignored, so the shutdown runs to its end: the executor first (it waits for
@@ -520,7 +522,7 @@ def run_node(
         if started is not None:
             started(td3_node, ctx)
         # spin_once with a timeout, not spin(): the loop sees ``stop`` within 0.1 s of a signal
-        while not stop.is_set() and rclpy.ok():
+        while not stop.is_set() and rclpy.ok() and not (until is not None and until(td3_node)):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # not the main thread (no handlers of ours), or the context was shut down elsewhere
