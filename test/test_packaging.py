@@ -77,7 +77,8 @@ def test_share_tree(install):
     expected = sorted(p.name for p in (REPO / "config").glob("*.yaml"))
     assert sorted(p.name for p in config.glob("*.yaml")) == expected
     assert {"train.yaml", "drive.yaml"} <= set(expected), "the launch files load config/train.yaml and drive.yaml"
-    assert (config / "rqt" / "td3_features.perspective").is_file(), "the rqt perspective the docs point at"
+    for perspective in ("td3_features.perspective", "td3_features_image.perspective"):  # the ones the docs name
+        assert (config / "rqt" / perspective).is_file()
 
 
 def test_python_package_is_complete(install):
