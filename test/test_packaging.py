@@ -236,3 +236,16 @@ def test_colcon_test_runs_the_ros_facing_subset(tmp_path):
     colcon = collected(f"--tb=short --junit-xml={tmp_path}/pytest.xml --junit-prefix=td3_drive")
     assert colcon == set(COLCON_TESTS)
     assert collected("") > colcon | {"test_learner.py", "test_session.py"}
+
+
+def test_docs_give_the_dds_and_sros2_settings_that_work_on_humble_and_jazzy():
+    """Defect 12: Fast DDS 2.x (Humble and Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE; the SROS2
+    recipe created no root enclave `/` (which every process without --enclave uses) and named only
+    some nodes; the pip-only DDS runtime has no DDS Security, and the docs must say so."""
+    docs = (REPO / "docs" / "ros2.md").read_text()
+    assert "export FASTRTPS_DEFAULT_PROFILES_FILE=" in docs and "(Jazzy: `FASTDDS_DEFAULT_PROFILES_FILE`)" not in docs
+    assert "ros2 security create_enclave ~/td3_keystore /    #" in docs
+    assert "for n in /trainer /policy" not in docs
+    assert "has no DDS Security" in docs
+    compose = (REPO / "docker" / "compose.yaml").read_text()
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE:" in compose and "FASTDDS_DEFAULT_PROFILES_FILE" not in compose
