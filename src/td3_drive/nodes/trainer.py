@@ -115,9 +115,10 @@ class Vehicle:
 
     def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
         self._observe(stamp_msg, obs, state)
-        # back-pressure: this tick's control waits (in the policy) until the learner has caught up
-        self.session.when_caught_up(self.index, lambda: self.ready_pub.publish(
-            self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.session.learner.num_updates))))
+        if self.session.config.async_updates:  # (learning in the callback, the world cannot run ahead)
+            # back-pressure: this tick's control waits (in the policy) until the learner has caught up
+            self.session.when_caught_up(self.index, lambda: self.ready_pub.publish(
+                self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.session.learner.num_updates))))
 
     def _observe(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
         t = seconds(stamp_msg)
