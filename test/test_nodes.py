@@ -294,7 +294,7 @@ def test_policy_weight_hot_swap_and_rejections():
 
     # rejections: garbage, wrong architecture, NaN weights; the version-42 weights stay
     garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    ablation = Learner(LearnerConfig(layer_norm=False), "cpu", seed=1)
+    ablation = Learner(LearnerConfig(frame_stack=3), "cpu", seed=1)  # a layer_norm change would be adopted
     wrong_arch = encode_actor(ablation.actor(), 99, ablation.config.actor_architecture())
     state = {k: v.detach().clone().contiguous() for k, v in learner.actor().state_dict().items()}
     first = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
