@@ -69,6 +69,7 @@ setup(
             "classical_controller = td3_drive.nodes.classical_controller:main",
             "carla_episode_manager = td3_drive.nodes.carla_episode_manager:main",
             "simulator = td3_drive.sim.node:main",
+            "carla_world_ready = td3_drive.nodes.world_ready:main",
         ],
     },
     zip_safe=False,

@@ -265,8 +265,17 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
     shortens every timer period (timers run on wall time here).  ``rec.graph`` carries the
     messages; ``rec.calls`` lists each executed callback as (node, what, start, end).
     """
-    rec = types.SimpleNamespace(nodes=[], executors=[], shutdowns=0, inits=0, graph=FakeGraph(), calls=[])
+    rec = types.SimpleNamespace(nodes=[], executors=[], shutdowns=0, inits=0, graph=FakeGraph(), calls=[],
+                                events=[], signal_handler_options=None)
     graph = rec.graph
+    # the default context: valid from init (or from the start, for tests that build nodes directly)
+    context = types.SimpleNamespace(valid=True)
+    context.ok = lambda: context.valid
+
+    def context_ok():
+        return context.valid
+
+    rec.context = context
 
     class QoSProfile:
         def __init__(self, **kw):
@@ -296,11 +305,17 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
     clock_mod.ClockType = _Enum(ROS_TIME="ROS_TIME", STEADY_TIME="STEADY_TIME", SYSTEM_TIME="SYSTEM_TIME")
 
     class ParameterDescriptor:
-        def __init__(self, description="", type=0, dynamic_typing=False):
+        def __init__(self, description="", type=0, dynamic_typing=False, read_only=False):
             self.description, self.type, self.dynamic_typing = description, type, dynamic_typing
+            self.read_only = read_only
+
+    class SetParametersResult:
+        def __init__(self, successful=False, reason=""):
+            self.successful, self.reason = successful, reason
 
     rcl_msg = types.ModuleType("rcl_interfaces.msg")
     rcl_msg.ParameterDescriptor = ParameterDescriptor
+    rcl_msg.SetParametersResult = SetParametersResult
     rcl_msg.ParameterType = _Enum(**{f"PARAMETER_{name}": code for code, name in enumerate(PARAMETER_TYPE_NAMES)})
     exceptions = types.ModuleType("rclpy.exceptions")
     exceptions.InvalidParameterTypeException = InvalidParameterTypeException
@@ -314,6 +329,7 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
             self.overrides = {**(overrides or {}), **(parameter_overrides or {})}
             self.default_group = MutuallyExclusiveCallbackGroup()  # rclpy: a node's default group
             self.destroyed = False
+            self.context = context
             self.ns = 1_500_000_000
             self.log = []
             rec.nodes.append(self)
@@ -338,6 +354,8 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
 
             def publish(msg):
                 assert isinstance(msg, msg_type), f"{topic}: wrong class {type(msg)}"
+                if not context.ok():  # rclpy raises RCLError after rclpy.shutdown
+                    raise RuntimeError("Failed to publish: publisher's context is invalid")
                 pub.sent.append(msg)
                 graph.publish(pub, msg)
 
@@ -375,11 +393,35 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
         def get_parameter(self, name):
             return types.SimpleNamespace(value=self.params[name])
 
+        def set_parameters(self, parameters):
+            """rclpy ``Node.set_parameters`` (what ``ros2 param set`` reaches): one result per parameter;
+            a read-only one is refused (humble ``_set_parameters_atomically``)."""
+            results = []
+            for p in parameters:
+                descriptor = self.descriptors.get(p.name)
+                if descriptor is None:
+                    results.append(SetParametersResult(False, f"parameter {p.name} is not declared"))
+                elif descriptor.read_only:
+                    results.append(SetParametersResult(False, f"Trying to set a read-only parameter: {p.name}."))
+                else:
+                    self.params[p.name] = p.value
+                    results.append(SetParametersResult(True))
+            return results
+
+        def count_subscribers(self, topic):
+            with graph.cond:
+                return len(graph.subscriptions.get(topic, []))
+
+        def count_publishers(self, topic):
+            with graph.cond:
+                return len(graph.publishers.get(topic, []))
+
         def get_clock(self):
             return types.SimpleNamespace(now=lambda: types.SimpleNamespace(nanoseconds=self.ns))
 
         def destroy_node(self):
             self.destroyed = True
+            rec.events.append(("destroy_node", self.name))
 
     node_mod = types.ModuleType("rclpy.node")
     node_mod.Node = Node
@@ -392,26 +434,41 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
             self.nodes, self.shut = [], False
             self._busy: set[int] = set()  # ids of the callback groups running a callback now
             self._error: BaseException | None = None
+            self._pool: ThreadPoolExecutor | None = None
             rec.executors.append(self)
 
         def add_node(self, node):
             self.nodes.append(node)
 
         def spin(self):
+            while not self.shut and self._error is None:
+                self.spin_once(timeout_sec=None)
+            self._raise()
+
+        def spin_once(self, timeout_sec=None):
+            """Start the ready callbacks, or wait for one up to ``timeout_sec`` (rclpy: one callback per call)."""
             if spin_raises is not None:
                 raise spin_raises
-            with ThreadPoolExecutor(self.num_threads, thread_name_prefix="fake-executor") as pool:
-                while True:
-                    with graph.cond:
-                        if self.shut or self._error is not None:
-                            break
-                        work = self._take_ready()
-                        if not work:
-                            graph.cond.wait(timeout=self._until_next_timer())
-                    for item in work:
-                        pool.submit(self._run, *item)
+            if not context.ok():  # rclpy's wait set on a shut-down context
+                raise RuntimeError("failed to initialize wait set: the given context is not valid")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="fake-executor")
+            with graph.cond:
+                if self.shut:
+                    return
+                work = self._take_ready()
+                if not work:
+                    wait = self._until_next_timer()
+                    graph.cond.wait(timeout=wait if timeout_sec is None else min(wait, timeout_sec))
+                    work = [] if self.shut else self._take_ready()
+            for item in work:
+                self._pool.submit(self._run, *item)
+            self._raise()
+
+        def _raise(self):
             if self._error is not None:
-                raise self._error  # rclpy re-raises a callback's exception from spin
+                error, self._error = self._error, None
+                raise error  # rclpy re-raises a callback's exception from spin / spin_once
 
         def _take_ready(self) -> list:
             """Under graph.cond: the callbacks to start now, oldest sample first, one per free group."""
@@ -455,9 +512,13 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
                 return not self._busy and graph.pending() == 0
 
         def shutdown(self, timeout_sec=None):
+            """Stop taking work and wait for the running callbacks (rclpy humble ``Executor.shutdown``)."""
             with graph.cond:
                 self.shut = True
                 graph.cond.notify_all()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            rec.events.append(("executor_shutdown",))
 
     executors = types.ModuleType("rclpy.executors")
     executors.MultiThreadedExecutor = MultiThreadedExecutor
@@ -465,13 +526,23 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
 
     rclpy = types.ModuleType("rclpy")
 
-    def init(args=None):
+    def init(args=None, signal_handler_options=None):
         rec.inits += 1
+        rec.signal_handler_options = signal_handler_options
+        context.valid = True
 
     def try_shutdown():
         rec.shutdowns += 1
+        context.valid = False
+        rec.events.append(("try_shutdown",))
 
-    rclpy.init, rclpy.try_shutdown = init, try_shutdown
+    def ok(context=None):
+        return context_ok()
+
+    rclpy.init, rclpy.try_shutdown, rclpy.ok = init, try_shutdown, ok
+    signals = types.ModuleType("rclpy.signals")
+    signals.SignalHandlerOptions = _Enum(ALL="ALL", SIGINT="SIGINT", SIGTERM="SIGTERM", NO="NO")
+    rclpy.signals = signals
     rclpy.qos, rclpy.node, rclpy.executors, rclpy.clock, rclpy.callback_groups, rclpy.exceptions = (
         qos, node_mod, executors, clock_mod, groups, exceptions)
     rcl = types.ModuleType("rcl_interfaces")
@@ -479,7 +550,7 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
     for name, mod in {
         "rclpy": rclpy, "rclpy.qos": qos, "rclpy.node": node_mod, "rclpy.executors": executors,
         "rclpy.clock": clock_mod, "rclpy.callback_groups": groups, "rclpy.exceptions": exceptions,
-        "rcl_interfaces": rcl, "rcl_interfaces.msg": rcl_msg,
+        "rclpy.signals": signals, "rcl_interfaces": rcl, "rcl_interfaces.msg": rcl_msg,
     }.items():
         monkeypatch.setitem(sys.modules, name, mod)
     return rec

@@ -157,7 +157,7 @@ CASES = [
     Case("weights_wrong_format", {POL: "weights_wrong_format"},
          lambda t: [(TP.actor_weights, weights_msg(_actor_blob(ARCH, metadata_format="someone.else")))]),
     Case("weights_wrong_architecture", {POL: "weights_wrong_architecture"},
-         lambda t: [(TP.actor_weights, weights_msg(_actor_blob(dataclasses.replace(ARCH, layer_norm=False))))]),
+         lambda t: [(TP.actor_weights, weights_msg(_actor_blob(dataclasses.replace(ARCH, frame_stack=3))))]),
     Case("weights_non_finite", {POL: "weights_non_finite"},
          lambda t: [(TP.actor_weights, weights_msg(_actor_blob(ARCH, poison=True)))]),
 ]

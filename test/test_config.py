@@ -74,8 +74,9 @@ def test_train_options_say_the_command_that_reproduces_them():
 
 
 def test_the_nodes_default_to_the_learners_architecture():
-    """train.launch.py passes the policy and the preprocessor only what the parameter file sets for the
-    learner; that is one source only while their own defaults are the learner's."""
+    """Under ros2 launch the policy adopts the architecture of the weights it gets and the preprocessor
+    reads only the parameter file: on default parameters they match the learner's only while their own
+    defaults are the learner's."""
     learner = DECLARED["trainer"]
     for key, nodes in config.ARCHITECTURE_PARAMETERS.items():
         for node in nodes:

@@ -44,7 +44,7 @@ def stack_messages(tmp_path_factory) -> dict[str, object]:
 def test_the_embedded_graph_publishes_most_stack_types(stack_messages):
     # the rest: published by the CARLA bridge, on events 60 ticks did not see, or latched before the tap
     assert set(STACK_TYPES) - set(stack_messages) <= {T.JOINT_STATE, T.POSE_STAMPED, T.BOOL, T.COLLISION,
-                                                      T.LANE_INVASION}
+                                                      T.LANE_INVASION, T.WORLD_INFO}
     assert len(stack_messages[T.UINT8_ARRAY].data) > 1_000_000  # actor weights
 
 
@@ -93,7 +93,7 @@ def test_what_cyclone_sends_is_what_rosbags_serializes(type_name, variant, stack
     msg = _example(type_name, stack_messages, variant)
     sent: list[bytes] = []
     write = cyclonedds.pub.ddspy_write  # Cyclone's C writer, as the runtime calls it
-    monkeypatch.setattr(dds, "ddspy_write", lambda ref, data: (sent.append(bytes(data)), write(ref, data))[1])
+    monkeypatch.setattr(dds, "ddspy_write", lambda ref, data: (sent.append((ref, bytes(data))), write(ref, data))[1])
 
     writer_rt, reader_rt = dds.DdsRuntime({}, domain=DOMAIN), dds.DdsRuntime({}, domain=DOMAIN)
     try:
@@ -105,6 +105,9 @@ def test_what_cyclone_sends_is_what_rosbags_serializes(type_name, variant, stack
     finally:
         writer_rt.close()
         reader_rt.close()
+    # the nodes' ros_discovery_info samples (ros2 node list) are no payload of this topic
+    announcing = {rt._discovery_writer._ref for rt in (writer_rt, reader_rt)}
+    sent = [data for ref, data in sent if ref not in announcing]
 
     cdr = messages.serialize(msg, type_name)
     # the payload is the CDR, zero-padded to a multiple of 4, exactly as rmw_cyclonedds_cpp (humble)
@@ -270,3 +273,40 @@ def test_bench_dds_refuses_more_ticks_than_the_simulator_keeps(capsys):
     with pytest.raises(SystemExit) as exit_info:  # an argument error, before any process starts
         bench.main(["dds", "--ticks", str(LATENCY_WINDOW), "--warmup-ticks", "1"])
     assert exit_info.value.code == 2 and "latency window" in capsys.readouterr().err
+
+
+def test_ros2_node_list_sees_the_nodes_of_a_dds_process():
+    """Defect 6: `ros2 node list` did not show --transport dds nodes (`ros2 topic info -v`:
+    _CREATED_BY_BARE_DDS_APP_).  rmw_cyclonedds_cpp adds a participant to the ROS graph when its
+    USER_DATA holds `enclave=/;`, and names the nodes and their endpoints from the participant's
+    ros_discovery_info sample (rmw_dds_common humble graph_cache.cpp): both, as it writes them."""
+    from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsParticipant
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+
+    node_rt, peer = dds.DdsRuntime({}, domain=DOMAIN), dds.DdsRuntime({}, domain=DOMAIN)
+    try:
+        ctx = node_rt.context("v0/policy")
+        ctx.create_publisher(T.CONTROL, "/carla/ego_vehicle/vehicle_control_cmd", RELIABLE_QOS)
+        ctx.create_subscription(T.HEADER, "/v0/td3/episode_start", lambda m: None, LATCHED_QOS)
+        reader = DataReader(peer.participant, Topic(peer.participant, "ros_discovery_info",
+                                                    dds_types.idl_class("rmw_dds_common/msg/ParticipantEntitiesInfo")),
+                            qos=dds.dds_qos(LATCHED_QOS))  # a late joiner, as `ros2 node list` is
+        participants = BuiltinDataReader(peer.participant, BuiltinTopicDcpsParticipant)
+        deadline, infos, seen = time.monotonic() + 10, [], {}
+        while time.monotonic() < deadline and not (infos and node_rt.participant.guid in seen):
+            infos += reader.take(N=10)
+            seen.update({p.key: p for p in participants.take(N=10)})
+            time.sleep(0.05)
+        user_data = seen[node_rt.participant.guid].qos[cyclonedds.core.Policy.Userdata]
+        assert user_data.data == b"enclave=/;"
+        info = infos[-1]
+        assert bytes(info.gid.data) == node_rt.participant.guid.bytes + bytes(8)
+        (node,) = info.node_entities_info_seq
+        assert (node.node_namespace, node.node_name) == ("/v0", "policy")
+        (writer,), (reader_gid,) = node.writer_gid_seq, node.reader_gid_seq
+        assert bytes(writer.data) == node_rt.publishers[0]._writer.guid.bytes + bytes(8)
+        assert bytes(reader_gid.data)[:16] == node_rt._subscriptions[0].reader.guid.bytes
+    finally:
+        node_rt.close()
+        peer.close()

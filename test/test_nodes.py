@@ -294,7 +294,7 @@ def test_policy_weight_hot_swap_and_rejections():
 
     # rejections: garbage, wrong architecture, NaN weights; the version-42 weights stay
     garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    ablation = Learner(LearnerConfig(layer_norm=False), "cpu", seed=1)
+    ablation = Learner(LearnerConfig(frame_stack=3), "cpu", seed=1)  # a layer_norm change would be adopted
     wrong_arch = encode_actor(ablation.actor(), 99, ablation.config.actor_architecture())
     state = {k: v.detach().clone().contiguous() for k, v in learner.actor().state_dict().items()}
     first = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
@@ -667,3 +667,34 @@ def test_event_queue_is_bounded_and_counts_what_it_discards():
     rt.spin()
     assert drops.counts == {"event_queue_full": 3}
     assert world.take_events().collision and world.take_events() == world.take_events(until=0.0)
+
+
+def test_policy_adopts_the_architecture_its_weights_declare(tmp_path):
+    """Launch files no longer read the trainer's learner.* to configure the policy (no training code at
+    launch time): the policy rebuilds its actor for weights of another layer_norm / trunk_dim, and
+    refuses another frame_stack with a message saying what to set."""
+    import dataclasses
+    import types
+
+    from td3_drive.nodes.policy import PolicyNode
+    from td3_drive.rl.learner import LearnerConfig
+    from td3_drive.rl.models import build_actor
+    from td3_drive.rl.weights import encode_actor
+
+    default = LearnerConfig().actor_architecture()
+    ablation = dataclasses.replace(default, layer_norm=False, trunk_dim=0)
+    blob = encode_actor(build_actor(ablation), 9, ablation)
+    (tmp_path / "actor.safetensors").write_bytes(blob)
+    rt = LocalRuntime(parameters={"policy": {"device": "cpu", "checkpoint": str(tmp_path / "actor.safetensors")}})
+    policy = PolicyNode(rt.context("policy"))
+    assert policy.architecture == ablation and policy.weights_version == 9
+    obs = np.zeros((4, 84, 84), np.uint8)
+    action, _ = policy.runner(obs, np.zeros(53, np.float32))
+    assert np.isfinite(action).all()
+    policy.on_weights(types.SimpleNamespace(data=np.frombuffer(encode_actor(build_actor(default), 10, default),
+                                                              np.uint8)))
+    assert policy.architecture == default and policy.weights_version == 10
+    three = dataclasses.replace(default, frame_stack=3)
+    policy.on_weights(types.SimpleNamespace(data=encode_actor(build_actor(three), 11, three)))
+    assert policy.weights_version == 10 and policy.drops.counts == {"weights_wrong_architecture": 1}
+    policy.close()

@@ -11,7 +11,10 @@ Two layers of tests:
 from __future__ import annotations
 
 import array
+import os
+import signal
 import sys
+import time
 import types
 from typing import Any
 
@@ -371,3 +374,122 @@ def test_real_rclpy_publish_subscribe_parameters(real_rclpy):
         assert ctx.now() > 0
     finally:
         node.destroy_node()
+
+
+# --------------------------------------------------------------------------- shutdown (what a real Humble run broke)
+def _signal_node(monkeypatch, tmp_path=None, *, first=signal.SIGINT, again_in_close=True, slow_callback_s=0.3):
+    """A node whose timer sends ``first`` to this process while a slow callback of it still runs, and
+    whose close() gets a second Ctrl-C, as a terminal's second SIGINT or ``ros2 launch``'s SIGTERM."""
+    from td3_drive.runtime import ros
+
+    rec = install_fake_rclpy(monkeypatch)
+    original = ros.MessageConverter
+    monkeypatch.setattr(ros, "MessageConverter", lambda: original(FakeRosidl().cls))
+    seen = types.SimpleNamespace(closed=0, slow_done=False, signalled=False)
+
+    class Dummy:
+        def __init__(self, ctx):
+            self.ctx = ctx
+            self.pub = ctx.create_publisher(T.HEADER, "/t", RELIABLE_QOS)
+            ctx.create_timer(0.01, self.kick)
+            ctx.create_wall_timer(0.01, self.slow)
+            self.drops = types.SimpleNamespace(counts={"x": 1})
+
+        def kick(self):
+            if not seen.signalled and seen.slow_started:
+                seen.signalled = True
+                os.kill(os.getpid(), first)
+
+        def slow(self):
+            if getattr(seen, "slow_started", False):
+                return
+            seen.slow_started = True
+            time.sleep(slow_callback_s)
+            seen.slow_done = True
+
+        def status(self):
+            return {"ticks": 3}
+
+        def close(self):
+            rec.events.append(("close", seen.slow_done))
+            seen.closed += 1
+            if again_in_close:
+                os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C, during the final checkpoint
+                time.sleep(0.05)  # Python runs the handler between bytecodes: give it the chance here
+            self.pub.publish(self.ctx.new(T.HEADER, frame_id="final"))  # close() may still publish
+
+    seen.slow_started = False
+    return ros, rec, seen, Dummy
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_twice_exits_0_closes_once_after_the_executor(monkeypatch, first):
+    """Defects 3 and 10: a signal ends the spin; a second one during close() is ignored (no
+    KeyboardInterrupt inside the cleanup, exit code 0); the executor is shut down, which waits for
+    the running callback, before close() (the trainer's final checkpoint) runs, exactly once."""
+    ros, rec, seen, Dummy = _signal_node(monkeypatch, first=first)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        code = ros.run_node("trainer", Dummy, parallel_timers=True)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C escaped run_node as KeyboardInterrupt (exit code -2 under ros2 launch)")
+    assert code == 0 and seen.closed == 1
+    names = [e[0] for e in rec.events]
+    assert names.index("executor_shutdown") < names.index("close") < names.index("try_shutdown")
+    assert ("close", True) in rec.events, "close() ran while a callback of the node was still running"
+    assert rec.signal_handler_options == "NO"  # rclpy's handlers would invalidate the context under spin
+    assert any(level == "info" and "exit report" in m and '"ticks": 3' in m for level, m in rec.nodes[0].log)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_publishing_after_shutdown_is_dropped_not_raised(fake):
+    """Defect 3: a worker thread (the trainer's learner) publishing after rclpy.shutdown must not raise."""
+    pub = fake.ctx.create_publisher(T.HEADER, "/td3/late", RELIABLE_QOS)
+    pub.publish(fake.ctx.new(T.HEADER, frame_id="a"))
+    fake.rec.context.valid = False
+    pub.publish(fake.ctx.new(T.HEADER, frame_id="b"))
+    assert [m.frame_id for m in fake.node.publishers[0].sent] == ["a"] and pub.dropped_after_shutdown == 1
+
+
+def test_parameters_are_read_only(fake):
+    """Defect 11: parameters are read once, so ``ros2 param set /policy explore false`` must be refused,
+    not reported as a success that changes nothing."""
+    assert fake.ctx.parameter("explore", True, "noise") is True
+    results = fake.node.set_parameters([types.SimpleNamespace(name="explore", value=False)])
+    assert not results[0].successful and "read-only" in results[0].reason
+    assert fake.node.get_parameter("explore").value is True
+
+
+def test_simulator_main_ticks_once_the_pipeline_listens(monkeypatch):
+    """Defect 1: ``ros2 run td3_drive simulator`` never called start(): in lockstep /clock stayed
+    silent until someone published a control by hand.  It must send its first tick by itself once a
+    policy (control publisher) and a preprocessor (camera subscriber) are there."""
+    import threading
+
+    from td3_drive.runtime import ros
+    from td3_drive.sim import node as sim_node
+
+    rec = install_fake_rclpy(monkeypatch, overrides={"image_width": 64, "image_height": 48})
+    rosidl = FakeRosidl()
+    original = ros.MessageConverter
+    monkeypatch.setattr(ros, "MessageConverter", lambda: original(rosidl.cls))
+    node_cls = sys.modules["rclpy.node"].Node
+    pipeline = node_cls("pipeline")  # stands in for camera_preprocessor + policy
+    pipeline.create_publisher(rosidl.cls(T.CONTROL), "/carla/ego_vehicle/vehicle_control_cmd",
+                              ros.qos_profile(RELIABLE_QOS))
+    pipeline.create_subscription(rosidl.cls(T.IMAGE), "/carla/ego_vehicle/rgb_front/image", lambda m: None,
+                                 ros.qos_profile(RELIABLE_QOS))
+
+    def stop_when_ticked() -> None:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not _delivered(rec, "/clock"):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=stop_when_ticked, daemon=True).start()
+    assert sim_node.main([]) == 0
+    assert _delivered(rec, "/clock") and _delivered(rec, "/carla/ego_vehicle/rgb_front/image")
+
+
+def _delivered(rec, topic: str) -> int:
+    return sum(len(p.sent) for p in rec.graph.publishers.get(topic, []))

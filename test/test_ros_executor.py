@@ -249,3 +249,36 @@ def test_learner_thread_runs_beside_the_callbacks(monkeypatch, tmp_path, capped)
     lost.pop(T.Topics().actor_weights, None)  # depth 1 on purpose: a policy busy loading gets the newest only
     assert trainer.session.env_steps >= TICKS - 10 and lost == {}, lost
     assert stack.nodes["policy"].weights_version > 0, "the policy drove with weights the trainer learned"
+
+
+def test_a_slow_learner_holds_the_world_and_keeps_utd_ratio(monkeypatch, tmp_path, capped):
+    """Defect 2: with async_updates and a learner slower than the world, a real Humble run made 316
+    updates for 7,061 env steps.  With ``wait_for_learner`` (train.launch.py) the policy holds each
+    control until the trainer's learner_ready for its tick, so updates per env step stay >= 0.9 x
+    utd_ratio while ticking, and nothing is lost or times out."""
+    params = _params(tmp_path, learning_starts=30, async_updates=True, max_update_lag=1)
+    config.merge(params, {"policy": {"wait_for_learner": True, "learner_wait_s": 5.0}})
+    stack = _Stack(monkeypatch, params)
+    trainer, sim = stack.nodes["trainer"], stack.nodes["simulator"]
+    update = trainer.session.learner.update
+
+    def slow_update(batch):
+        time.sleep(0.03)  # ~30 updates/s: far slower than the fake world ticks
+        return update(batch)
+
+    trainer.session.learner.update = slow_update
+    seen: list[tuple[int, int]] = []  # (env steps, updates) at every tick
+    publish_tick = sim._publish_tick
+
+    def tick(frame, episode_start):
+        seen.append((trainer.session.env_steps, trainer.session.learner.num_updates))
+        publish_tick(frame, episode_start)
+
+    sim._publish_tick = tick
+    stack.run(TICKS)
+    steps, updates = seen[-1]
+    owed = (steps - 30 + 1) * trainer.session.config.utd_ratio
+    assert steps >= TICKS - 10 and updates >= 0.9 * owed, (steps, updates, owed)
+    policy = stack.nodes["policy"]
+    assert policy.held_controls > 0 and policy.learner_wait_timeouts == 0
+    assert "learner_wait_timeout" not in policy.drops.counts

@@ -139,3 +139,93 @@ def test_a_poisoned_actor_is_never_broadcast(tmp_path):
 def test_promises_it_cannot_keep_are_refused(tmp_path, config, vehicles):
     with pytest.raises(ValueError, match="checkpoint_episodes"):
         Outbox().session(tmp_path, vehicles, **config)
+
+
+def _slow_learner(session: TrainingSession, monkeypatch, seconds: float = 0.01) -> None:
+    """Each update takes ``seconds``: a learner slower than the world (a CPU trainer beside CARLA)."""
+    import time
+
+    update = session.learner.update
+
+    def slow(batch):
+        time.sleep(seconds)
+        return update(batch)
+
+    monkeypatch.setattr(session.learner, "update", slow)
+
+
+def test_checkpoints_keep_their_schedule_while_a_backlog_drains(tmp_path, monkeypatch):
+    """Defect 2: with async_updates the learner drained its whole backlog before it looked at
+    checkpoint_every, so a learner behind the world wrote no checkpoint for as long as it was behind."""
+    import time
+
+    out = Outbox()
+    s = out.session(tmp_path, async_updates=True, checkpoint_every=10)
+    _slow_learner(s, monkeypatch)
+    saved_at: list[int] = []  # updates done when each checkpoint was written
+    save = s.checkpointer.save
+    monkeypatch.setattr(s.checkpointer, "save", lambda *a, **k: (saved_at.append(s.learner.num_updates),
+                                                                  save(*a, **k))[1])
+    drive(s, 60)  # 56 updates owed when the learner starts: about 0.6 s of learning
+    s.start()
+    owed = s.updates_due() + s.learner.num_updates
+    deadline = time.monotonic() + 30
+    while s.updates_due() > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.close()
+    assert saved_at and saved_at[0] < owed, f"the first checkpoint waited for the whole backlog ({saved_at}, {owed})"
+
+
+def test_when_caught_up_holds_callbacks_until_the_learner_owes_at_most_max_update_lag(tmp_path, monkeypatch):
+    """Defect 2 (back-pressure): an answer per observation, given only when the learner is within
+    ``max_update_lag`` updates of utd_ratio; without async_updates always at once."""
+    import time
+
+    out = Outbox()
+    s = out.session(tmp_path, async_updates=True, max_update_lag=2)
+    _slow_learner(s, monkeypatch, 0.02)
+    s.start()
+    answered: list[int] = []
+    drive(s, 30)  # 26 updates owed
+    assert s.updates_due() > 2
+    s.when_caught_up(0, lambda: answered.append(1))
+    s.when_caught_up(0, lambda: answered.append(2))  # the newer tick's answer replaces the older one
+    assert answered == []
+    deadline = time.monotonic() + 30
+    while not answered and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert answered == [2] and s.updates_due() <= 2 + 1
+    s.when_caught_up(0, lambda: answered.append(3))  # caught up: at once
+    assert answered == [2, 3]
+    drive(s, 30, seed=50)
+    s.when_caught_up(0, lambda: answered.append(4))
+    s.close()  # a closing session holds nobody
+    assert answered[-1] == 4
+    sync = Outbox().session(tmp_path / "sync")
+    done: list[int] = []
+    drive(sync, 30)
+    sync.when_caught_up(0, lambda: done.append(1))
+    assert done == [1]
+    sync.close()
+
+
+def test_the_trainer_logs_a_progress_line_every_console_every_updates(tmp_path, caplog):
+    """Defect 5: under ros2 launch the trainer was silent on the console (progress only in TensorBoard
+    and /diagnostics).  It logs env steps, updates, the episode return and the feature L2."""
+    import logging
+
+    from td3_drive.app import config, embedded
+
+    params = config.compose("train", 0, [], {
+        "trainer": {"run_dir": str(tmp_path), "device": "cpu", "checkpoint_every": 0, "log_interval": 5,
+                    "console_every": 10, "batch_size": 8, "learning_starts": 10},
+        "policy": {"device": "cpu", "random_steps": 10}})
+    params["trainer"]["reward.max_episode_steps"] = 15  # episodes end in the run (a timeout)
+    graph = embedded.build_graph(params)
+    with caplog.at_level(logging.INFO, logger="td3_drive"):
+        graph.run(45)
+    graph.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert len(lines) >= 3, lines
+    assert "10 updates" in lines[0] and "env steps" in lines[0] and "critic feature L2" in lines[0]
+    assert "episode return" in lines[-1] and "n/a" not in lines[-1]  # an episode ended by then

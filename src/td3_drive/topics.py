@@ -23,6 +23,7 @@ VEHICLE_STATUS = "carla_msgs/msg/CarlaEgoVehicleStatus"
 COLLISION = "carla_msgs/msg/CarlaCollisionEvent"
 LANE_INVASION = "carla_msgs/msg/CarlaLaneInvasionEvent"
 CARLA_STATUS = "carla_msgs/msg/CarlaStatus"
+WORLD_INFO = "carla_msgs/msg/CarlaWorldInfo"
 CLOCK = "rosgraph_msgs/msg/Clock"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -90,6 +91,8 @@ class Topics:
         return self._carla("goal")
 
     carla_status: str = "/carla/status"
+    #: the bridge publishes it (latched) once the town is loaded: per-vehicle launch waits for it
+    world_info: str = "/carla/world_info"
     clock: str = "/clock"
 
     @property
@@ -135,6 +138,12 @@ class Topics:
     def exploration(self) -> str:
         """Bool: the trainer switches exploration noise off for evaluation episodes."""
         return self._td3("exploration")
+
+    @property
+    def learner_ready(self) -> str:
+        """Header: the trainer has taken the observation stamped ``stamp`` and its learner is caught up
+        (back-pressure: the policy holds that tick's control until then, ``wait_for_learner``)."""
+        return self._td3("learner_ready")
 
     @property
     def reward(self) -> str:

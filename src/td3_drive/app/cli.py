@@ -8,7 +8,7 @@
                    [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
     td3-drive params [NODE ...]
-    td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] -o FILE
+    td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] [--image] -o FILE
     td3-drive domain-bridge --namespace NS --role-name ROLE --vehicle-domain N --trainer-domain N -o FILE
 
 Each command prints progress on stderr and a JSON summary as the last stdout line.  This module
@@ -167,7 +167,7 @@ def _write(command: str, text: str, output: Path) -> dict[str, Any]:
 def cmd_rqt_perspective(args: argparse.Namespace) -> dict[str, Any]:
     from td3_drive.app import rqt
 
-    return _write("rqt-perspective", rqt.render(args.namespace, args.trainer_namespace), args.output)
+    return _write("rqt-perspective", rqt.render(args.namespace, args.trainer_namespace, args.image), args.output)
 
 
 def cmd_domain_bridge(args: argparse.Namespace) -> dict[str, Any]:
@@ -278,10 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("nodes", nargs="*", help="node names, e.g. trainer policy (default: every node)")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("rqt-perspective", help="write an rqt perspective: feature plots, reward, observation image")
+    p = sub.add_parser("rqt-perspective", help="write an rqt perspective: feature plots and reward (--image: and "
+                                               "the observation image, needs rqt_image_view)")
     p.add_argument("--namespace", default="", help="the vehicle pipeline's namespace (scale-out: v0, v1, ...)")
     p.add_argument("--trainer-namespace", default=None,
                    help="the trainer's namespace (default: --namespace; scale-out: empty)")
+    p.add_argument("--image", action="store_true",
+                   help="add rqt_image_view on /td3/observation/image (rqt shows no plot if it is not installed)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_rqt_perspective)
 

@@ -1,7 +1,12 @@
-"""A saved rqt perspective for watching training: feature statistics, reward, the observation image.
+"""Saved rqt perspectives for watching training: feature statistics, reward, and the observation image.
 
     rqt --perspective-file $(ros2 pkg prefix td3_drive)/share/td3_drive/config/rqt/td3_features.perspective
+    rqt --perspective-file .../config/rqt/td3_features_image.perspective   # + rqt_image_view
     td3-drive rqt-perspective --namespace v0 --trainer-namespace "" -o v0.perspective   # a scale-out vehicle
+
+Two files, because rqt does not degrade: a perspective naming a plugin that is not installed
+(rqt_image_view is a separate package) left every plot of it empty on a real Humble.  The
+default one needs rqt_plot only; the ``_image`` one adds the observation image.
 
 The file is what rqt's "Perspectives > Export" writes: nested ``groups``/``keys``
 whose values are Python ``repr`` strings.  Plugin settings use the keys rqt_plot
@@ -20,6 +25,8 @@ from td3_drive.topics import Topics
 
 #: the committed perspective for the default (single vehicle, no namespace)
 DEFAULT_FILE = Path(__file__).resolve().parents[3] / "config" / "rqt" / "td3_features.perspective"
+#: the same plots and rqt_image_view on /td3/observation/image
+IMAGE_FILE = DEFAULT_FILE.with_name("td3_features_image.perspective")
 MATPLOT = 1  # rqt_plot's backends: 0 PyQtGraph, 1 MatPlot, 2 QwtPlot; MatPlot ships with rqt_plot
 
 
@@ -47,25 +54,27 @@ def plots(vehicle: Topics, trainer: Topics) -> list[tuple[list[str], list[float]
     ]
 
 
-def perspective(namespace: str = "", trainer_namespace: str | None = None) -> dict[str, Any]:
-    """The perspective as a dict (json.dumps it).  ``trainer_namespace`` defaults to ``namespace``."""
+def perspective(namespace: str = "", trainer_namespace: str | None = None, image: bool = False) -> dict[str, Any]:
+    """The perspective as a dict (json.dumps it).  ``trainer_namespace`` defaults to ``namespace``;
+    ``image`` adds rqt_image_view (rqt_plot alone when false)."""
     vehicle = Topics(namespace=namespace)
     trainer = Topics(namespace=namespace if trainer_namespace is None else trainer_namespace)
     groups: dict[str, Any] = {}
-    serials: dict[str, list[int]] = {"rqt_plot/Plot": [], "rqt_image_view/ImageView": []}
+    serials: dict[str, list[int]] = {"rqt_plot/Plot": []}
     for serial, (topics, y_limits) in enumerate(plots(vehicle, trainer), start=1):
         groups[f"plugin__rqt_plot__Plot__{serial}"] = _plugin(
             {"topics": topics, "autoscroll": True, "plot_type": MATPLOT, "x_limits": [0.0, 60.0],
              "y_limits": y_limits})
         serials["rqt_plot/Plot"].append(serial)
-    groups["plugin__rqt_image_view__ImageView__1"] = _plugin(
-        {"topic": vehicle.observation_image, "zoom1": False, "dynamic_range": False, "max_range": 10.0,
-         "publish_click_location": False, "mouse_pub_topic": "", "toolbar_hidden": False, "num_gridlines": 0,
-         "smooth_image": False, "rotate": 0, "color_scheme": 0})
-    serials["rqt_image_view/ImageView"].append(1)
+    if image:
+        groups["plugin__rqt_image_view__ImageView__1"] = _plugin(
+            {"topic": vehicle.observation_image, "zoom1": False, "dynamic_range": False, "max_range": 10.0,
+             "publish_click_location": False, "mouse_pub_topic": "", "toolbar_hidden": False, "num_gridlines": 0,
+             "smooth_image": False, "rotate": 0, "color_scheme": 0})
+        serials["rqt_image_view/ImageView"] = [1]
     return {"keys": {}, "groups": {"pluginmanager": {"keys": {"running-plugins": _value(serials)},
                                                      "groups": groups}}}
 
 
-def render(namespace: str = "", trainer_namespace: str | None = None) -> str:
-    return json.dumps(perspective(namespace, trainer_namespace), indent=2, sort_keys=True) + "\n"
+def render(namespace: str = "", trainer_namespace: str | None = None, image: bool = False) -> str:
+    return json.dumps(perspective(namespace, trainer_namespace, image), indent=2, sort_keys=True) + "\n"

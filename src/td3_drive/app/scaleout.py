@@ -38,7 +38,7 @@ def crossings(vehicle: T.Topics) -> list[Crossing]:
             (vehicle.observation_image, T.IMAGE, RELIABLE_QOS), (vehicle.observation_state, T.JOINT_STATE, RELIABLE_QOS),
             (vehicle.control, T.CONTROL, RELIABLE_QOS)]
     out = [(vehicle.reset_request, T.HEADER, RELIABLE_QOS), (vehicle.exploration, T.BOOL, LATCHED_QOS),
-           (vehicle.actor_weights, T.UINT8_ARRAY, LATCHED_QOS)]
+           (vehicle.actor_weights, T.UINT8_ARRAY, LATCHED_QOS), (vehicle.learner_ready, T.HEADER, RELIABLE_QOS)]
     return ([Crossing(t, ty, True, q) for t, ty, q in into] + [Crossing(t, ty, False, q) for t, ty, q in out])
 
 

@@ -17,6 +17,8 @@ control would land one tick late; the world already stands still without our con
 """
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,9 @@ from td3_drive.rl.exploration import Exploration, ExplorationConfig
 from td3_drive.rl.inference import ActorRunner
 from td3_drive.rl.learner import LearnerConfig
 from td3_drive.rl.models import feature_stats
-from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, decode_actor
+from td3_drive.rl.weights import MAX_WEIGHT_BYTES, WeightsRejected, architecture_of, decode_actor
 from td3_drive.runtime.interface import LATCHED_QOS, RELIABLE_QOS, NodeContext, stamp
+from td3_drive.runtime.messages import seconds
 from td3_drive.runtime.node import Node
 from td3_drive.runtime.ros import run_node
 from td3_drive.settings import setting
@@ -61,6 +64,11 @@ class PolicyConfig:
     lockstep: bool = setting(True, "the world ticks once per control (wait-for-control, embedded): the watchdog "
                                    "logs but never publishes (an extra command would shift lockstep)")
     checkpoint: str = setting("", "actor.safetensors or a checkpoint directory to load at start")
+    wait_for_learner: bool = setting(False, "training under ROS: hold each control until the trainer's learner_ready "
+                                            "for its tick (back-pressure: the world waits for the learner), once "
+                                            "the trainer has answered at all")
+    learner_wait_s: float = setting(0.5, "wait_for_learner: wall seconds a control is held at most (below the "
+                                         "bridge's 1 s control timeout); then it goes out and is counted")
 
 
 class PolicyNode(Node):
@@ -96,6 +104,18 @@ class PolicyNode(Node):
         ctx.create_subscription(T.BOOL, self.topics.exploration, self.on_exploration, LATCHED_QOS)
         self.publish_diagnostics_every(1.0)
         ctx.create_timer(c.watchdog_period, self.check_watchdog)
+        # back-pressure (wait_for_learner): the control of the newest tick, held for the trainer
+        self._held: tuple[float, float, Any] | None = None  # (tick stamp, wall time held since, control)
+        self._learner_stamp: float | None = None  # newest tick the trainer answered (None: never heard)
+        self._hold_lock = threading.Lock()  # the wall timer runs in its own callback group
+        self.held_controls = 0
+        self.learner_wait_timeouts = 0
+        if c.wait_for_learner:
+            wall_timer = getattr(ctx, "create_wall_timer", None)
+            if wall_timer is None:
+                raise ValueError("wait_for_learner needs a runtime with a wall clock (ros)")
+            ctx.create_subscription(T.HEADER, self.topics.learner_ready, self.on_learner_ready, RELIABLE_QOS)
+            wall_timer(min(0.05, c.learner_wait_s / 4), self._release_overdue)
 
     @property
     def lockstep(self) -> bool:
@@ -110,10 +130,31 @@ class PolicyNode(Node):
         self.ctx.logger.info(f"{self.ctx.name}: loaded {file} (weights version {self.weights_version})")
 
     def load_bytes(self, data: Any) -> None:
-        """Safetensors actor weights (bytes, or a message's uint8 array)."""
+        """Safetensors actor weights (bytes, or a message's uint8 array).
+
+        Weights of another layer_norm / trunk_dim / hidden sizes (the trainer's ``learner.*`` or the
+        checkpoint's) are adopted: the actor is rebuilt for them, so no launch file has to read the
+        trainer's configuration.  Another frame_stack or state size is refused: the preprocessor's
+        observations could not feed such an actor (set ``frame_stack`` for both nodes).
+        """
+        declared = architecture_of(data, self.config.max_weight_bytes)
+        if declared != self.architecture:
+            self._adopt(declared)
         weights = decode_actor(data, self.architecture, max_bytes=self.config.max_weight_bytes)
         self.runner.load_state_dict(weights.state_dict)
         self.weights_version = weights.version
+
+    def _adopt(self, architecture: Any) -> None:
+        mine = self.architecture
+        if (architecture.frame_stack, architecture.state_dim, architecture.action_dim) != (
+                mine.frame_stack, mine.state_dim, mine.action_dim):
+            raise WeightsRejected("wrong_architecture", (
+                f"weights for frame_stack {architecture.frame_stack}, state {architecture.state_dim}, action "
+                f"{architecture.action_dim}; this policy observes frame_stack {mine.frame_stack}, state "
+                f"{mine.state_dim}, action {mine.action_dim} (set frame_stack for policy and camera_preprocessor)"))
+        self.ctx.logger.info(f"{self.ctx.name}: rebuilding the actor for the weights' architecture {architecture}")
+        self.runner = ActorRunner(architecture, device=self.config.device, backend=self.config.backend)
+        self.architecture = architecture
 
     def on_weights(self, msg: Any) -> None:
         try:
@@ -143,7 +184,7 @@ class PolicyNode(Node):
             self.drops.drop("non_finite_action")
             features = None  # non-finite features are not published either
         header = self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.weights_version))
-        self.control_pub.publish(self.ctx.new(T.CONTROL, header=header, **fields))
+        self._send_or_hold(seconds(stamp_msg), self.ctx.new(T.CONTROL, header=header, **fields))
         self.actions += 1
         if self.config.publish_features and features is not None:
             if np.isfinite(features).all():
@@ -151,8 +192,44 @@ class PolicyNode(Node):
             else:
                 self.drops.drop("non_finite_features")
 
+    # ------------------------------------------------------------------ back-pressure
+    def _send_or_hold(self, t: float, control: Any) -> None:
+        with self._hold_lock:
+            hold = (self.config.wait_for_learner and self._learner_stamp is not None
+                    and self._learner_stamp < t - 1e-6)
+            if hold:
+                previous, self._held = self._held, (t, time.monotonic(), control)
+                self.held_controls += 1
+        if not hold:
+            self.control_pub.publish(control)
+        elif previous is not None:  # a newer tick while one is held: the world did not wait; send the old one
+            self.control_pub.publish(previous[2])
+
+    def on_learner_ready(self, msg: Any) -> None:
+        t = seconds(msg.stamp)
+        with self._hold_lock:
+            self._learner_stamp = t if self._learner_stamp is None else max(self._learner_stamp, t)
+            release = self._held if self._held is not None and self._held[0] <= t + 1e-6 else None
+            if release is not None:
+                self._held = None
+        if release is not None:
+            self.control_pub.publish(release[2])
+
+    def _release_overdue(self) -> None:
+        """Wall timer: a control held longer than ``learner_wait_s`` goes out (the trainer is gone or stuck)."""
+        with self._hold_lock:
+            held = self._held
+            if held is None or time.monotonic() - held[1] < self.config.learner_wait_s:
+                return
+            self._held = None
+            self.learner_wait_timeouts += 1
+        self.drops.drop("learner_wait_timeout", f"{self.ctx.name}: control for {held[0]:.3f} s released unanswered")
+        self.control_pub.publish(held[2])
+
     def check_watchdog(self) -> None:
         """Timer: full brake while observations are older than ``watchdog_timeout``."""
+        if self._held is not None:
+            return  # we hold the control ourselves (back-pressure): the world is waiting for us, not stuck
         now = self.ctx.now()
         if self.last_observation_s is None or now <= self._last_brake_s:
             return  # not armed yet; or a clock jump fired this timer repeatedly at one instant
@@ -195,7 +272,8 @@ class PolicyNode(Node):
 
     def status(self) -> dict[str, Any]:
         return {"actions": self.actions, "weights_version": self.weights_version,
-                "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips}
+                "watchdog_brakes": self.watchdog_brakes, "watchdog_trips": self.watchdog_trips,
+                "held_controls": self.held_controls, "learner_wait_timeouts": self.learner_wait_timeouts}
 
 
 def main(args: list[str] | None = None) -> int:

@@ -54,6 +54,8 @@ class TrainerConfig:
                                         "that its step is dropped (missing_action)")
     device: str = setting("auto", "auto | cpu | cuda[:N]")
     resume: bool = setting(False, "continue from the newest checkpoint in run_dir")
+    console_every: int = setting(500, "log a progress line (env steps, updates, episode return, feature L2) at "
+                                      "the first log_interval point at or after every N updates (0: never)")
 
 
 def _vehicle_topics(default: T.Topics, namespaces: list[str], roles: list[str]) -> list[T.Topics]:
@@ -87,6 +89,7 @@ class Vehicle:
         self.reset_pub = ctx.create_publisher(T.HEADER, topics.reset_request, RELIABLE_QOS)
         self.exploration_pub = ctx.create_publisher(T.BOOL, topics.exploration, LATCHED_QOS)
         self.reward_pub = ctx.create_publisher(T.FLOAT32, topics.reward, RELIABLE_QOS)
+        self.ready_pub = ctx.create_publisher(T.HEADER, topics.learner_ready, RELIABLE_QOS)
         config = self.session.learner.config
         self.observations = ObservationPairer(ctx, topics, config.frame_stack, config.state_dim,
                                               self.on_observation, self.drops)
@@ -111,6 +114,13 @@ class Vehicle:
         self._handle(outcomes)
 
     def on_observation(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
+        self._observe(stamp_msg, obs, state)
+        if self.session.config.async_updates:  # (learning in the callback, the world cannot run ahead)
+            # back-pressure: this tick's control waits (in the policy) until the learner has caught up
+            self.session.when_caught_up(self.index, lambda: self.ready_pub.publish(
+                self.ctx.new(T.HEADER, stamp=stamp_msg, frame_id=str(self.session.learner.num_updates))))
+
+    def _observe(self, stamp_msg: Any, obs: np.ndarray, state: np.ndarray) -> None:
         t = seconds(stamp_msg)
         observation = Observation(t, obs[-1], state)  # the replay stores each frame once, rebuilds stacks
         world = self.world
@@ -187,6 +197,8 @@ class TrainerNode(Node):
             on_update=self.publish_critic_features, drop=self.drops.drop)
         self.vehicles = [Vehicle(ctx, i, topics, self.session, self.drops, reward_config, wiring.max_control_delay)
                          for i, topics in enumerate(vehicle_topics)]
+        self.console_every = wiring.console_every
+        self._console_logged = 0  # updates // console_every at the last progress line
         self.publish_diagnostics_every(1.0)
         if wiring.resume:
             self.session.resume()
@@ -207,6 +219,9 @@ class TrainerNode(Node):
             key = f"features/critic/{stat}"
             if key in metrics:
                 pub.publish(self.ctx.new(T.FLOAT32, data=float(metrics[key])))
+        if self.console_every and updates // self.console_every > self._console_logged:
+            self._console_logged = updates // self.console_every
+            self.ctx.logger.info(progress_line(self.session, updates, metrics))
 
     def status(self) -> dict[str, Any]:
         return self.session.health()
@@ -214,6 +229,16 @@ class TrainerNode(Node):
     def close(self) -> None:
         """Stop learning and keep what was trained: a final checkpoint (Ctrl-C under ros2 launch too)."""
         self.session.close()
+
+
+def progress_line(session: TrainingSession, updates: int, metrics: dict[str, float]) -> str:
+    """One console line (what the embedded progress bar shows): a ros2 launch terminal is not TensorBoard."""
+    steps = session.env_steps
+    returns = [r for _, r in session.episode_returns[-5:]]
+    ret = f"{returns[-1]:.1f} (mean of last {len(returns)}: {np.mean(returns):.1f})" if returns else "n/a"
+    l2 = metrics.get("features/critic/l2_norm", float("nan"))
+    return (f"progress: {steps} env steps, {updates} updates ({updates / max(1, steps):.2f} per step), "
+            f"{session.episodes} episodes, episode return {ret}, critic feature L2 {l2:.2f}")
 
 
 def main(args: list[str] | None = None) -> int:

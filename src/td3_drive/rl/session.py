@@ -49,6 +49,8 @@ class SessionConfig:
     eval_episodes: int = setting(1, "episodes per evaluation round")
     log_interval: int = setting(100, "updates between TensorBoard points")
     async_updates: bool = setting(False, "learn in a worker thread (ROS); false = in the callback")
+    max_update_lag: int = setting(2, "async_updates: updates the learner may owe before when_caught_up() holds "
+                                     "its callbacks (the trainer's learner_ready; back-pressure, docs/ros2.md)")
     replay_capacity: int = setting(100_000, "transitions kept (split between the vehicles)")
     n_step: int = setting(1, "n-step returns")
     replay_on_disk: bool = setting(False, "memory-map the replay buffer under run_dir/replay")
@@ -134,6 +136,9 @@ class TrainingSession:
         self._learn_wanted = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        #: per vehicle, the newest callback waiting for the learner to catch up (when_caught_up)
+        self._waiting: dict[int, Callable[[], None]] = {}
+        self._waiting_lock = threading.Lock()
 
     def start(self) -> None:
         """Broadcast the current actor, and with ``async_updates`` start the learner thread."""
@@ -213,8 +218,38 @@ class TrainingSession:
         else:
             self._learn_and_checkpoint()
 
+    def caught_up(self) -> bool:
+        """Whether the learner owes at most ``max_update_lag`` updates (always, without async_updates)."""
+        return not self.config.async_updates or self.updates_due() <= self.config.max_update_lag
+
+    def when_caught_up(self, vehicle: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` now if :meth:`caught_up`, else from the learner thread once it is (or at close).
+
+        Back-pressure: the trainer answers each observation through this, and the policy holds that
+        tick's control until the answer comes, so a world that waits for controls waits for the learner
+        too and ``utd_ratio`` holds.  Only ``vehicle``'s newest callback is kept: an answer for a later
+        tick answers the earlier ones.
+        """
+        with self._waiting_lock:
+            if not (self.caught_up() or self._stop.is_set()):
+                self._waiting[vehicle] = callback
+                return
+            self._waiting.pop(vehicle, None)
+        callback()
+
+    def _release_waiting(self, force: bool = False) -> None:
+        with self._waiting_lock:
+            if not (force or self.caught_up()) or not self._waiting:
+                return
+            ready, self._waiting = list(self._waiting.values()), {}
+        for callback in ready:
+            callback()
+
     def _learn_and_checkpoint(self) -> None:
         self.learn(self.updates_due())
+        self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
         every = self.config.checkpoint_every
         period = self.env_steps // every if every else 0
         if period > self._checkpoint_period:  # every checkpoint_every env steps (any vehicle's)
@@ -243,12 +278,17 @@ class TrainingSession:
                 self._on_update(n, metrics)
             if n % c.weights_every == 0:
                 self.publish_weights()
+            if c.async_updates:
+                # a backlog must not hold the schedule: checkpoints fall due by env steps while it drains
+                self._checkpoint_if_due()
+                self._release_waiting()
 
     def _learn_loop(self) -> None:
         while not self._stop.is_set():
             if self._learn_wanted.wait(timeout=0.5):
                 self._learn_wanted.clear()
                 self._learn_and_checkpoint()
+            self._release_waiting()
 
     def rollback(self) -> bool:
         """Weights + optimizers back to the newest good checkpoint; update counters stay monotonic."""
@@ -385,6 +425,7 @@ class TrainingSession:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=5)
+        self._release_waiting(force=True)  # nobody is held up by a session that no longer learns
         if self.env_steps != self._checkpointed_steps and self.learner.parameters_finite():
             try:
                 path = self.save_checkpoint()

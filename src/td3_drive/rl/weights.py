@@ -112,6 +112,16 @@ def decode_actor(data: bytes | np.ndarray, expected_architecture: ActorArchitect
     return ActorWeights(state, version, architecture)
 
 
+def architecture_of(data: bytes | np.ndarray, max_bytes: int = MAX_WEIGHT_BYTES) -> ActorArchitecture:
+    """The architecture a weight blob declares, from its header alone; raises :class:`WeightsRejected`."""
+    if len(data) > max_bytes:
+        raise WeightsRejected("oversized", f"{len(data)} bytes > cap {max_bytes}")
+    # only the JSON header is copied, never the tensors
+    raw = np.asarray(data, dtype=np.uint8).reshape(-1) if isinstance(data, np.ndarray) else data
+    head = bytes(memoryview(raw)[:8 + MAX_HEADER_BYTES])
+    return _read_metadata(_read_header(head).pop("__metadata__", None) or {})[1]
+
+
 def read_architecture(path: str | Path) -> ActorArchitecture | None:
     """The architecture in an actor.safetensors file's metadata, from its JSON header alone (None: none)."""
     with open(path, "rb") as f:

@@ -13,6 +13,12 @@ concurrently, as in the other runtimes; the trainer learns in its own thread
 (``async_updates``).  Timers run on ``/clock`` (sim time) like ``use_sim_time`` nodes, or on
 the wall clock (``create_wall_timer``, and every timer when ``use_sim_time`` is false).
 
+ROS 2 tools list these processes as nodes (``ros2 node list``, the node names in ``ros2 topic
+info -v``): as rmw_cyclonedds_cpp does, the participant carries USER_DATA ``enclave=/;`` and
+publishes on ``ros_discovery_info`` (``rmw_dds_common/msg/ParticipantEntitiesInfo``, reliable,
+transient local, depth 1) which node owns which reader and writer, by GID (the 16-byte DDS
+GUID, zero-padded to 24 bytes; humble ``rmw_node.cpp``, ``convert_guid_to_gid``).
+
 Discovery stays on this machine by default (:func:`cyclone_config`): the loopback interface,
 multicast off, unicast peers on 127.0.0.1.  ``TD3_DDS_INTERFACE=<name or address>`` joins a
 real network the way a ROS 2 machine does (multicast discovery on that interface), and
@@ -45,6 +51,7 @@ from cyclonedds.pub import DataWriter, ddspy_write
 from cyclonedds.sub import DataReader, ddspy_take
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
+import numpy as np
 from rosbags.serde import SerdeError
 
 from td3_drive import topics as T
@@ -62,6 +69,12 @@ MAX_WAIT_S = 0.05
 TAKE_BATCH = 64
 #: participants one machine can hold with multicast off (unicast discovery probes this many ports)
 MAX_PARTICIPANTS = 40
+#: what rmw_cyclonedds_cpp puts in a participant's USER_DATA (the SROS2 enclave: "/" without security);
+#: ROS 2's graph cache adds only participants that carry it
+ROS_USER_DATA = b"enclave=/;"
+#: the DDS topic (no rt/ prefix) and type on which every ROS 2 participant lists its nodes' endpoints
+DISCOVERY_TOPIC = "ros_discovery_info"
+DISCOVERY_TYPE = "rmw_dds_common/msg/ParticipantEntitiesInfo"
 
 log = logging.getLogger(__name__)
 #: what a received sample that does not decode raises: it is skipped and counted, never delivered
@@ -203,21 +216,33 @@ def prime_codec(type_name: str) -> None:
         _PRIMED.add(type_name)
 
 
+def gid(entity: Any) -> bytes:
+    """An entity's rmw GID: its DDS GUID (16 bytes) zero-padded to 24, as rmw_cyclonedds_cpp makes it."""
+    return entity.guid.bytes.ljust(24, b"\0")
+
+
+def ros_node_name(name: str) -> tuple[str, str]:
+    """'v0/policy' -> ('/v0', 'policy'); 'policy' -> ('/', 'policy'): a node's namespace and base name."""
+    namespace, _, base = name.strip("/").rpartition("/")
+    return "/" + namespace, base
+
+
 class DdsContext(ContextBase):
     """NodeContext for one node of a :class:`DdsRuntime`."""
 
     def __init__(self, runtime: "DdsRuntime", name: str) -> None:
         super().__init__(name, runtime.parameters)
         self._runtime = runtime
+        runtime.announce(name)
 
     def create_publisher(self, type_name: str, topic: str, qos: QoS = RELIABLE_QOS) -> DdsPublisher:
         type_name = messages.normalize_type_name(type_name)
-        return self._runtime.publisher(type_name, topic, qos)
+        return self._runtime.publisher(type_name, topic, qos, node=self.name)
 
     def create_subscription(
         self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS = RELIABLE_QOS
     ) -> None:
-        self._runtime.subscribe(messages.normalize_type_name(type_name), topic, callback, qos)
+        self._runtime.subscribe(messages.normalize_type_name(type_name), topic, callback, qos, node=self.name)
 
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> None:
         self._runtime.add_timer(period_s, callback, wall=not self._runtime.use_sim_time)
@@ -241,7 +266,7 @@ class DdsRuntime:
         interface = interface if interface is not None else (os.environ.get("TD3_DDS_INTERFACE") or None)
         self.config = cyclone_config(interface)
         _domain(self.domain_id, self.config)
-        self.participant = DomainParticipant(self.domain_id)
+        self.participant = DomainParticipant(self.domain_id, qos=Qos(Policy.Userdata(ROS_USER_DATA)))
         self._waitset = WaitSet(self.participant)
         self._wake = GuardCondition(self.participant)
         self._waitset.attach(self._wake)
@@ -257,6 +282,9 @@ class DdsRuntime:
         self._following_clock = False
         self._recording: tuple | None = None
         self._recorded: set[str] = set()
+        #: per node name, the GIDs of its readers and writers (what ros_discovery_info lists)
+        self.node_entities: dict[str, dict[str, list[bytes]]] = {}
+        self._discovery_writer: DataWriter | None = None
 
     # --- entities ---------------------------------------------------------------------
     def context(self, name: str) -> DdsContext:
@@ -271,17 +299,45 @@ class DdsRuntime:
             raise TypeError(f"topic {topic} already carries {existing.data_type.__name__}, not {type_name}")
         return existing
 
-    def publisher(self, type_name: str, topic: str, qos: QoS) -> DdsPublisher:
+    def publisher(self, type_name: str, topic: str, qos: QoS, node: str | None = None) -> DdsPublisher:
         writer = DataWriter(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         publisher = DdsPublisher(self, writer, topic, type_name)
         self.publishers.append(publisher)
+        if node is not None:
+            self.announce(node, writer=writer)
         return publisher
 
-    def subscribe(self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS) -> None:
+    def subscribe(self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS,
+                  node: str | None = None) -> None:
         reader = DataReader(self.participant, self._topic(type_name, topic), qos=dds_qos(qos))
         condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Any)
         self._waitset.attach(condition)
         self._subscriptions.append(_Subscription(reader, condition, type_name, topic, callback))
+        if node is not None:
+            self.announce(node, reader=reader)
+
+    def announce(self, node: str, *, reader: DataReader | None = None, writer: DataWriter | None = None) -> None:
+        """List ``node`` (and a new reader or writer of it) on ros_discovery_info, as a ROS 2 node does."""
+        entities = self.node_entities.setdefault(node, {"readers": [], "writers": []})
+        if reader is not None:
+            entities["readers"].append(gid(reader))
+        if writer is not None:
+            entities["writers"].append(gid(writer))
+        if self._discovery_writer is None:
+            topic = Topic(self.participant, DISCOVERY_TOPIC, idl_class(DISCOVERY_TYPE))
+            self._discovery_writer = DataWriter(self.participant, topic, qos=dds_qos(
+                QoS(depth=1, reliable=True, transient_local=True)))
+        store = messages.typestore()
+        gid_msg = store.types["rmw_dds_common/msg/Gid"]
+
+        def as_gid(data: bytes) -> Any:
+            return gid_msg(data=np.frombuffer(data, dtype=np.uint8))
+
+        info = store.types[DISCOVERY_TYPE](gid=as_gid(gid(self.participant)), node_entities_info_seq=[
+            store.types["rmw_dds_common/msg/NodeEntitiesInfo"](
+                *ros_node_name(name), [as_gid(g) for g in ent["readers"]], [as_gid(g) for g in ent["writers"]])
+            for name, ent in self.node_entities.items()])
+        ddspy_write(self._discovery_writer._ref, wire_payload(info, DISCOVERY_TYPE))
 
     def add_timer(self, period_s: float, callback: Callable[[], None], wall: bool) -> None:
         start = time.monotonic() if wall else self._sim_time_s

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import array
 import importlib
+import json
+import signal
 import threading
 from typing import Any, Callable
 
@@ -292,11 +294,22 @@ class _Logger:
 
 
 class _Publisher:
-    def __init__(self, publisher: Any, converter: MessageConverter, type_name: str) -> None:
-        self._publisher, self._converter, self.type_name = publisher, converter, type_name
+    def __init__(self, publisher: Any, converter: MessageConverter, type_name: str,
+                 alive: Callable[[], bool] = lambda: True) -> None:
+        self._publisher, self._converter, self.type_name, self._alive = publisher, converter, type_name, alive
+        self.dropped_after_shutdown = 0
 
     def publish(self, msg: Any) -> None:
-        self._publisher.publish(self._converter.to_ros(msg, self.type_name if hasattr(msg, "__msgtype__") else None))
+        ros_msg = self._converter.to_ros(msg, self.type_name if hasattr(msg, "__msgtype__") else None)
+        if not self._alive():  # shutting down: a worker thread's late publish is dropped, not an error
+            self.dropped_after_shutdown += 1
+            return
+        try:
+            self._publisher.publish(ros_msg)
+        except Exception:
+            if self._alive():
+                raise
+            self.dropped_after_shutdown += 1  # the context went away between the check and the call
 
 
 class RosContext:
@@ -344,7 +357,11 @@ class RosContext:
         cls = self._converter.message_class(type_name)
         publisher = self._node.create_publisher(cls, topic, qos_profile(qos))
         self._keep.append(publisher)
-        return _Publisher(publisher, self._converter, type_name)
+        return _Publisher(publisher, self._converter, type_name, self._context_ok)
+
+    def _context_ok(self) -> bool:
+        context = getattr(self._node, "context", None)
+        return context is None or bool(context.ok())
 
     def create_subscription(
         self, type_name: str, topic: str, callback: Callable[[Any], None], qos: QoS = RELIABLE_QOS
@@ -403,7 +420,9 @@ class RosContext:
         from rcl_interfaces.msg import ParameterDescriptor
 
         ptype = parameter_type(default)
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=ptype is None)
+        # read once at start: read-only, so ``ros2 param set`` says it is refused instead of
+        # reporting a success that changes nothing
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=ptype is None, read_only=True)
         if ptype is not None:
             descriptor.type = ptype
         try:
@@ -415,7 +434,7 @@ class RosContext:
             if type(exc).__name__ != "InvalidParameterTypeException" or not floats:
                 raise
             # accept integers for float parameters (YAML 1 for 1.0), as the in-process runtime does
-            descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+            descriptor = ParameterDescriptor(description=description, dynamic_typing=True, read_only=True)
             self._node.declare_parameter(name, default, descriptor)
         value = self._node.get_parameter(name).value
         return coerce_parameter(self.name, name, default, value)
@@ -433,6 +452,34 @@ class RosContext:
 
 
 # --------------------------------------------------------------------------- process entry points
+def _init_rclpy(rclpy: Any, args: list[str] | None) -> None:
+    """rclpy.init without rclpy's own signal handlers: they invalidate the context under a running
+    executor (``RCLError: failed to initialize wait set``) and chain to KeyboardInterrupt, which a
+    second Ctrl-C then raises inside the cleanup.  Ours only ask the spin loop to stop."""
+    try:
+        from rclpy.signals import SignalHandlerOptions
+    except ImportError:  # an rclpy without the option: its handlers, replaced by ours below
+        rclpy.init(args=args)
+        return
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT and SIGTERM set ``stop`` (main thread only: Python delivers signals there); the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+def _exit_report(node: Any) -> str:
+    status = getattr(node, "status", lambda: {})()
+    drops = dict(getattr(getattr(node, "drops", None), "counts", {}) or {})
+    return f"exit report: {json.dumps({'status': status, 'drops': drops}, default=str, sort_keys=True)}"
+
+
 def run_node(
     node_name: str,
     factory: NodeFactory,
@@ -440,17 +487,29 @@ def run_node(
     args: list[str] | None = None,
     parallel_timers: bool = False,
     num_threads: int | None = None,
+    started: Callable[[Any, RosContext], None] | None = None,
+    until: Callable[[Any], bool] | None = None,
 ) -> int:
     """rclpy.init, one Node + RosContext + td3_drive node, spin on a MultiThreadedExecutor, clean shutdown.
 
     The node name is the default; a launch file's ``name=`` (a ``__node:=``
     remap) takes precedence, and ``ctx.name`` reports the effective name.
+    ``started(node, ctx)`` runs once the node is built and added to the executor; the node
+    stops by itself once ``until(node)`` is true (checked every spin, at least every 0.1 s).
+
+    SIGINT / SIGTERM (Ctrl-C, ``ros2 launch`` stopping) end the spin loop, and every later
+    one is ignored, so the shutdown runs to its end: the executor first (it waits for
+    running callbacks: rclpy humble ``executors.py`` ``shutdown``), then the node's
+    ``close()`` (the trainer's final checkpoint, exactly once), then the rclpy node and
+    context.  The node's counters are logged as its exit report, and the exit code is 0.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.node import Node
 
-    rclpy.init(args=args)
+    stop = threading.Event()
+    _init_rclpy(rclpy, args)
+    previous = _stop_on_signals(stop)
     ros_node = None
     td3_node = None
     executor = None
@@ -460,19 +519,28 @@ def run_node(
         td3_node = factory(ctx)
         executor = MultiThreadedExecutor(num_threads=num_threads)
         executor.add_node(ros_node)
-        executor.spin()
+        if started is not None:
+            started(td3_node, ctx)
+        # spin_once with a timeout, not spin(): the loop sees ``stop`` within 0.1 s of a signal
+        while not stop.is_set() and rclpy.ok() and not (until is not None and until(td3_node)):
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / ros2 launch's SIGINT: the normal way out
+        pass  # not the main thread (no handlers of ours), or the context was shut down elsewhere
     finally:
+        stop.set()
+        if executor is not None:
+            executor.shutdown()  # first: no callback may still run while the node closes
         if td3_node is not None:
             try:
                 td3_node.close()
+                if ros_node is not None:
+                    ros_node.get_logger().info(_exit_report(td3_node))
             except Exception as exc:  # never let cleanup hide the shutdown
                 if ros_node is not None:
                     ros_node.get_logger().error(f"close() failed: {exc!r}")
-        if executor is not None:
-            executor.shutdown()
         if ros_node is not None:
             ros_node.destroy_node()
         rclpy.try_shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0

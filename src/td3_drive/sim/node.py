@@ -320,6 +320,35 @@ def stamp_ns(ctx: NodeContext, t_ns: int) -> Any:
 __all__ = ["SimulatorNode", "stamp_ns"]
 
 
+#: ros2 run / launch: seconds to wait for the pipeline before ticking anyway
+START_TIMEOUT_S = 60.0
+
+
+def start_when_listened(node: SimulatorNode, ctx: Any, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Publish the first tick once a policy publishes controls and a preprocessor reads the camera.
+
+    Every later tick answers a control, so without this first one a lockstep world never
+    moves; sent before the pipeline is up, it would be lost (no transient-local camera).
+    After ``timeout_s`` it starts anyway and says so.
+    """
+    deadline = time.monotonic() + timeout_s
+    ros_node = ctx.node
+
+    def check() -> None:
+        if node.started:
+            return
+        ready = (ros_node.count_publishers(node.topics.control) > 0
+                 and ros_node.count_subscribers(node.topics.camera) > 0)
+        if not ready and time.monotonic() < deadline:
+            return
+        if not ready:
+            ctx.logger.warning(f"{ctx.name}: no policy / camera_preprocessor after {timeout_s:.0f} s: starting anyway")
+        ctx.logger.info(f"{ctx.name}: first tick (episode 1)")
+        node.start()
+
+    ctx.create_wall_timer(0.1, check)
+
+
 def main(args: list[str] | None = None) -> int:
-    """``ros2 run td3_drive simulator``: this node alone on rclpy."""
-    return run_node("simulator", SimulatorNode, args=args)
+    """``ros2 run td3_drive simulator``: this node alone on rclpy; it ticks once the pipeline listens."""
+    return run_node("simulator", SimulatorNode, args=args, started=start_when_listened)
