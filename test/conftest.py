@@ -11,10 +11,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as dot_task
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-#: what `colcon test` runs: the ROS-facing tests (adapter, executor, launch files, packaging, messages,
-#: QoS, rqt, scale-out), about a minute; `make test` and a plain pytest run everything
-COLCON_TESTS = ("test_ros_adapter.py", "test_ros_executor.py", "test_launch_static.py", "test_packaging.py",
-                "test_observation.py", "test_control.py", "test_qos.py", "test_rqt.py", "test_scaleout.py")
+from support import COLCON_TESTS  # noqa: E402  (test/ is on sys.path from here on)
 
 
 def under_colcon(config: pytest.Config) -> bool:

@@ -13,6 +13,11 @@ from td3_drive.runtime.messages import new_message, stamp
 
 Sent = list[tuple[str, Any]]
 
+#: what `colcon test` runs (conftest.py selects them): the ROS-facing tests (adapter, executor, launch
+#: files, packaging, messages, QoS, rqt, scale-out), about a minute; `make test` and a plain pytest run all
+COLCON_TESTS = ("test_ros_adapter.py", "test_ros_executor.py", "test_launch_static.py", "test_packaging.py",
+                "test_observation.py", "test_control.py", "test_qos.py", "test_rqt.py", "test_scaleout.py")
+
 
 def header(t: float, frame_id: str = "") -> Any:
     return new_message(T.HEADER, stamp=stamp(t), frame_id=frame_id)
