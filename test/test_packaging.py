@@ -229,8 +229,7 @@ def test_colcon_test_runs_the_ros_facing_subset(tmp_path):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         return {line.split("::")[0].rsplit("/", 1)[-1] for line in result.stdout.splitlines() if "::" in line}
 
-    sys.path.insert(0, str(REPO / "test"))
-    from support import COLCON_TESTS
+    from support import COLCON_TESTS  # test/ is on sys.path (conftest.py)
 
     # what colcon's pytest step puts in PYTEST_ADDOPTS (colcon_core/task/python/test/pytest.py)
     colcon = collected(f"--tb=short --junit-xml={tmp_path}/pytest.xml --junit-prefix=td3_drive")

@@ -63,12 +63,17 @@ def parse_kinds(kinds: str) -> tuple[str, ...]:
     return names
 
 
-def hazard_kind(seed: int, share: float, kinds: tuple[str, ...]) -> str:
-    """The hazard kind of the episode on ``seed`` (``none`` for a clean episode)."""
+def check_share(share: float) -> float:
+    """``share`` if it is a valid hazard_share; raises ValueError otherwise."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"hazard_share must be in [0, 1], got {share}")
+    return share
+
+
+def hazard_kind(seed: int, share: float, kinds: tuple[str, ...]) -> str:
+    """The hazard kind of the episode on ``seed`` (``none`` for a clean episode)."""
     u = (int(seed) * _HAZARD_STEP) % 1.0
-    if u >= share:
+    if u >= check_share(share):
         return NONE
     return kinds[int(((int(seed) * _KIND_STEP) % 1.0) * len(kinds))]
 

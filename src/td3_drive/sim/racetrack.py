@@ -45,7 +45,14 @@ from highway_env.road.lane import AbstractLane, LineType  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from td3_drive.settings import setting  # noqa: E402
-from td3_drive.sim.hazards import NONE, HazardPlan, HazardScript, parse_kinds, plan_hazard  # noqa: E402
+from td3_drive.sim.hazards import (  # noqa: E402
+    NONE,
+    HazardPlan,
+    HazardScript,
+    check_share,
+    parse_kinds,
+    plan_hazard,
+)
 
 #: carla_msgs/CarlaLaneInvasionEvent constants
 LANE_MARKING_OTHER = 0
@@ -428,8 +435,7 @@ class RacetrackSim:
             "duration": 1e12,
         }
         self._hazard_kinds = parse_kinds(c.hazards)
-        if not 0.0 <= c.hazard_share <= 1.0:
-            raise ValueError(f"hazard_share must be in [0, 1], got {c.hazard_share}")
+        check_share(c.hazard_share)  # refused at construction, not at the first reset
         self.env = gym.make(c.env_id, config=env_config).unwrapped
         self._hazard = HazardPlan()
         self._hazard_car: _HazardCar | None = None
