@@ -107,7 +107,7 @@ class PolicyNode(Node):
         # back-pressure (wait_for_learner): the control of the newest tick, held for the trainer
         self._held: tuple[float, float, Any] | None = None  # (tick stamp, wall time held since, control)
         self._learner_stamp: float | None = None  # newest tick the trainer answered (None: never heard)
-        self._hold_lock = threading.Lock()  # the wall timer runs in its own callback group
+        self._hold_lock = threading.Lock()  # timers and subscriptions run concurrently under parallel_timers
         self.held_controls = 0
         self.learner_wait_timeouts = 0
         if c.wait_for_learner:

@@ -315,8 +315,8 @@ class _Publisher:
 class RosContext:
     """NodeContext over an ``rclpy.node.Node``.
 
-    Callback groups: every subscription shares one mutually exclusive group, so
-    a node's subscription callbacks never run concurrently (its state needs no
+    Callback groups: every subscription and timer shares one mutually exclusive
+    group, so a node's callbacks never run concurrently (its state needs no
     locks, as in the in-process runtime).  With ``parallel_timers`` each timer
     gets its own group: under a MultiThreadedExecutor a long timer callback
     (the trainer's learning step) then never blocks subscriptions; such a
@@ -402,17 +402,20 @@ class RosContext:
         self._keep.append(timer)
 
     def create_wall_timer(self, period_s: float, callback: Callable[[], None]) -> None:
-        """A timer on the steady clock, in its own callback group: it fires even when /clock stalls.
+        """A timer on the steady clock: it fires even when /clock stalls.
 
-        Not part of NodeContext (the in-process runtime has no wall time);
-        watchdogs use it where present and fall back to ``create_timer``.
+        Grouped like ``create_timer``: serial with the subscriptions unless ``parallel_timers``
+        (a simulator stepping from its deadline timer while its control callback steps too
+        crashed on a real Humble).  Not part of NodeContext (the in-process runtime has no
+        wall time); watchdogs use it where present and fall back to ``create_timer``.
         """
         from rclpy.clock import Clock, ClockType
 
         if period_s <= 0:
             raise ValueError("timer period must be positive")
+        group = self._group_factory() if self._parallel_timers else self._subscription_group
         timer = self._node.create_timer(
-            float(period_s), callback, callback_group=self._group_factory(), clock=Clock(clock_type=ClockType.STEADY_TIME)
+            float(period_s), callback, callback_group=group, clock=Clock(clock_type=ClockType.STEADY_TIME)
         )
         self._keep.append(timer)
 
