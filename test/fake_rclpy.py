@@ -434,7 +434,10 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
             self.nodes, self.shut = [], False
             self._busy: set[int] = set()  # ids of the callback groups running a callback now
             self._error: BaseException | None = None
-            self._pool: ThreadPoolExecutor | None = None
+            # rclpy's name: humble's MultiThreadedExecutor.shutdown never shuts this pool down
+            self._executor: ThreadPoolExecutor | None = None
+            self._running: set[int] = set()  # callbacks executing now (humble: the work tracker)
+            self._started = 0
             rec.executors.append(self)
 
         def add_node(self, node):
@@ -451,8 +454,8 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
                 raise spin_raises
             if not context.ok():  # rclpy's wait set on a shut-down context
                 raise RuntimeError("failed to initialize wait set: the given context is not valid")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="fake-executor")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.num_threads, thread_name_prefix="fake-executor")
             with graph.cond:
                 if self.shut:
                     return
@@ -462,7 +465,7 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
                     graph.cond.wait(timeout=wait if timeout_sec is None else min(wait, timeout_sec))
                     work = [] if self.shut else self._take_ready()
             for item in work:
-                self._pool.submit(self._run, *item)
+                self._executor.submit(self._run, *item)
             self._raise()
 
         def _raise(self):
@@ -496,12 +499,18 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
 
         def _run(self, entity, callback: Callable, args: tuple, what: str) -> None:
             start = time.monotonic()
+            with graph.cond:
+                self._started += 1
+                token = self._started
+                self._running.add(token)
+            rec.events.append(("callback_start", entity.node.name, what))
             try:
                 callback(*args)
             except BaseException as exc:  # noqa: BLE001 -- reported by spin, as rclpy does
                 self._error = self._error or exc
             finally:
                 with graph.cond:
+                    self._running.discard(token)
                     self._busy.discard(id(entity.group))
                     rec.calls.append((entity.node.name, what, start, time.monotonic()))
                     graph.cond.notify_all()
@@ -512,12 +521,15 @@ def install_fake_rclpy(monkeypatch, overrides: dict | None = None, spin_raises: 
                 return not self._busy and graph.pending() == 0
 
         def shutdown(self, timeout_sec=None):
-            """Stop taking work and wait for the running callbacks (rclpy humble ``Executor.shutdown``)."""
+            """Stop taking work and wait for the callbacks executing now, as rclpy humble's
+            ``Executor.shutdown`` (its work tracker): a callback already handed to the thread pool
+            but not started yet still runs afterwards."""
             with graph.cond:
                 self.shut = True
+                running = set(self._running)
                 graph.cond.notify_all()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                while running & self._running:
+                    graph.cond.wait(0.05)
             rec.events.append(("executor_shutdown",))
 
     executors = types.ModuleType("rclpy.executors")

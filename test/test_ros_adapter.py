@@ -445,6 +445,47 @@ def test_ctrl_c_twice_exits_0_closes_once_after_the_executor(monkeypatch, first)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_close_waits_for_callbacks_queued_in_the_thread_pool(monkeypatch):
+    """Seen on a real Humble: ``MultiThreadedExecutor.shutdown`` (humble ``executors.py``) waits only
+    for callbacks already executing; one handed to its thread pool but not started ran afterwards,
+    beside close() (the final checkpoint) or after destroy_node() ("The following exception was never
+    retrieved: cannot use Destroyable because destruction was requested").  run_node drains the
+    pool before close()."""
+    from td3_drive.runtime import ros
+
+    rec = install_fake_rclpy(monkeypatch)
+    original = ros.MessageConverter
+    monkeypatch.setattr(ros, "MessageConverter", lambda: original(FakeRosidl().cls))
+    seen = types.SimpleNamespace(slow_started=False, queued_done=False, close_saw_queued_done=None)
+
+    class Dummy:
+        def __init__(self, ctx):
+            ctx.create_wall_timer(0.01, self.slow)  # own groups (parallel_timers): both become ready
+            ctx.create_wall_timer(0.01, self.queued)
+            self.drops = types.SimpleNamespace(counts={})
+
+        def slow(self):
+            if seen.slow_started:
+                return
+            seen.slow_started = True
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)  # the one pool thread is busy: the other timer's callback waits in the pool
+
+        def queued(self):
+            if seen.slow_started and not seen.queued_done:
+                time.sleep(0.2)
+                seen.queued_done = True
+
+        def status(self):
+            return {}
+
+        def close(self):
+            seen.close_saw_queued_done = seen.queued_done
+
+    assert ros.run_node("trainer", Dummy, parallel_timers=True, num_threads=1) == 0
+    assert seen.queued_done and seen.close_saw_queued_done, "a callback ran after the executor shut down"
+
+
 def test_publishing_after_shutdown_is_dropped_not_raised(fake):
     """Defect 3: a worker thread (the trainer's learner) publishing after rclpy.shutdown must not raise."""
     pub = fake.ctx.create_publisher(T.HEADER, "/td3/late", RELIABLE_QOS)

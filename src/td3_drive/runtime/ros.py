@@ -533,6 +533,12 @@ def run_node(
         stop.set()
         if executor is not None:
             executor.shutdown()  # first: no callback may still run while the node closes
+            # MultiThreadedExecutor.shutdown (humble and jazzy executors.py) waits only for callbacks
+            # already executing (its work tracker); one handed to its thread pool but not started
+            # would run beside close() or after destroy_node() (seen on a real Humble)
+            pool = getattr(executor, "_executor", None)
+            if pool is not None:
+                pool.shutdown(wait=True)
         if td3_node is not None:
             try:
                 td3_node.close()
