@@ -532,13 +532,15 @@ def run_node(
     finally:
         stop.set()
         if executor is not None:
-            executor.shutdown()  # first: no callback may still run while the node closes
-            # MultiThreadedExecutor.shutdown (humble and jazzy executors.py) waits only for callbacks
-            # already executing (its work tracker); one handed to its thread pool but not started
-            # would run beside close() or after destroy_node() (seen on a real Humble)
+            # first: no callback may still run while the node closes.  MultiThreadedExecutor.shutdown
+            # (humble and jazzy executors.py) waits only for callbacks already executing (its work
+            # tracker); one handed to its thread pool but not started would run beside close(), and
+            # trigger the executor's destroyed guard condition ("exception was never retrieved:
+            # cannot use Destroyable", seen on a real Humble).  So the pool is drained before it.
             pool = getattr(executor, "_executor", None)
             if pool is not None:
                 pool.shutdown(wait=True)
+            executor.shutdown()
         if td3_node is not None:
             try:
                 td3_node.close()
