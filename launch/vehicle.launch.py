@@ -92,8 +92,10 @@ def generate_launch_description() -> LaunchDescription:
         Node(
             package="td3_drive", executable="simulator", name="simulator", output="screen", emulate_tty=True,
             condition=_when(_is("simulator", "embedded")),
+            # the world `td3-drive train` trains in (traffic, random starts, hazards), then the params file;
             # like the bridge's wait-for-control: a tick per control, or after 1 s without one
-            parameters=[config, {**ids, "pace": "deadline", "control_deadline": 1.0,
+            parameters=[PathJoinSubstitution([FindPackageShare("td3_drive"), "config", "embedded.yaml"]), config,
+                        {**ids, "pace": "deadline", "control_deadline": 1.0,
                                  "seed": LaunchConfiguration("seed")}],
         ),
         Node(

@@ -692,8 +692,11 @@ def test_train_with_the_embedded_simulator_needs_no_carla(monkeypatch):
     nodes = {n.kwargs["name"]: n for n, _ in nodes_of(actions)}
     assert set(nodes) == {"simulator", "camera_preprocessor", "policy", "trainer"}
     assert includes_of(actions) == {}  # nothing of carla-ros-bridge
-    _, sim = node_parameters(nodes["simulator"])
+    files, sim = node_parameters(nodes["simulator"])
     assert sim["pace"] == "deadline" and sim["control_deadline"] == 1.0  # the bridge's 1 s control timeout
+    # the world `td3-drive train` trains in (hazards, traffic, random starts; a real Humble run trained on
+    # the bare defaults: no hazard), then the params file, which may override it
+    assert [f.name for f in files] == ["embedded.yaml", "train.yaml"]
     _, policy = node_parameters(nodes["policy"])
     assert policy["explore"] is True and policy["wait_for_learner"] is True and policy["lockstep"] is True
     _, trainer = node_parameters(nodes["trainer"])
