@@ -11,6 +11,8 @@ Observation: ``{"image": uint8 (4, 84, 84), "state": float32 (53,)}``.
 Action: ``[steer, throttle - brake]`` in [-1, 1]^2.
 Hazards (a car in the ego's lane that only the image shows, ``sim/hazards.py``) come with
 ``SimConfig(hazard_share=..., hazards=...)``; ``info["hazard"]`` names the episode's.
+The camera is the chase view, or CARLA's front camera in perspective with ``SimConfig(camera="front")``
+(any image size: the observation is 84x84 either way).
 Episode ends as the reward says: collision, off-route, route completed (terminated),
 ``max_episode_steps`` (truncated).  ``reset(seed=s)`` runs simulator seed ``s``, exactly
 the episode the simulator node runs for seed ``s``; without a seed, episode k of the

@@ -16,6 +16,10 @@ What we take from highway-env and what we do ourselves:
   a map image and each frame is one ``cv2.warpAffine`` of it plus the vehicles
   as polygons.  highway-env's own viewer draws every lane marking every frame in
   a north-up view (3x slower) and paints road and off-road the same grey.
+  ``camera="front"`` is CARLA's ``rgb_front`` instead (config/objects.json: 2 m ahead
+  of the centre, 2 m up, 90 degree FOV): the same map seen in perspective through
+  one ``cv2.warpPerspective`` (the ground plane's homography, ``sim/camera.py``),
+  sky above the horizon, other vehicles as projected 3-D boxes.
 * lane invasions, off-road and the route: from the lane geometry, by ``_Track``.
 
 Frames.  highway-env's world is y-down (screen coordinates, like CARLA's
@@ -45,6 +49,7 @@ from highway_env.road.lane import AbstractLane, LineType  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from td3_drive.settings import setting  # noqa: E402
+from td3_drive.sim import camera as cam  # noqa: E402
 from td3_drive.sim.hazards import (  # noqa: E402
     NONE,
     HazardPlan,
@@ -75,9 +80,25 @@ _EGO_RGB = (50, 200, 0)
 _OTHER_RGB = (100, 200, 255)
 _CRASHED_RGB = (255, 100, 100)
 _BRAKE_LIGHT_RGB = (255, 30, 30)
+_SKY_RGB = (150, 190, 230)  # front camera; brighter than road and off-road in grayscale too
 _BRAKE_LIGHT_DECEL = 1.0  # m/s^2: another car braking harder than this shows brake lights
 _STRIPE_LENGTH_M, _STRIPE_SPACING_M = 3.0, 5.0  # highway-env's dashes
 _VEHICLE_MASS_KG = 1500.0  # only to give collision impulses a CARLA-like unit (N s)
+_VEHICLE_HEIGHT_M = 1.5  # highway-env's cars are flat; the front camera draws them as boxes this high
+#: the front camera's boxes: faces as (corner indices, outward normal as (forward, right, up), shade);
+#: corners 0-3 are the footprint (front left, front right, rear right, rear left), 4-7 the same on the roof
+_BOX_FACES = (
+    ((0, 1, 5, 4), (1.0, 0.0, 0.0), 0.65),  # front
+    ((3, 2, 6, 7), (-1.0, 0.0, 0.0), 0.65),  # rear: darker than the sides, so the box reads as one
+    ((0, 3, 7, 4), (0.0, -1.0, 0.0), 0.8),  # left
+    ((1, 2, 6, 5), (0.0, 1.0, 0.0), 0.8),  # right
+    ((4, 5, 6, 7), (0.0, 0.0, 1.0), 1.0),  # roof
+)
+_FOOTPRINT = ((1, -1), (1, 1), (-1, 1), (-1, -1))
+#: brake lamps on the rear face: (right fraction of the half width from, to), height from, to [m]
+_BRAKE_LAMPS = (((-0.95, -0.5), (0.55, 0.9)), ((0.5, 0.95), (0.55, 0.9)))
+CAMERAS = ("chase", "front")
+_FRONT_VIEW_M = 150.0  # the front camera draws vehicles this close (a car's 2 m back is ~5 px wide there at 800 px)
 
 
 def _bgr(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -94,12 +115,24 @@ class SimConfig:
 
     # racetrack-v1, or racetrack-v0, racetrack-large-v1, racetrack-oval-v1
     env_id: str = setting("racetrack-v1", "highway-env racetrack id")
+    # chase: what the embedded simulator always had; front: CARLA's rgb_front (config/objects.json), a
+    # perspective view of the same map and vehicles, for a policy that will drive CARLA's camera
+    camera: str = setting("chase", "chase (top-down, heading-up) | front (perspective, as CARLA's rgb_front)")
     image_width: int = setting(160, "camera image width [px]")
     image_height: int = setting(120, "camera image height [px]")
     # 160x120 at 3 px/m sees 53 m x 40 m
     camera_scaling: float = setting(3.0, "camera resolution [px/m] (top-down chase camera)")
     # ego at 75 % of the height: 30 m ahead, 10 m behind
     camera_ego_row: float = setting(0.75, "ego position in the image as a fraction of its height")
+    # the front camera's mount and lens, as config/objects.json's rgb_front (CARLA: x, z, pitch, fov)
+    front_camera_x: float = setting(2.0, "front camera: ahead of the vehicle centre [m]")
+    front_camera_z: float = setting(2.0, "front camera: height above the ground [m]")
+    # CARLA's rgb_front has pitch 0: the horizon at mid-height, the road seen from 2.7 m ahead (90° FOV, 4:3)
+    front_camera_pitch_deg: float = setting(0.0, "front camera: downward pitch [deg] (CARLA's pitch, "
+                                                 "sign reversed: CARLA's positive pitch looks up)")
+    front_camera_fov_deg: float = setting(90.0, "front camera: horizontal field of view [deg]")
+    # the chase camera's 3 px/m map would show the road 3 m ahead as 0.33 m blocks, smeared into blurs
+    front_map_scaling: float = setting(10.0, "front camera: resolution of the map it sees the road in [px/m]")
     dt: float = setting(0.05, "tick length = CARLA fixed_delta_seconds [s] (20 Hz)")
     simulation_frequency: int = setting(20, "highway-env integration rate [Hz]; substeps = dt * this")
     other_vehicles: int = setting(4, "number of IDM vehicles (exactly this many, unless the track is too crowded)")
@@ -133,6 +166,10 @@ class SimConfig:
                                        "episode seed: consecutive seeds give this share within one episode)")
     hazards: str = setting("brake_hold,slow_lead,cut_in", "hazard kinds, comma-separated: brake_hold (lead brakes "
                                                            "to a stop and holds), slow_lead, cut_in")
+
+    @property
+    def camera_mount(self) -> cam.CameraMount:
+        return cam.CameraMount(self.front_camera_x, self.front_camera_z, self.front_camera_pitch_deg)
 
     @property
     def substeps(self) -> int:
@@ -408,6 +445,25 @@ class _HazardCar(IDMVehicle):
             self.action["acceleration"] = float(self.forced_acceleration)
 
 
+def _vehicle_rgb(vehicle, ego) -> tuple[int, int, int]:
+    return _EGO_RGB if vehicle is ego else (_CRASHED_RGB if vehicle.crashed else _OTHER_RGB)
+
+
+def _shade(rgb: tuple[int, int, int], brightness: float) -> tuple[int, int, int]:
+    return tuple(min(255, int(x * brightness)) for x in rgb)
+
+
+def _body_points(vehicle, fractions, heights=None) -> np.ndarray:
+    """(N, 3) world points of a vehicle's body: (a, b) = fractions of its half length ahead and half width
+    to the right of its centre, at ``heights`` [m] (default: on the ground)."""
+    vf = np.array([math.cos(vehicle.heading), math.sin(vehicle.heading)])
+    vr = np.array([-vf[1], vf[0]])
+    half_l, half_w = vehicle.LENGTH / 2, vehicle.WIDTH / 2
+    ground = np.array([vehicle.position + a * half_l * vf + b * half_w * vr for a, b in fractions])
+    z = np.zeros(len(ground)) if heights is None else np.asarray(heights, dtype=float)
+    return np.column_stack([ground, z])
+
+
 def _braking(vehicle) -> bool:
     action = vehicle.action if isinstance(vehicle.action, dict) else {}
     return float(action.get("acceleration", 0.0)) < -_BRAKE_LIGHT_DECEL and vehicle.speed > 0.1
@@ -419,8 +475,13 @@ class RacetrackSim:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         c = self.config
-        if c.dt <= 0 or c.image_width <= 0 or c.image_height <= 0 or c.camera_scaling <= 0:
-            raise ValueError("dt, image size and camera_scaling must be positive")
+        if c.dt <= 0 or c.image_width <= 0 or c.image_height <= 0 or min(c.camera_scaling, c.front_map_scaling) <= 0:
+            raise ValueError("dt, image size, camera_scaling and front_map_scaling must be positive")
+        if c.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {CAMERAS}, got {c.camera!r}")
+        if c.front_camera_z <= 0:
+            raise ValueError("front_camera_z must be positive: the camera looks at the ground from above")
+        self._intrinsics = cam.intrinsics(c.image_width, c.image_height, c.front_camera_fov_deg)
         # Everything but the road network and the ego is ours: no env observation
         # (reset computes one, so pick the cheapest), no other vehicles from the
         # env (we place exactly `other_vehicles`), ego controlled by acceleration
@@ -465,7 +526,8 @@ class RacetrackSim:
         road, ego = self.env.road, self.env.vehicle
         if self._track is None:
             # the road network is the same at every reset: geometry and map are built once
-            self._track = _Track(road.network, c.camera_scaling, margin_m=5.0)
+            scaling = c.front_map_scaling if c.camera == "front" else c.camera_scaling
+            self._track = _Track(road.network, scaling, margin_m=5.0)
         ego.speed = float(c.initial_speed)
         ego.color = _EGO_RGB
         if c.random_start:
@@ -537,6 +599,11 @@ class RacetrackSim:
 
     def render(self) -> np.ndarray:
         """The camera image of the current state, (H, W, 4) uint8 BGRA."""
+        image = self._render_front() if self.config.camera == "front" else self._render_chase()
+        return cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+
+    def _render_chase(self) -> np.ndarray:
+        """Top-down, heading-up: the map turned and shifted by one affine warp, vehicles as rectangles (BGR)."""
         c = self.config
         track = self._require_track()
         ego = self.env.vehicle
@@ -562,25 +629,77 @@ class RacetrackSim:
         for vehicle in self.env.road.vehicles:
             if np.linalg.norm(vehicle.position - ego.position) > view_m:
                 continue
-            rgb = _EGO_RGB if vehicle is ego else (_CRASHED_RGB if vehicle.crashed else _OTHER_RGB)
-            vf = np.array([math.cos(vehicle.heading), math.sin(vehicle.heading)])
-            vr = np.array([-vf[1], vf[0]])
-            half_l, half_w = vehicle.LENGTH / 2, vehicle.WIDTH / 2
+            rgb = _vehicle_rgb(vehicle, ego)
             nose = 1.0 - 2.4 / vehicle.LENGTH  # windscreen strip: shows which way a car points
-            body, front = (
-                [vehicle.position + a * half_l * vf + b * half_w * vr for a, b in corners]
-                for corners in (((1, -1), (1, 1), (-1, 1), (-1, -1)), ((1, -1), (1, 1), (nose, 1), (nose, -1)))
-            )
-            parts = [(body, rgb), (front, tuple(min(255, int(x / 0.68)) for x in rgb))]
+            parts = [(_body_points(vehicle, _FOOTPRINT), rgb),
+                     (_body_points(vehicle, ((1, -1), (1, 1), (nose, 1), (nose, -1))), _shade(rgb, 1 / 0.68))]
             if vehicle is not ego and _braking(vehicle):
-                rear = -1.0 + 1.0 / half_l  # a 1 m strip at the back
-                parts.append(([vehicle.position + a * half_l * vf + b * half_w * vr
-                               for a, b in ((rear, -1), (rear, 1), (-1, 1), (-1, -1))], _BRAKE_LIGHT_RGB))
+                rear = -1.0 + 2.0 / vehicle.LENGTH  # a 1 m strip at the back
+                parts.append((_body_points(vehicle, ((rear, -1), (rear, 1), (-1, 1), (-1, -1))), _BRAKE_LIGHT_RGB))
             for poly, colour in parts:
-                d = np.array(poly) - ego.position
+                d = poly[:, :2] - ego.position
                 pts = np.stack([cx + k * (d @ r), cy - k * (d @ f)], axis=1)
                 cv2.fillConvexPoly(image, np.round(pts * scale).astype(np.int32), _bgr(colour), cv2.LINE_AA, shift)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+        return image
+
+    def _render_front(self) -> np.ndarray:
+        """CARLA's rgb_front: the map through the ground plane's homography, sky, vehicles as boxes (BGR)."""
+        c = self.config
+        track = self._require_track()
+        ego = self.env.vehicle
+        k_matrix, mount = self._intrinsics, c.camera_mount
+        pose = cam.camera_pose(ego.position, float(ego.heading), mount)
+        width, height = c.image_width, c.image_height
+        image = np.empty((height, width, 3), np.uint8)
+        # rows at and above the horizon see no ground: the homography would fold the ground behind the
+        # camera onto them, so they are sky and only the rows below are warped
+        first_ground_row = min(max(int(math.floor(cam.horizon_row(k_matrix, mount))) + 1, 0), height)
+        image[:first_ground_row] = _bgr(_SKY_RGB)
+        if first_ground_row < height:
+            map_to_world = np.array([[1.0 / track.scaling, 0.0, track.origin[0]],
+                                     [0.0, 1.0 / track.scaling, track.origin[1]], [0.0, 0.0, 1.0]])
+            rows_below = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -first_ground_row], [0.0, 0.0, 1.0]])
+            image[first_ground_row:] = cv2.warpPerspective(
+                track.map_bgr, rows_below @ cam.ground_homography(k_matrix, pose) @ map_to_world,
+                (width, height - first_ground_row), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                borderValue=_bgr(_OFFROAD_RGB))
+        centre = pose.centre
+        others = [v for v in self.env.road.vehicles
+                  if v is not ego and np.linalg.norm(v.position - centre[:2]) < _FRONT_VIEW_M]
+        # far to near: a nearer car is drawn later and covers the farther ones behind it
+        for vehicle in sorted(others, key=lambda v: -float(np.linalg.norm(v.position - centre[:2]))):
+            self._draw_box(image, vehicle, pose, centre)
+        return image
+
+    def _draw_box(self, image: np.ndarray, vehicle, pose: cam.CameraPose, centre: np.ndarray) -> None:
+        """One vehicle as a 3-D box: its faces that look at the camera, clipped to the near plane."""
+        footprint = _body_points(vehicle, _FOOTPRINT)
+        corners = np.vstack([footprint, footprint + [0.0, 0.0, _VEHICLE_HEIGHT_M]])
+        corners_camera = cam.to_camera(pose, corners)
+        if np.all(corners_camera[:, 2] < cam.NEAR_M):
+            return  # wholly behind the camera
+        rgb = _vehicle_rgb(vehicle, self.env.vehicle)
+        vf = np.array([math.cos(vehicle.heading), math.sin(vehicle.heading), 0.0])
+        vr = np.array([-vf[1], vf[0], 0.0])
+        up = np.array([0.0, 0.0, 1.0])
+        for indices, (n_f, n_r, n_u), shade in _BOX_FACES:
+            if np.dot(n_f * vf + n_r * vr + n_u * up, centre - corners[indices[0]]) <= 0.0:
+                continue  # faces away: a convex box's visible faces never overlap, so no depth order is needed
+            self._fill_projected(image, corners_camera[list(indices)], _shade(rgb, shade))
+            if n_f < 0 and _braking(vehicle):
+                for (b0, b1), (z0, z1) in _BRAKE_LAMPS:
+                    lamp = _body_points(vehicle, ((-1, b0), (-1, b1), (-1, b1), (-1, b0)), (z0, z0, z1, z1))
+                    self._fill_projected(image, cam.to_camera(pose, lamp), _BRAKE_LIGHT_RGB)
+
+    def _fill_projected(self, image: np.ndarray, polygon_camera: np.ndarray, rgb: tuple[int, int, int]) -> None:
+        clipped = cam.clip_near(polygon_camera)
+        if len(clipped) < 3:
+            return
+        shift = 4
+        pts = cam.project_camera(self._intrinsics, clipped) * (1 << shift)
+        # a point just past the near plane projects far outside the image: keep cv2's fixed point in range
+        pts = np.clip(pts, -(1 << 26), 1 << 26)
+        cv2.fillConvexPoly(image, np.round(pts).astype(np.int32), _bgr(rgb), cv2.LINE_AA, shift)
 
     def lane_lateral(self) -> float:
         """The ego's lateral offset from its starting lane's centre on the current road, + = left (ROS)."""
