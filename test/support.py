@@ -3,7 +3,8 @@ nodes publish, and sending a batch of messages through a LocalRuntime."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -17,6 +18,19 @@ Sent = list[tuple[str, Any]]
 #: files, packaging, messages, QoS, rqt, scale-out), about a minute; `make test` and a plain pytest run all
 COLCON_TESTS = ("test_ros_adapter.py", "test_ros_executor.py", "test_launch_static.py", "test_packaging.py",
                 "test_observation.py", "test_control.py", "test_qos.py", "test_rqt.py", "test_scaleout.py")
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Batch-8 updates gain nothing from 2 threads, and 2 spinning threads on a busy 2-core machine cost ~4x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def header(t: float, frame_id: str = "") -> Any:

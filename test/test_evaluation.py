@@ -13,6 +13,8 @@ import pytest
 
 from td3_drive.app import cli, protocol, report
 
+from support import one_torch_thread
+
 REPORT_FILES = ["report.md", "metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv",
                 "stats.json", "curves.json", *(f"{name}.png" for name in report.PLOTS)]
 AGENTS = [*protocol.AGENTS, protocol.PID, protocol.PRIVILEGED]
@@ -32,13 +34,8 @@ def _cli(argv: list[str]) -> dict:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Batch-8 updates gain nothing from 2 threads, and 2 spinning threads on a busy 2-core machine cost ~4x."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +64,19 @@ def test_compare_writes_every_report_file(compared):
             assert (out / "eval" / agent / f"seed_{seed}" / "episodes.csv").is_file()
     assert (out / "eval" / "pid" / "episodes.json").is_file()
     assert (out / "eval" / "privileged" / "episodes.json").is_file()
+
+
+def test_compare_measures_value_overestimation_of_every_run(compared):
+    out, _ = compared
+    for agent in protocol.AGENTS:
+        for seed in (0, 1):
+            measured = json.loads((out / "runs" / agent / f"seed_{seed}" / "overestimation.json").read_text())
+            assert len(measured["checkpoints"]) == 1 and measured["episodes"] == 1  # tiny: the final checkpoint
+            assert measured["checkpoints"][0]["algo"] == ("ddpg" if agent == "ddpg" else "td3")
+    md = (out / "report.md").read_text()
+    assert "## Value overestimation (TD3 vs DDPG)" in md and "(overestimation.png)" in md
+    assert "missing" not in md.split("## Value overestimation")[1].split("## ")[0]
+    assert (out / "overestimation.png").stat().st_size > 0
 
 
 def test_compare_embeds_one_evaluation_episode_per_agent(compared):

@@ -7,6 +7,7 @@
     td3-drive eval (--checkpoint PATH [--image blank|shuffled] | --controller pid|privileged) [--protocol hazards|clean]
                    [--episodes N] [--eval-seed S] [--out DIR]
     td3-drive compare [--preset tiny|cpu-small|paper] [--runs DIR] [--seeds 0,1,2] [--out DIR]
+    td3-drive overestimation RUN_DIR [--episodes N] [--eval-seed S]
     td3-drive params [NODE ...]
     td3-drive rqt-perspective [--namespace NS] [--trainer-namespace NS] [--image] -o FILE
     td3-drive domain-bridge --namespace NS --role-name ROLE --vehicle-domain N --trainer-domain N -o FILE
@@ -28,6 +29,7 @@ import yaml
 
 from td3_drive.app import config
 from td3_drive.app.console import resolve_checkpoint
+from td3_drive.app.overestimation import DEFAULT_EPISODES as OVERESTIMATION_EPISODES
 from td3_drive.app.protocol import (
     AGENTS,
     CONTROLLERS,
@@ -123,6 +125,20 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         check_agents(preset.agents)
     return compare.compare(preset, Path(args.out), Path(args.runs) if args.runs else None, not args.no_train,
                            args.set)
+
+
+def cmd_overestimation(args: argparse.Namespace) -> dict[str, Any]:
+    """`td3-drive overestimation`: the critic's Q against the discounted return received, per checkpoint."""
+    from td3_drive.app import overestimation
+
+    result = overestimation.measure_run(args.run_dir, args.episodes, args.eval_seed, args.tail_weight)
+    last = result["checkpoints"][-1]
+    print(f"overestimation of {args.run_dir}: {len(result['checkpoints'])} checkpoints; at step {last['step']} "
+          f"mean Q {last['mean_q']:.3g}, discounted return {last['mean_return']:.3g}, bias {last['bias']:.3g}",
+          file=sys.stderr)
+    return {"command": "overestimation", "file": str(Path(args.run_dir) / overestimation.RESULT_FILE),
+            "checkpoints": len(result["checkpoints"]), "measured_now": result["measured_now"],
+            "bias": {row["step"]: row["bias"] for row in result["checkpoints"]}}
 
 
 def cmd_play(args: argparse.Namespace) -> dict[str, Any]:
@@ -326,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                    help="extra `train` override for every run (repeatable)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("overestimation", help="per checkpoint of a run: the critic's Q at evaluation states against "
+                                              "the discounted return received (TD3 paper, Fig. 1) -> "
+                                              "RUN_DIR/overestimation.json")
+    p.add_argument("run_dir", type=Path, help="a `td3-drive train` run directory (config.yaml, checkpoints/)")
+    p.add_argument("--episodes", type=int, default=OVERESTIMATION_EPISODES,
+                   help="episodes per checkpoint (deterministic actor)")
+    p.add_argument("--eval-seed", type=int, default=DEFAULT_EVAL_SEED,
+                   help=f"episode k (1..N) runs on simulator seed EVAL_SEED + k (default {DEFAULT_EVAL_SEED})")
+    p.add_argument("--tail-weight", type=float, default=None,
+                   help="a state of a time-limited episode counts once the unseen rest weighs at most this "
+                        "(gamma^steps left; default 0.01)")
+    p.set_defaults(func=cmd_overestimation)
     return parser
 
 

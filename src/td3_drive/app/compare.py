@@ -1,6 +1,7 @@
 """`td3-drive compare`: TD3 + LayerNorm against DDPG and TD3 without LayerNorm (and the PID controller).
 
 Trains (or reuses) one run per agent and seed under ``<runs>/<agent>/seed_<s>/``,
+measures every kept checkpoint's value overestimation (:mod:`td3_drive.app.overestimation`),
 evaluates every run and the classical controller on the same protocol episodes,
 and hands everything to :mod:`td3_drive.app.report`.  Runs are TensorBoard event
 files + safetensors checkpoints; results are JSON and CSV.
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from td3_drive.app import report
+from td3_drive.app import overestimation, report
 from td3_drive.app.evaluation import evaluate
 from td3_drive.app.protocol import AGENTS, PID, PID_LABEL, PRIVILEGED, PRIVILEGED_LABEL, Preset
 from td3_drive.app.results import EvalResult, save_eval, write_json
@@ -65,6 +66,15 @@ def compare(preset: Preset, out: Path, runs: Path | None = None, train_missing: 
         train_run(agent, seed, run_dir, preset, list(extra_train_set or []), resume)
         trained.append(str(run_dir))
     train_wall = time.perf_counter() - start
+
+    if preset.overestimation_episodes:  # measures only checkpoints not measured yet: compare stays resumable
+        for agent, seed in jobs:
+            log(f"overestimation {agent} seed {seed}: {preset.overestimation_episodes} episodes per checkpoint")
+            try:
+                overestimation.measure_run(run_dir_for(runs, agent, seed), preset.overestimation_episodes,
+                                           preset.eval_seed)
+            except SystemExit as exc:  # a run it cannot measure (no config.yaml): the report says it is missing
+                log(f"overestimation {agent} seed {seed}: not measured: {exc}")
 
     evals: dict[str, list[EvalResult]] = {}
     videos: dict[str, str] = {}  # agent -> GIF of its first evaluation episode (first training seed), for the report

@@ -119,6 +119,8 @@ class Preset:
     eval_config: str = "drive"
     eval_set: list[str] = field(default_factory=list)
     curve_points: int = 50
+    #: episodes per kept checkpoint of every run for the value-overestimation measurement (0: none)
+    overestimation_episodes: int = 3
 
     def protocol(self) -> Protocol:
         return Protocol.named(self.eval_protocol, route_length_m=self.eval_route_length_m,
@@ -139,12 +141,13 @@ def load_preset(name_or_path: str) -> Preset:
     # YAML key -> Preset field, with its type; absent keys keep the dataclass defaults
     given = {
         "description": raw.get("description"), "agents": raw.get("agents"), "curve_points": raw.get("curve_points"),
+        "overestimation_episodes": raw.get("overestimation_episodes"),
         "steps": train.get("steps"), "seeds": train.get("seeds"), "train_config": train.get("config"),
         "train_set": train.get("set"), "eval_episodes": ev.get("episodes"), "eval_seed": ev.get("seed"),
         "eval_max_ticks": ev.get("max_ticks"), "eval_config": ev.get("config"), "eval_set": ev.get("set"),
         "eval_route_length_m": ev.get("route_length_m"), "eval_protocol": ev.get("protocol"),
     }
-    cast = {"steps": int, "curve_points": int, "eval_episodes": int, "eval_seed": int, "eval_max_ticks": int,
+    cast = {"steps": int, "curve_points": int, "overestimation_episodes": int, "eval_episodes": int, "eval_seed": int, "eval_max_ticks": int,
             "eval_route_length_m": float,
             "seeds": lambda v: [int(x) for x in v], "agents": list, "train_set": list, "eval_set": list}
     preset = Preset(name=raw.get("name", path.stem),

@@ -9,6 +9,10 @@ common grid (inside the range that seed covers, never extrapolated); the band
 is the 95 % t-interval of the mean across seeds (mean +- t(0.975, n-1) * sd / sqrt(n)), computed on
 log10 values for the log-scale panels (feature norms, critic loss).
 
+Value overestimation (TD3 paper, Fig. 1): each run's ``overestimation.json``
+(:mod:`td3_drive.app.overestimation`), averaged over seeds per checkpoint; a run without one is
+named as missing.
+
 Tests: per-episode values pooled over the training seeds x evaluation episodes,
 two-sided Mann-Whitney U between every pair of agents (classical included),
 with Holm's correction per metric.
@@ -16,12 +20,14 @@ with Holm's correction per metric.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from td3_drive.app import overestimation
 from td3_drive.app.config import load_parameters
 from td3_drive.app.protocol import AGENTS, Preset
 from td3_drive.app.ranking import iqm, probability_of_improvement, stratified_bootstrap_ci
@@ -177,6 +183,101 @@ def plot_distributions(rows: dict[str, list[dict[str, Any]]], labels: dict[str, 
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ value overestimation
+OVERESTIMATION_PLOT = "overestimation.png"
+
+
+def _checkpoint_grid(run_dir: Path) -> int:
+    """The run's ``checkpoint_every`` (0 if unknown): the last checkpoint, written at exit a few env steps
+    short of a multiple of it (episode starts are ticks without a transition), is placed on that multiple."""
+    try:
+        return int(_trainer_parameters(run_dir).get("checkpoint_every", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def overestimation_curves(runs: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
+    """Per agent and checkpoint step: mean Q estimate, mean discounted return and bias, each the mean over
+    the seeds measured at that step; ``missing``: the run dirs without an ``overestimation.json``."""
+    curves = {}
+    for agent, run_dirs in runs.items():
+        by_step: dict[int, list[dict[str, Any]]] = {}
+        missing = []
+        for run_dir in run_dirs:
+            path = run_dir / overestimation.RESULT_FILE
+            if not path.is_file():
+                missing.append(str(run_dir))
+                continue
+            grid = _checkpoint_grid(run_dir)
+            for row in json.loads(path.read_text()).get("checkpoints", []):
+                step = int(row["step"])
+                by_step.setdefault(round(step / grid) * grid if grid else step, []).append(row)
+        steps = sorted(by_step)
+
+        def mean(key: str) -> list[float]:
+            return [float(np.nanmean([float(r[key]) if r[key] is not None else math.nan for r in by_step[s]]))
+                    for s in steps]
+
+        curves[agent] = {"step": steps, "seeds": [len(by_step[s]) for s in steps], "mean_q": mean("mean_q"),
+                         "mean_return": mean("mean_return"), "bias": mean("bias"), "missing": missing}
+    return curves
+
+
+def plot_overestimation(curves: dict[str, dict[str, Any]], labels: dict[str, str], path: Path) -> None:
+    """As the TD3 paper's Fig. 1: per agent the Q estimate (solid) and the true return (dashed); the bias."""
+    plt, fig, axes = _figure(2)
+    for agent, c in curves.items():
+        if not c["step"]:
+            continue
+        color, label = COLORS.get(agent), labels.get(agent, agent)
+        marker = "." if len(c["step"]) < 3 else None
+        axes[0].plot(c["step"], c["mean_q"], color=color, lw=1.5, marker=marker, label=f"{label}: estimate")
+        axes[0].plot(c["step"], c["mean_return"], color=color, lw=1.5, ls="--", marker=marker,
+                     label=f"{label}: true")
+        axes[1].plot(c["step"], c["bias"], color=color, lw=1.5, marker=marker, label=label)
+    axes[1].axhline(0.0, color="k", lw=0.8)
+    for ax, ylabel in zip(axes, ("average value (Q1 estimate / discounted return)", "bias = estimate - true")):
+        ax.set_xlabel("env steps (checkpoint)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("value overestimation at evaluation states: mean over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def overestimation_markdown(curves: dict[str, dict[str, Any]], labels: dict[str, str],
+                            plot: str | None) -> list[str]:
+    """The report's section: the measurement, the figure, a table per agent and checkpoint, what is missing."""
+    lines = ["## Value overestimation (TD3 vs DDPG)", "",
+             "As the TD3 paper measures it (Fujimoto et al. 2018, Fig. 1): at every kept checkpoint the "
+             "deterministic actor drives a few fixed-seed episodes of the run's own training task; at each state "
+             "the critic's estimate Q1(s, a) is set against the discounted return actually received from there "
+             "(the trainer's reward and gamma), both averaged over the states. States whose return a time limit "
+             "cut off (the unseen rest weighing more than 1 %) are left out. Bias = estimate - true; positive "
+             "overestimates. Values are means over the seeds measured at that checkpoint "
+             "(`overestimation.json` in each run dir; `td3-drive overestimation RUN_DIR` measures one run).", ""]
+    if plot:
+        lines += [f"![value overestimation]({plot})", ""]
+    rows = [(agent, c) for agent, c in curves.items() if c["step"]]
+    if rows:
+        lines += ["| agent | env steps | seeds | Q1 estimate | true discounted return | bias |",
+                  "|---|---|---|---|---|---|"]
+        for agent, c in rows:
+            for i, step in enumerate(c["step"]):
+                lines.append(f"| {labels.get(agent, agent)} | {step} | {c['seeds'][i]} | {_fmt(c['mean_q'][i])} | "
+                             f"{_fmt(c['mean_return'][i])} | {_fmt(c['bias'][i])} |")
+        lines.append("")
+    for agent, c in curves.items():
+        if c["missing"]:
+            lines.append(f"- {labels.get(agent, agent)}: measurement missing for {len(c['missing'])} run(s): "
+                         + ", ".join(f"`{d}`" for d in c["missing"]))
+    if any(c["missing"] for c in curves.values()):
+        lines.append("")
+    return lines
+
+
 # ------------------------------------------------------------------ tables and tests
 def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[EvalResult]],
                   labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -323,7 +424,8 @@ def _ranking_markdown(labels: dict[str, str], ranks: dict[str, Any]) -> list[str
 
 
 def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]], tests: list[dict[str, Any]],
-              meta: dict[str, Any], plots: dict[str, str], ranks: dict[str, Any]) -> str:
+              meta: dict[str, Any], plots: dict[str, str], ranks: dict[str, Any],
+              overestimation_section: list[str]) -> str:
     seeds = ", ".join(map(str, preset.seeds))
     lines = [
         f"# TD3 + LayerNorm vs DDPG vs TD3 without LayerNorm vs classical: `{preset.name}` preset", "",
@@ -383,6 +485,7 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
                   "camera view with action, speed and actor feature L2.", ""]
         lines += [f"**{labels.get(agent, agent)}**\n\n![{agent}]({path})\n" for agent, path in meta["videos"].items()]
     lines += _ranking_markdown(labels, ranks)
+    lines += overestimation_section
     lines += ["## Mann-Whitney U tests", "",
               "Two-sided, per-episode values pooled over seeds; `P(a>b)` = U / (n_a n_b) (0.5: no difference); "
               "`p (Holm)` corrects for the pairs tested per metric. Episodes of one training run are not "
@@ -400,6 +503,7 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
               "- `stats.csv`, `stats.json`: the Mann-Whitney U tests",
               "- `ranking.json`: IQM with bootstrap CIs, per-run scores, probability of improvement",
               "- `curves.json`: the aggregated curves plotted above",
+              "- `overestimation.json`: the value-overestimation table above, per agent",
               "- `eval/<agent>/seed_<s>/episodes.{json,csv}`: per run, as written by `td3-drive eval`",
               "- the training runs: `<runs>/<agent>/seed_<s>/` (TensorBoard, checkpoints, config snapshot)", ""]
     return "\n".join(lines)
@@ -454,8 +558,16 @@ def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: 
     write_json(tests, out / "stats.json")
     write_json({agent: {tag: {k: v.tolist() for k, v in agg.items()} for tag, agg in by_tag.items()}
                 for agent, by_tag in curves.items()}, out / "curves.json")
-    (out / "report.md").write_text(_markdown(preset, labels, table, tests, meta, plots, ranks))
+    values = overestimation_curves(runs)
+    write_json(values, out / "overestimation.json")
+    value_plot = None
+    if any(c["step"] for c in values.values()):
+        value_plot = OVERESTIMATION_PLOT
+        plot_overestimation(values, labels, out / value_plot)
+        files["overestimation_png"] = str(out / value_plot)
+    (out / "report.md").write_text(_markdown(preset, labels, table, tests, meta, plots, ranks,
+                                             overestimation_markdown(values, labels, value_plot)))
     for name in ("metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv", "stats.json",
-                 "curves.json", "ranking.json", "report.md"):
+                 "curves.json", "ranking.json", "overestimation.json", "report.md"):
         files[name.replace(".", "_")] = str(out / name)
     return files
