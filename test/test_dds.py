@@ -275,22 +275,27 @@ def test_bench_dds_refuses_more_ticks_than_the_simulator_keeps(capsys):
     assert exit_info.value.code == 2 and "latency window" in capsys.readouterr().err
 
 
-def test_ros2_node_list_sees_the_nodes_of_a_dds_process():
+@pytest.mark.parametrize("distro, padding", [("humble", 8), ("jazzy", 0)])
+def test_ros2_node_list_sees_the_nodes_of_a_dds_process(monkeypatch, distro, padding):
     """Defect 6: `ros2 node list` did not show --transport dds nodes (`ros2 topic info -v`:
     _CREATED_BY_BARE_DDS_APP_).  rmw_cyclonedds_cpp adds a participant to the ROS graph when its
     USER_DATA holds `enclave=/;`, and names the nodes and their endpoints from the participant's
-    ros_discovery_info sample (rmw_dds_common humble graph_cache.cpp): both, as it writes them."""
+    ros_discovery_info sample (rmw_dds_common humble graph_cache.cpp): both, as it writes them.
+    Jazzy's GIDs are the bare 16-byte GUID (its Gid.msg is char[16]): a Humble-shaped sample left a
+    real Jazzy `ros2 node list` empty."""
     from cyclonedds.builtin import BuiltinDataReader, BuiltinTopicDcpsParticipant
     from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
 
+    monkeypatch.setenv("ROS_DISTRO", distro)
     node_rt, peer = dds.DdsRuntime({}, domain=DOMAIN), dds.DdsRuntime({}, domain=DOMAIN)
     try:
         ctx = node_rt.context("v0/policy")
         ctx.create_publisher(T.CONTROL, "/carla/ego_vehicle/vehicle_control_cmd", RELIABLE_QOS)
         ctx.create_subscription(T.HEADER, "/v0/td3/episode_start", lambda m: None, LATCHED_QOS)
         reader = DataReader(peer.participant, Topic(peer.participant, "ros_discovery_info",
-                                                    dds_types.idl_class("rmw_dds_common/msg/ParticipantEntitiesInfo")),
+                                                    dds_types.idl_class("rmw_dds_common/msg/ParticipantEntitiesInfo",
+                                                                        distro)),
                             qos=dds.dds_qos(LATCHED_QOS))  # a late joiner, as `ros2 node list` is
         participants = BuiltinDataReader(peer.participant, BuiltinTopicDcpsParticipant)
         deadline, infos, seen = time.monotonic() + 10, [], {}
@@ -301,12 +306,18 @@ def test_ros2_node_list_sees_the_nodes_of_a_dds_process():
         user_data = seen[node_rt.participant.guid].qos[cyclonedds.core.Policy.Userdata]
         assert user_data.data == b"enclave=/;"
         info = infos[-1]
-        assert bytes(info.gid.data) == node_rt.participant.guid.bytes + bytes(8)
+        assert bytes(info.gid.data) == node_rt.participant.guid.bytes + bytes(padding)
         (node,) = info.node_entities_info_seq
         assert (node.node_namespace, node.node_name) == ("/v0", "policy")
         (writer,), (reader_gid,) = node.writer_gid_seq, node.reader_gid_seq
-        assert bytes(writer.data) == node_rt.publishers[0]._writer.guid.bytes + bytes(8)
-        assert bytes(reader_gid.data)[:16] == node_rt._subscriptions[0].reader.guid.bytes
+        assert bytes(writer.data) == node_rt.publishers[0]._writer.guid.bytes + bytes(padding)
+        assert bytes(reader_gid.data) == node_rt._subscriptions[0].reader.guid.bytes + bytes(padding)
     finally:
         node_rt.close()
         peer.close()
+
+
+def test_an_unknown_ros_distro_is_refused_clearly(monkeypatch):
+    monkeypatch.setenv("ROS_DISTRO", "foxy")
+    with pytest.raises(ValueError, match="ROS_DISTRO='foxy'"):
+        dds.DdsRuntime({}, domain=DOMAIN)

@@ -16,8 +16,10 @@ the wall clock (``create_wall_timer``, and every timer when ``use_sim_time`` is 
 ROS 2 tools list these processes as nodes (``ros2 node list``, the node names in ``ros2 topic
 info -v``): as rmw_cyclonedds_cpp does, the participant carries USER_DATA ``enclave=/;`` and
 publishes on ``ros_discovery_info`` (``rmw_dds_common/msg/ParticipantEntitiesInfo``, reliable,
-transient local, depth 1) which node owns which reader and writer, by GID (the 16-byte DDS
-GUID, zero-padded to 24 bytes; humble ``rmw_node.cpp``, ``convert_guid_to_gid``).
+transient local, depth 1) which node owns which reader and writer, by GID: the 16-byte DDS
+GUID, zero-padded to 24 bytes on Humble (``rmw_node.cpp``, ``convert_guid_to_gid``), bare on
+Jazzy and later (``rmw_dds_common/msg/Gid`` is ``char[16]`` there), picked by ``ROS_DISTRO``
+(:func:`graph_distro`).
 
 Discovery stays on this machine by default (:func:`cyclone_config`): the loopback interface,
 multicast off, unicast peers on 127.0.0.1.  ``TD3_DDS_INTERFACE=<name or address>`` joins a
@@ -75,6 +77,8 @@ ROS_USER_DATA = b"enclave=/;"
 #: the DDS topic (no rt/ prefix) and type on which every ROS 2 participant lists its nodes' endpoints
 DISCOVERY_TOPIC = "ros_discovery_info"
 DISCOVERY_TYPE = "rmw_dds_common/msg/ParticipantEntitiesInfo"
+#: ROS_DISTRO -> the GID layout of its graph (humble: 24 bytes; jazzy: 16); unset: humble
+GRAPH_DISTROS = {"humble": "humble", "iron": "humble", "jazzy": "jazzy", "kilted": "jazzy", "rolling": "jazzy"}
 
 log = logging.getLogger(__name__)
 #: what a received sample that does not decode raises: it is skipped and counted, never delivered
@@ -181,7 +185,7 @@ class DdsPublisher:
         self.published += 1
 
 
-def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
+def wire_payload(msg: Any, type_name: str, distro: str = "humble") -> bytes | memoryview:
     """The serialized sample a writer hands to Cyclone: rosbags' CDR, zero-padded to a multiple of 4.
 
     What Cyclone's own ``DataWriter.write`` sends for ``to_dds(msg)`` (``test_dds`` checks it for every
@@ -190,7 +194,7 @@ def wire_payload(msg: Any, type_name: str) -> bytes | memoryview:
     for an 800x600 bgra8 frame, where Cyclone's Python serializer grows its buffer in steps (3.5 ms)
     and a ``bytes`` copy of the result alone takes 1.8 ms (fresh pages).
     """
-    cdr = messages.typestore().serialize_cdr(msg, type_name)  # a memoryview of rosbags' buffer
+    cdr = messages.typestore(distro).serialize_cdr(msg, type_name)  # a memoryview of rosbags' buffer
     padding = (0 - len(cdr)) % 4
     return bytes(cdr) + bytes(padding) if padding else cdr
 
@@ -216,9 +220,19 @@ def prime_codec(type_name: str) -> None:
         _PRIMED.add(type_name)
 
 
-def gid(entity: Any) -> bytes:
-    """An entity's rmw GID: its DDS GUID (16 bytes) zero-padded to 24, as rmw_cyclonedds_cpp makes it."""
-    return entity.guid.bytes.ljust(24, b"\0")
+def graph_distro() -> str:
+    """The ROS 2 graph these processes join, for its GID layout: ``ROS_DISTRO`` (a ROS 2 setup.bash sets
+    it; export it on a pip-only machine joining a Jazzy graph), Humble when unset."""
+    distro = os.environ.get("ROS_DISTRO", "").strip().lower() or "humble"
+    if distro not in GRAPH_DISTROS:
+        raise ValueError(f"ROS_DISTRO={distro!r}: the DDS runtime knows {', '.join(GRAPH_DISTROS)}")
+    return GRAPH_DISTROS[distro]
+
+
+def gid(entity: Any, distro: str = "humble") -> bytes:
+    """An entity's rmw GID as rmw_cyclonedds_cpp makes it: its DDS GUID (16 bytes), zero-padded to 24
+    on Humble."""
+    return entity.guid.bytes.ljust(24, b"\0") if distro == "humble" else entity.guid.bytes
 
 
 def ros_node_name(name: str) -> tuple[str, str]:
@@ -266,6 +280,7 @@ class DdsRuntime:
         interface = interface if interface is not None else (os.environ.get("TD3_DDS_INTERFACE") or None)
         self.config = cyclone_config(interface)
         _domain(self.domain_id, self.config)
+        self.distro = graph_distro()  # before any entity: a bad ROS_DISTRO fails here, clearly
         self.participant = DomainParticipant(self.domain_id, qos=Qos(Policy.Userdata(ROS_USER_DATA)))
         self._waitset = WaitSet(self.participant)
         self._wake = GuardCondition(self.participant)
@@ -320,24 +335,24 @@ class DdsRuntime:
         """List ``node`` (and a new reader or writer of it) on ros_discovery_info, as a ROS 2 node does."""
         entities = self.node_entities.setdefault(node, {"readers": [], "writers": []})
         if reader is not None:
-            entities["readers"].append(gid(reader))
+            entities["readers"].append(gid(reader, self.distro))
         if writer is not None:
-            entities["writers"].append(gid(writer))
+            entities["writers"].append(gid(writer, self.distro))
         if self._discovery_writer is None:
-            topic = Topic(self.participant, DISCOVERY_TOPIC, idl_class(DISCOVERY_TYPE))
+            topic = Topic(self.participant, DISCOVERY_TOPIC, idl_class(DISCOVERY_TYPE, self.distro))
             self._discovery_writer = DataWriter(self.participant, topic, qos=dds_qos(
                 QoS(depth=1, reliable=True, transient_local=True)))
-        store = messages.typestore()
+        store = messages.typestore(self.distro)
         gid_msg = store.types["rmw_dds_common/msg/Gid"]
 
         def as_gid(data: bytes) -> Any:
             return gid_msg(data=np.frombuffer(data, dtype=np.uint8))
 
-        info = store.types[DISCOVERY_TYPE](gid=as_gid(gid(self.participant)), node_entities_info_seq=[
+        info = store.types[DISCOVERY_TYPE](gid=as_gid(gid(self.participant, self.distro)), node_entities_info_seq=[
             store.types["rmw_dds_common/msg/NodeEntitiesInfo"](
                 *ros_node_name(name), [as_gid(g) for g in ent["readers"]], [as_gid(g) for g in ent["writers"]])
             for name, ent in self.node_entities.items()])
-        ddspy_write(self._discovery_writer._ref, wire_payload(info, DISCOVERY_TYPE))
+        ddspy_write(self._discovery_writer._ref, wire_payload(info, DISCOVERY_TYPE, self.distro))
 
     def add_timer(self, period_s: float, callback: Callable[[], None], wall: bool) -> None:
         start = time.monotonic() if wall else self._sim_time_s

@@ -63,15 +63,15 @@ def dds_topic_name(topic: str) -> str:
     return "rt" + topic
 
 
-def _fields(type_name: str) -> list[tuple[str, tuple]]:
-    return list(messages.typestore().fielddefs[type_name][1])
+def _fields(type_name: str, distro: str = "humble") -> list[tuple[str, tuple]]:
+    return list(messages.typestore(distro).fielddefs[type_name][1])
 
 
 @functools.lru_cache(maxsize=None)
-def idl_class(type_name: str) -> type[IdlStruct]:
-    """The Cyclone DDS class of a ROS 2 message type, generated from its definition."""
+def idl_class(type_name: str, distro: str = "humble") -> type[IdlStruct]:
+    """The Cyclone DDS class of a ROS 2 message type, generated from its definition (in ``distro``)."""
     name = messages.normalize_type_name(type_name)
-    fields = {field: _idl_field(node) for field, node in _fields(name)}
+    fields = {field: _idl_field(node, distro) for field, node in _fields(name, distro)}
     cls = make_idl_struct(name.rsplit("/", 1)[-1] + "_", dds_type_name(name), fields)
     # uint8[] is declared sequence<uint8> (what the type information says) but serialized as bytes:
     # the same CDR as Cyclone's per-element loop, without the loop (7 MB of actor weights)
@@ -83,7 +83,7 @@ def idl_class(type_name: str) -> type[IdlStruct]:
     return cls
 
 
-def _idl_field(node: tuple) -> Any:
+def _idl_field(node: tuple, distro: str = "humble") -> Any:
     kind, detail = node
     if kind == Nodetype.BASE:
         base, bound = detail
@@ -91,11 +91,11 @@ def _idl_field(node: tuple) -> Any:
             return idl.bounded_str[bound] if bound else str
         return _IDL_BASE[base]
     if kind == Nodetype.NAME:
-        return idl_class(detail)
+        return idl_class(detail, distro)
     element, length = detail
     if element[0] == Nodetype.BASE and element[1][0] in _BYTES:
         return idl.array[idl.uint8, length] if kind == Nodetype.ARRAY else _BYTE_SEQUENCE
-    inner = _idl_field(element)
+    inner = _idl_field(element, distro)
     if kind == Nodetype.ARRAY:
         return idl.array[inner, length]
     return idl.sequence[inner, length] if length else idl.sequence[inner]

@@ -41,10 +41,15 @@ def normalize_type_name(type_name: str) -> str:
     raise ValueError(f"not a ROS 2 message type name: {type_name!r}")
 
 
-@functools.lru_cache(maxsize=1)
-def typestore():
-    """The ROS 2 Humble typestore with carla_msgs registered."""
-    store = get_typestore(Stores.ROS2_HUMBLE)
+#: the rosbags typestore of each ROS 2 distribution the DDS runtime can join (``dds.graph_distro``)
+DISTRO_STORES = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY}
+
+
+@functools.lru_cache(maxsize=len(DISTRO_STORES))
+def typestore(distro: str = "humble"):
+    """The ROS 2 typestore with carla_msgs registered: Humble's, which every runtime uses, or another
+    distribution's for the few types that differ on its wire (Jazzy: ``rmw_dds_common/msg/Gid``)."""
+    store = get_typestore(DISTRO_STORES[distro])
     types: dict = {}
     for path in sorted(MSG_DIR.glob("*/*.msg")):
         types.update(get_types_from_msg(path.read_text(), f"{path.parent.name}/msg/{path.stem}"))
