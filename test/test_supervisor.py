@@ -19,7 +19,10 @@ class ScriptedSupervisor(Supervisor):
         self.scripts = scripts
 
     def command(self, child: Child, restart: bool = False) -> list[str]:
-        return [sys.executable, "-c", f"RESTART = {restart}\n" + self.scripts[child.name]]
+        # as td3_drive.app.processes does first: a SIGINT handler of its own, so that a run started
+        # from a script in the background (SIGINT inherited as ignored) still stops on the supervisor's SIGINT
+        handler = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        return [sys.executable, "-c", handler + f"RESTART = {restart}\n" + self.scripts[child.name]]
 
 
 def test_a_crashed_child_is_restarted_with_its_restart_arguments_and_a_clean_exit_ends_the_run(tmp_path):
