@@ -16,7 +16,7 @@ from td3_drive.app import cli, protocol, report
 from support import one_torch_thread
 
 REPORT_FILES = ["report.md", "metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv",
-                "stats.json", "curves.json", *(f"{name}.png" for name in report.PLOTS)]
+                "stats.json", "curves.json", "health.json", *(f"{name}.png" for name in report.PLOTS)]
 AGENTS = [*protocol.AGENTS, protocol.PID, protocol.PRIVILEGED]
 
 
@@ -77,6 +77,29 @@ def test_compare_measures_value_overestimation_of_every_run(compared):
     assert "## Value overestimation (TD3 vs DDPG)" in md and "(overestimation.png)" in md
     assert "missing" not in md.split("## Value overestimation")[1].split("## ")[0]
     assert (out / "overestimation.png").stat().st_size > 0
+
+
+def test_compare_reports_each_runs_feature_norm_and_saturation(compared):
+    """Issue 26's health targets per run: feature L2 < 100 at every logged step, no saturated actor at the end."""
+    out, _ = compared
+    health = json.loads((out / "health.json").read_text())
+    assert sorted((r["agent"], r["run"]) for r in health) == sorted(
+        (agent, f"seed_{seed}") for agent in protocol.AGENTS for seed in (0, 1))
+    for row in health:
+        assert 0 < row["max_actor_feature_l2"] and 0 < row["max_critic_feature_l2"]
+        assert 0 <= row["final_saturated_fraction"] <= 1 and isinstance(row["healthy"], bool)
+    md = (out / "report.md").read_text()
+    assert "### Run health" in md and md.count("| seed_") >= len(health)
+
+
+def test_run_health_flags_exploding_features_and_says_when_a_run_logged_nothing(tmp_path):
+    rows = [{"agent": "td3_no_ln", "run": "seed_0", "max_actor_feature_l2": 1.2e12, "max_critic_feature_l2": 40.0,
+             "final_saturated_fraction": 0.1, "healthy": False}]
+    rows += report.run_health({"ddpg": [tmp_path / "seed_9"]})  # no tensorboard dir: no data, not a crash
+    assert rows[1]["healthy"] is None and rows[1]["max_actor_feature_l2"] is None
+    md = "\n".join(report.health_markdown(rows, {"td3_no_ln": "TD3 without LayerNorm"}))
+    assert "| TD3 without LayerNorm | seed_0 | 1.200e+12 | 40 | 0.1 | **no** |" in md
+    assert "| ddpg | seed_9 | n/a | n/a | n/a | no data |" in md
 
 
 def test_compare_embeds_one_evaluation_episode_per_agent(compared):

@@ -51,6 +51,13 @@ COLORS = {"td3_ln": "tab:blue", "ddpg": "tab:orange", "td3_no_ln": "tab:red", "p
           "privileged": "tab:green"}
 
 
+#: issue 26's health targets, checked per run: feature L2 below this at every logged step ...
+FEATURE_L2_LIMIT = 100.0
+#: ... and at the end, less than this share of the actor's action components at |a| > 0.99 (learner.SATURATED)
+SATURATED_LIMIT = 0.5
+HEALTH_TAGS = ["features/actor/l2_norm", "features/critic/l2_norm", "train/action_saturated_fraction"]
+
+
 # ------------------------------------------------------------------ reading runs
 def run_scalars(run_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """tag -> (env steps, values) for one run; learner tags mapped from updates to env steps."""
@@ -279,6 +286,40 @@ def overestimation_markdown(curves: dict[str, dict[str, Any]], labels: dict[str,
 
 
 # ------------------------------------------------------------------ tables and tests
+def run_health(runs: dict[str, list[Path]]) -> list[dict[str, Any]]:
+    """Per run: the largest logged actor / critic feature L2, and the saturated share of the actor's actions
+    at the end (mean of its last 5 logged values); ``healthy`` = below both limits."""
+    rows = []
+    for agent, run_dirs in runs.items():
+        for run_dir in run_dirs:
+            scalars = run_scalars(run_dir, HEALTH_TAGS) if (run_dir / "tensorboard").is_dir() else {}
+            peak = {tag: float(np.max(v)) if len(v) else None for tag, (_, v) in scalars.items()}
+            saturated = scalars.get("train/action_saturated_fraction")
+            row = {"agent": agent, "run": run_dir.name,
+                   "max_actor_feature_l2": peak.get("features/actor/l2_norm"),
+                   "max_critic_feature_l2": peak.get("features/critic/l2_norm"),
+                   "final_saturated_fraction": float(np.mean(saturated[1][-5:])) if saturated else None}
+            values = [row["max_actor_feature_l2"], row["max_critic_feature_l2"], row["final_saturated_fraction"]]
+            row["healthy"] = None if None in values else bool(
+                max(values[:2]) < FEATURE_L2_LIMIT and values[2] < SATURATED_LIMIT)
+            rows.append(row)
+    return rows
+
+
+def health_markdown(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    lines = ["### Run health", "",
+             f"Per run: the largest encoder feature L2 at any logged step (target < {FEATURE_L2_LIMIT:.0f}) and the "
+             f"share of the actor's action components at |a| > 0.99 at the end of training (mean of the last 5 "
+             f"logged batches; target < {SATURATED_LIMIT}). 'no data': the run logged no such scalar.", "",
+             "| agent | run | max actor feature L2 | max critic feature L2 | saturated at the end | healthy |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        verdict = "no data" if r["healthy"] is None else ("yes" if r["healthy"] else "**no**")
+        lines.append(f"| {labels.get(r['agent'], r['agent'])} | {r['run']} | {_fmt(r['max_actor_feature_l2'])} | "
+                     f"{_fmt(r['max_critic_feature_l2'])} | {_fmt(r['final_saturated_fraction'])} | {verdict} |")
+    return lines + [""]
+
+
 def metrics_table(rows: dict[str, list[dict[str, Any]]], evals: dict[str, list[EvalResult]],
                   labels: dict[str, str]) -> list[dict[str, Any]]:
     """One row per agent (classical included): summarize() over the pooled episodes + per-seed spread."""
@@ -425,7 +466,7 @@ def _ranking_markdown(labels: dict[str, str], ranks: dict[str, Any]) -> list[str
 
 def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]], tests: list[dict[str, Any]],
               meta: dict[str, Any], plots: dict[str, str], ranks: dict[str, Any],
-              overestimation_section: list[str]) -> str:
+              overestimation_section: list[str], health_section: list[str]) -> str:
     seeds = ", ".join(map(str, preset.seeds))
     lines = [
         f"# TD3 + LayerNorm vs DDPG vs TD3 without LayerNorm vs classical: `{preset.name}` preset", "",
@@ -457,6 +498,7 @@ def _markdown(preset: Preset, labels: dict[str, str], table: list[dict[str, Any]
               "Without LayerNorm the encoders' feature norms are free to grow with training; with it they stay "
               "at the constant scale the final LayerNorm(512) + LeakyReLU sets (about 16)." + _encoder_note(meta), "",
               f"![feature L2]({plots['feature_l2']})", "",
+              *health_section,
               "### Losses and Q values", "",
               f"![losses]({plots['losses']})", "", f"![Q values]({plots['q_values']})", "",
               "## Evaluation metrics", "",
@@ -565,9 +607,12 @@ def write_report(out: Path, preset: Preset, runs: dict[str, list[Path]], evals: 
         value_plot = OVERESTIMATION_PLOT
         plot_overestimation(values, labels, out / value_plot)
         files["overestimation_png"] = str(out / value_plot)
+    health = run_health(runs)
+    write_json(health, out / "health.json")
     (out / "report.md").write_text(_markdown(preset, labels, table, tests, meta, plots, ranks,
-                                             overestimation_markdown(values, labels, value_plot)))
+                                             overestimation_markdown(values, labels, value_plot),
+                                             health_markdown(health, labels)))
     for name in ("metrics.csv", "metrics.json", "episodes.csv", "episodes.json", "stats.csv", "stats.json",
-                 "curves.json", "ranking.json", "overestimation.json", "report.md"):
+                 "curves.json", "ranking.json", "overestimation.json", "health.json", "report.md"):
         files[name.replace(".", "_")] = str(out / name)
     return files
