@@ -275,7 +275,7 @@ def test_bench_dds_refuses_more_ticks_than_the_simulator_keeps(capsys):
     assert exit_info.value.code == 2 and "latency window" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("distro, padding", [("humble", 8), ("jazzy", 0)])
+@pytest.mark.parametrize("distro, padding", [("humble", 8), ("iron", 0), ("jazzy", 0)])
 def test_ros2_node_list_sees_the_nodes_of_a_dds_process(monkeypatch, distro, padding):
     """Defect 6: `ros2 node list` did not show --transport dds nodes (`ros2 topic info -v`:
     _CREATED_BY_BARE_DDS_APP_).  rmw_cyclonedds_cpp adds a participant to the ROS graph when its
@@ -295,7 +295,7 @@ def test_ros2_node_list_sees_the_nodes_of_a_dds_process(monkeypatch, distro, pad
         ctx.create_subscription(T.HEADER, "/v0/td3/episode_start", lambda m: None, LATCHED_QOS)
         reader = DataReader(peer.participant, Topic(peer.participant, "ros_discovery_info",
                                                     dds_types.idl_class("rmw_dds_common/msg/ParticipantEntitiesInfo",
-                                                                        distro)),
+                                                                        dds.GRAPH_DISTROS[distro])),
                             qos=dds.dds_qos(LATCHED_QOS))  # a late joiner, as `ros2 node list` is
         participants = BuiltinDataReader(peer.participant, BuiltinTopicDcpsParticipant)
         deadline, infos, seen = time.monotonic() + 10, [], {}

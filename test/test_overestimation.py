@@ -135,12 +135,24 @@ def test_measure_run_writes_one_row_per_checkpoint(short_run):
         assert math.isfinite(row["mean_q"]) and math.isfinite(row["mean_return"])
         assert row["bias"] == pytest.approx(row["mean_q"] - row["mean_return"])
         assert row["per_episode"][0]["seed"] == 1_000_001
-    # the same actor on the same seed drives the same episode: the true return is the checkpoint's own
+        # only the states the learner trained on (t < the training time limit), however the episode ended
+        assert row["states"] <= 25
+    # three checkpoints, three learners: each row measured its own checkpoint
     assert len({row["updates"] for row in written["checkpoints"]}) == 3
-    # a second call finds every checkpoint measured and measures nothing
+    # a second call finds every checkpoint measured, measures nothing and says so; the file stays as it was
     again = overestimation.measure_run(short_run, episodes=1, tail_weight=0.5, progress=False)
-    assert again["checkpoints"] == written["checkpoints"]
+    assert again["checkpoints"] == written["checkpoints"] and again["measured_now"] == 0
     assert json.loads((short_run / overestimation.RESULT_FILE).read_text())["measured_now"] == 3
+    with pytest.raises(SystemExit, match="at least one episode"):
+        overestimation.measure_run(short_run, episodes=0, progress=False)
+
+
+def test_a_final_checkpoint_is_placed_on_the_checkpoint_grid_only_when_just_short_of_it():
+    from td3_drive.app.report import _on_grid
+
+    assert _on_grid(9981, 2000) == 10000  # a 10000-step run's exit checkpoint, a few env steps short
+    assert _on_grid(6996, 2000) == 6996  # a 7000-step run's: not 6000, where the run has a checkpoint already
+    assert _on_grid(4000, 2000) == 4000 and _on_grid(117, 0) == 117
 
 
 def test_cli_overestimation(short_run, tmp_path, capsys):

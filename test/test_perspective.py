@@ -184,7 +184,7 @@ def test_a_braking_car_ahead_shows_its_brake_lights(front_sim):
     car.forced_acceleration = -5.0
     car.act()
     assert red_pixels() > 20
-    _move_lead(sim, -12.0)  # behind: its rear faces away, nothing at all is drawn
+    _move_lead(sim, -12.0)  # behind the camera: the car is not drawn at all, lamps included
     assert red_pixels() == 0
     car.forced_acceleration = None
 

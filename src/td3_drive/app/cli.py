@@ -133,9 +133,12 @@ def cmd_overestimation(args: argparse.Namespace) -> dict[str, Any]:
 
     result = overestimation.measure_run(args.run_dir, args.episodes, args.eval_seed, args.tail_weight)
     last = result["checkpoints"][-1]
-    print(f"overestimation of {args.run_dir}: {len(result['checkpoints'])} checkpoints; at step {last['step']} "
-          f"mean Q {last['mean_q']:.3g}, discounted return {last['mean_return']:.3g}, bias {last['bias']:.3g}",
-          file=sys.stderr)
+    def value(key: str) -> str:  # None: no settled state in the episodes (JSON has no NaN)
+        return "n/a" if last[key] is None else f"{last[key]:.3g}"
+
+    print(f"overestimation of {args.run_dir}: {len(result['checkpoints'])} checkpoints ({result['measured_now']} "
+          f"measured now); at step {last['step']} mean Q {value('mean_q')}, discounted return "
+          f"{value('mean_return')}, bias {value('bias')}", file=sys.stderr)
     return {"command": "overestimation", "file": str(Path(args.run_dir) / overestimation.RESULT_FILE),
             "checkpoints": len(result["checkpoints"]), "measured_now": result["measured_now"],
             "bias": {row["step"]: row["bias"] for row in result["checkpoints"]}}

@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -87,9 +87,11 @@ def drive_episode(env: Any, learner: Any, seed: int) -> Episode:
 
 
 def measure_checkpoint(learner: Any, env: Any, seeds: list[int], tail_weight: float,
-                       on_episode: Any = None) -> dict[str, Any]:
-    """Mean Q1 estimate, mean discounted return and bias of ``learner`` over episodes on ``seeds``."""
-    from td3_drive.rl.overestimation import ValueBias, discounted_returns, q1_estimates
+                       on_episode: Callable[[], Any] | None = None, state_limit: int | None = None) -> dict[str, Any]:
+    """Mean Q1 estimate, mean discounted return and bias of ``learner`` over episodes on ``seeds``, over the
+    states s_t with t < ``state_limit`` (the training time limit: the states the learner trained on; the
+    steps after it only complete their returns), whether the episode terminated or was truncated."""
+    from td3_drive.rl.overestimation import EpisodeReturns, ValueBias, discounted_returns, q1_estimates
 
     gamma = learner.config.gamma
     qs, returns, per_episode = [], [], []
@@ -97,6 +99,8 @@ def measure_checkpoint(learner: Any, env: Any, seeds: list[int], tail_weight: fl
         episode = drive_episode(env, learner, seed)
         q = q1_estimates(learner, episode.obs, episode.state, episode.action)
         g = discounted_returns(episode.rewards, gamma, episode.terminated, tail_weight)
+        if state_limit is not None:  # a late crash must not weigh more states than a time-out
+            g = EpisodeReturns(g.returns, g.settled & (np.arange(len(g.settled)) < state_limit))
         qs.append(q)
         returns.append(g)
         per_episode.append({"seed": seed, "hazard": episode.hazard, "steps": len(episode.rewards),
@@ -129,6 +133,8 @@ def measure_run(run_dir: str | Path, episodes: int = DEFAULT_EPISODES, eval_seed
     from td3_drive.sim.gym_env import RacetrackDriveEnv
 
     run_dir = Path(run_dir)
+    if episodes < 1:
+        raise SystemExit(f"overestimation needs at least one episode per checkpoint, got {episodes}")
     tail_weight = TAIL_WEIGHT if tail_weight is None else tail_weight
     checkpointer = Checkpointer(run_dir / "checkpoints")
     checkpoints = [p for p in checkpointer.list() if checkpointer.verify(p)]
@@ -158,7 +164,8 @@ def measure_run(run_dir: str | Path, episodes: int = DEFAULT_EPISODES, eval_seed
                                             frame_stack=config.frame_stack)
                     setup.update(gamma=config.gamma, training_time_limit=reward_config.max_episode_steps,
                                  episode_steps_limit=limit)
-                row = measure_checkpoint(learner, env, seeds, tail_weight, bar.update if bar else None)
+                row = measure_checkpoint(learner, env, seeds, tail_weight, bar.update if bar else None,
+                                         state_limit=reward_config.max_episode_steps)
                 rows[_step(path)] = {"step": _step(path), "algo": config.algo, "num_q": config.num_q,
                                      "updates": learner.num_updates, **row}
     finally:
@@ -170,7 +177,7 @@ def measure_run(run_dir: str | Path, episodes: int = DEFAULT_EPISODES, eval_seed
               "wall_s": round(time.perf_counter() - start, 2),
               "checkpoints": [rows[step] for step in sorted(rows)]}
     if not todo and out_path.exists():  # nothing new: the file as it is (its gamma and limits included)
-        return json.loads(out_path.read_text())
+        return {**json.loads(out_path.read_text()), "measured_now": 0, "wall_s": result["wall_s"]}
     write_json(result, out_path)
     return result
 

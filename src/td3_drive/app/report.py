@@ -203,6 +203,19 @@ def _checkpoint_grid(run_dir: Path) -> int:
         return 0
 
 
+#: how far below a multiple of checkpoint_every a final checkpoint may land and still count as on it
+GRID_SNAP = 0.05
+
+
+def _on_grid(step: int, grid: int) -> int:
+    """``step`` moved up to the next multiple of ``grid`` when it is just short of it (the final checkpoint of
+    a run whose length is such a multiple); any other step stays where it is."""
+    if grid <= 0 or step % grid == 0:
+        return step
+    below = grid - step % grid
+    return step + below if below <= GRID_SNAP * grid else step
+
+
 def overestimation_curves(runs: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
     """Per agent and checkpoint step: mean Q estimate, mean discounted return and bias, each the mean over
     the seeds measured at that step; ``missing``: the run dirs without an ``overestimation.json``."""
@@ -216,9 +229,12 @@ def overestimation_curves(runs: dict[str, list[Path]]) -> dict[str, dict[str, An
                 missing.append(str(run_dir))
                 continue
             grid = _checkpoint_grid(run_dir)
+            taken: set[int] = set()  # one row per run and step: a run never counts as two seeds
             for row in json.loads(path.read_text()).get("checkpoints", []):
-                step = int(row["step"])
-                by_step.setdefault(round(step / grid) * grid if grid else step, []).append(row)
+                step = _on_grid(int(row["step"]), grid)
+                step = int(row["step"]) if step in taken else step
+                taken.add(step)
+                by_step.setdefault(step, []).append(row)
         steps = sorted(by_step)
 
         def mean(key: str) -> list[float]:

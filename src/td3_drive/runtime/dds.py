@@ -18,7 +18,7 @@ info -v``): as rmw_cyclonedds_cpp does, the participant carries USER_DATA ``encl
 publishes on ``ros_discovery_info`` (``rmw_dds_common/msg/ParticipantEntitiesInfo``, reliable,
 transient local, depth 1) which node owns which reader and writer, by GID: the 16-byte DDS
 GUID, zero-padded to 24 bytes on Humble (``rmw_node.cpp``, ``convert_guid_to_gid``), bare on
-Jazzy and later (``rmw_dds_common/msg/Gid`` is ``char[16]`` there), picked by ``ROS_DISTRO``
+Iron, Jazzy and later (``rmw_dds_common/msg/Gid`` is ``char[16]`` there), picked by ``ROS_DISTRO``
 (:func:`graph_distro`).
 
 Discovery stays on this machine by default (:func:`cyclone_config`): the loopback interface,
@@ -77,8 +77,9 @@ ROS_USER_DATA = b"enclave=/;"
 #: the DDS topic (no rt/ prefix) and type on which every ROS 2 participant lists its nodes' endpoints
 DISCOVERY_TOPIC = "ros_discovery_info"
 DISCOVERY_TYPE = "rmw_dds_common/msg/ParticipantEntitiesInfo"
-#: ROS_DISTRO -> the GID layout of its graph (humble: 24 bytes; jazzy: 16); unset: humble
-GRAPH_DISTROS = {"humble": "humble", "iron": "humble", "jazzy": "jazzy", "kilted": "jazzy", "rolling": "jazzy"}
+#: ROS_DISTRO -> the typestore whose discovery types its graph speaks: Humble's GIDs are 24 bytes, Iron's and
+#: later ones 16 (rmw_dds_common/msg/Gid char[16], the same type as Jazzy's); unset: humble
+GRAPH_DISTROS = {"humble": "humble", "iron": "jazzy", "jazzy": "jazzy", "kilted": "jazzy", "rolling": "jazzy"}
 
 log = logging.getLogger(__name__)
 #: what a received sample that does not decode raises: it is skipped and counted, never delivered

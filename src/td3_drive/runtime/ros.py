@@ -397,9 +397,12 @@ class RosContext:
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> None:
         if period_s <= 0:
             raise ValueError("timer period must be positive")
-        group = self._group_factory() if self._parallel_timers else self._subscription_group
-        timer = self._node.create_timer(float(period_s), callback, callback_group=group)
+        timer = self._node.create_timer(float(period_s), callback, callback_group=self._timer_group())
         self._keep.append(timer)
+
+    def _timer_group(self) -> Any:
+        """The subscriptions' group (serial), or a group of the timer's own with ``parallel_timers``."""
+        return self._group_factory() if self._parallel_timers else self._subscription_group
 
     def create_wall_timer(self, period_s: float, callback: Callable[[], None]) -> None:
         """A timer on the steady clock: it fires even when /clock stalls.
@@ -413,9 +416,8 @@ class RosContext:
 
         if period_s <= 0:
             raise ValueError("timer period must be positive")
-        group = self._group_factory() if self._parallel_timers else self._subscription_group
         timer = self._node.create_timer(
-            float(period_s), callback, callback_group=group, clock=Clock(clock_type=ClockType.STEADY_TIME)
+            float(period_s), callback, callback_group=self._timer_group(), clock=Clock(clock_type=ClockType.STEADY_TIME)
         )
         self._keep.append(timer)
 
@@ -501,8 +503,8 @@ def run_node(
     stops by itself once ``until(node)`` is true (checked every spin, at least every 0.1 s).
 
     SIGINT / SIGTERM (Ctrl-C, ``ros2 launch`` stopping) end the spin loop, and every later
-    one is ignored, so the shutdown runs to its end: the executor first (it waits for
-    running callbacks: rclpy humble ``executors.py`` ``shutdown``), then the node's
+    one is ignored, so the shutdown runs to its end: the executor first (its thread pool
+    drained, so no callback still runs or waits to), then the node's
     ``close()`` (the trainer's final checkpoint, exactly once), then the rclpy node and
     context.  The node's counters are logged as its exit report, and the exit code is 0.
     """
@@ -533,10 +535,11 @@ def run_node(
         stop.set()
         if executor is not None:
             # first: no callback may still run while the node closes.  MultiThreadedExecutor.shutdown
-            # (humble and jazzy executors.py) waits only for callbacks already executing (its work
-            # tracker); one handed to its thread pool but not started would run beside close(), and
-            # trigger the executor's destroyed guard condition ("exception was never retrieved:
-            # cannot use Destroyable", seen on a real Humble).  So the pool is drained before it.
+            # waits at most for callbacks already executing (humble executors.py: its work tracker;
+            # jazzy's tests _is_shutdown after setting it and never waits); one handed to its thread
+            # pool but not started would run beside close() and trigger the executor's destroyed
+            # guard condition ("exception was never retrieved: cannot use Destroyable", seen on a
+            # real Humble).  Draining the pool first waits for every one of them.
             pool = getattr(executor, "_executor", None)
             if pool is not None:
                 pool.shutdown(wait=True)
