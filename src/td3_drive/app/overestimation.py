@@ -157,7 +157,7 @@ def measure_run(run_dir: str | Path, episodes: int = DEFAULT_EPISODES, eval_seed
                 config = LearnerConfig.from_dict(checkpoint.state["learner"]["learner_config"])
                 if learner is None or learner.config != config:
                     learner = Learner(config, "cpu")
-                checkpointer.restore(path, learner)
+                checkpointer.restore(checkpoint, learner)  # the files read and verified once
                 if env is None:
                     limit = reward_config.max_episode_steps + settling_horizon(config.gamma, tail_weight)
                     env = RacetrackDriveEnv(sim_config, replace(reward_config, max_episode_steps=limit),

@@ -235,15 +235,16 @@ class Checkpointer:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: unreadable tensors: {exc}") from exc
 
-    def restore(self, path: str | Path, learner: Learner) -> Checkpoint:
-        """Load checkpoint ``path`` into ``learner``; CheckpointError if it is not one of this learner's."""
-        checkpoint = self.load(path)
+    def restore(self, path: str | Path | Checkpoint, learner: Learner) -> Checkpoint:
+        """Load checkpoint ``path`` (or one :meth:`load` already read) into ``learner``; CheckpointError if it
+        is not one of this learner's."""
+        checkpoint = path if isinstance(path, Checkpoint) else self.load(path)
         try:
             restore_learner(learner, checkpoint.model, checkpoint.optim, checkpoint.state["learner"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             # names, shapes, dtypes or JSON that do not fit this learner: torch and the optimizers say it
             # in their own exception types, a caller needs one
-            raise CheckpointError(f"{path} does not restore this learner: {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(f"{checkpoint.path} does not restore this learner: {type(exc).__name__}: {exc}") from exc
         return checkpoint
 
     @staticmethod
